@@ -1,0 +1,281 @@
+"""Frozen domain models shared by every layer: references, digests, observations, trust records, findings."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+
+from audit.errors import InvalidDigestError, InvalidReferenceError
+from audit.reference import familiar_name, parse_digest, parse_reference
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MediaType(StrEnum):
+    DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+    DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+    OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+    OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+    @property
+    def is_index(self) -> bool:
+        return self in (MediaType.DOCKER_LIST, MediaType.OCI_INDEX)
+
+
+MANIFEST_ACCEPT = ", ".join(m.value for m in MediaType)
+
+
+class Digest(Frozen):
+    """A content digest `algorithm:hex`, validated strictly; serialises as its string form."""
+
+    algorithm: str
+    hex: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            algorithm, hex_part = parse_digest(value)
+            return {"algorithm": algorithm, "hex": hex_part}
+        return value
+
+    @model_validator(mode="after")
+    def _validate(self) -> Self:
+        parse_digest(f"{self.algorithm}:{self.hex}")
+        return self
+
+    @model_serializer
+    def _to_string(self) -> str:
+        return str(self)
+
+    @classmethod
+    def parse(cls, text: str) -> Digest:
+        algorithm, hex_part = parse_digest(text.strip())
+        return cls(algorithm=algorithm, hex=hex_part)
+
+    @classmethod
+    def of(cls, content: bytes, algorithm: str = "sha256") -> Digest:
+        if algorithm not in ("sha256", "sha512"):
+            raise InvalidDigestError(f"unsupported digest algorithm {algorithm!r}")
+        return cls(algorithm=algorithm, hex=hashlib.new(algorithm, content).hexdigest())
+
+    def matches(self, content: bytes) -> bool:
+        return hashlib.new(self.algorithm, content).hexdigest() == self.hex
+
+    @property
+    def short(self) -> str:
+        return f"{self.algorithm}:{self.hex[:12]}"
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hex}"
+
+
+class ImageRef(Frozen):
+    """A normalised image reference. `tag` is what is queried, `digest` the pin to compare with."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: Digest | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ImageRef:
+        parsed = parse_reference(text)
+        digest = Digest(algorithm=parsed.digest[0], hex=parsed.digest[1]) if parsed.digest else None
+        return cls(registry=parsed.registry, repository=parsed.repository, tag=parsed.tag, digest=digest)
+
+    @classmethod
+    def of_image(cls, image: str, tag: str) -> ImageRef:
+        """From a stored `registry/repository` and a tag."""
+        ref = cls.parse(f"{image}:{tag}")
+        if ref.image != image:
+            raise InvalidReferenceError(f"invalid stored image name {image!r}: it normalises to {ref.image!r}")
+        return ref
+
+    @property
+    def image(self) -> str:
+        """`registry/repository`, the key under which tags are stored."""
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def familiar(self) -> str:
+        """Short human form, e.g. `openzaak/open-zaak:1.3.5`."""
+        text = familiar_name(self.registry, self.repository)
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+    @property
+    def manifest_reference(self) -> str:
+        """What goes after `/manifests/`: the tag if there is one, else the digest."""
+        if self.tag is not None:
+            return self.tag
+        assert self.digest is not None  # parse() guarantees a tag or a digest
+        return str(self.digest)
+
+    def with_tag(self, tag: str) -> ImageRef:
+        return ImageRef(registry=self.registry, repository=self.repository, tag=tag)
+
+    def __str__(self) -> str:
+        text = self.image
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+
+class Verdict(StrEnum):
+    MATCH = "match"
+    DRIFT = "drift"
+    MISSING = "missing"
+    UNVERIFIABLE = "unverifiable"
+    UNTRACKED = "untracked"
+    RESOLVED = "resolved"  # `check` without a pin: the live digest was established
+
+
+class LiveStatus(StrEnum):
+    """What the registry client established about one reference."""
+
+    FOUND = "found"
+    MISSING = "missing"
+    UNVERIFIABLE = "unverifiable"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Observation(Frozen):
+    """What a registry served for one reference at one moment, with the evidence behind it."""
+
+    ref: ImageRef
+    status: LiveStatus
+    live_digest: Digest | None = None
+    media_type: str | None = None
+    reason: str | None = None
+    platforms: dict[str, Digest] | None = None
+    confirmed_by_content: bool = False  # the body was fetched and hashed (not just a header)
+    rate_limit_remaining: int | None = None
+    checked_at: datetime = Field(default_factory=utcnow)
+
+
+class MovingMode(StrEnum):
+    LATEST_RECORDED = "latest-recorded"
+    ANY_TRUSTED = "any-trusted"
+
+
+class TrustedImage(Frozen):
+    """The digest CI recorded for one (image, tag), and where it came from."""
+
+    registry: str
+    repository: str
+    tag: str
+    digest: Digest
+    platforms: dict[str, Digest] | None = None
+    media_type: str | None = None
+    source: str
+    commit: str | None = None
+    recorded_at: datetime
+    recorded_by: str | None = None
+    reason: str | None = None  # why a replace happened, when it did
+
+    @property
+    def image(self) -> str:
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def ref(self) -> ImageRef:
+        return ImageRef(registry=self.registry, repository=self.repository, tag=self.tag)
+
+
+class WatchSettings(Frozen):
+    """Per-repository settings: report unrecorded tags, tags to ignore, tags allowed to move."""
+
+    registry: str
+    repository: str
+    track_new_tags: bool = False
+    ignore: tuple[str, ...] = ()
+    moving: dict[str, MovingMode] = Field(default_factory=dict)
+
+    @property
+    def image(self) -> str:
+        return f"{self.registry}/{self.repository}"
+
+
+class RecordOutcome(StrEnum):
+    CREATED = "created"
+    UNCHANGED = "unchanged"  # the same digest was already trusted: a no-op
+    REPLACED = "replaced"  # a pinned tag got a new digest with --replace; the old one went to history
+    APPENDED = "appended"  # a moving tag got a new digest; the old one went to history
+
+
+class Notice(StrEnum):
+    NEW = "new"
+    REMINDER = "reminder"
+    RESOLVED = "resolved"
+
+
+class TagState(Frozen):
+    """What the auditor remembers about one (image, tag) between runs; kept apart from the trust store."""
+
+    registry: str
+    repository: str
+    tag: str
+    last_verdict: Verdict
+    last_live_digest: Digest | None = None
+    first_seen: datetime  # when the current verdict (with its live digest) was first seen
+    last_seen: datetime  # when this tag was last checked
+    last_alerted: datetime | None = None
+    alert_count: int = 0
+    consecutive_unverifiable: int = 0
+    # The problem that was alerted and not yet resolved: (verdict, live digest). None when nothing is open.
+    alerted_verdict: Verdict | None = None
+    alerted_digest: Digest | None = None
+
+    @property
+    def image(self) -> str:
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.image, self.tag)
+
+
+class Finding(Frozen):
+    """One alertable fact about one tag: the fields of `check --json` plus the evidence for a person."""
+
+    reference: str
+    registry: str
+    repository: str
+    tag: str | None
+    trusted_digest: Digest | None
+    live_digest: Digest | None
+    status: Verdict
+    reason: str | None
+    checked_at: datetime
+    platforms: dict[str, Digest] | None = None
+    trusted_platforms: dict[str, Digest] | None = None
+    media_type: str | None = None
+    source: str | None = None
+    commit: str | None = None
+    recorded_at: datetime | None = None
+    first_seen: datetime | None = None
+    notice: Notice = Notice.NEW
+
+    @property
+    def image(self) -> str:
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def alert_verdict(self) -> str:
+        """The verdict a message is grouped and filtered by: resolved notices travel as `resolved`."""
+        return "resolved" if self.notice is Notice.RESOLVED else self.status.value

@@ -1,0 +1,77 @@
+"""The seams of the audit use case: what the service needs from stores, registries and alert channels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from audit.models import (
+    Digest,
+    Finding,
+    ImageRef,
+    Observation,
+    RecordOutcome,
+    TagState,
+    TrustedImage,
+    WatchSettings,
+)
+
+
+class TrustStore(Protocol):
+    """Trusted digests recorded by CI. The auditor only reads; `record` is for the recorder (CI)."""
+
+    def load_all(self) -> list[TrustedImage]:
+        """Every current trusted record (not history), all pages read."""
+        ...
+
+    def get(self, image: str, tag: str, *, consistent: bool = False) -> TrustedImage | None: ...
+
+    def history(self, image: str, tag: str) -> list[TrustedImage]:
+        """Previous records of one tag (replaced or moved), oldest first; never includes the current one."""
+        ...
+
+    def digests_ever_recorded(self, image: str) -> set[Digest]:
+        """Every digest recorded for any tag of the repository, current or history (`any-trusted`)."""
+        ...
+
+    def record(self, item: TrustedImage, *, replace: bool = False, moving: bool = False) -> RecordOutcome:
+        """Store a trusted digest with a conditional write.
+
+        Same digest again: UNCHANGED. Different digest: TrustConflictError unless `replace` (then REPLACED,
+        `item.reason` must be set) or `moving` (APPENDED). The previous record always goes to history.
+        """
+        ...
+
+    def load_watch_settings(self) -> list[WatchSettings]: ...
+
+    def get_watch_settings(self, image: str) -> WatchSettings | None: ...
+
+    def put_watch_settings(self, settings: WatchSettings) -> None: ...
+
+
+class StateStore(Protocol):
+    """The auditor's memory between runs, one TagState per (image, tag)."""
+
+    def load_all(self) -> dict[tuple[str, str], TagState]: ...
+
+    def save(self, changed: Sequence[TagState]) -> None:
+        """Write only the given (changed) items, batched. Raises StoreError."""
+        ...
+
+
+class Registry(Protocol):
+    """The live side: what a registry serves now."""
+
+    async def observe(
+        self, ref: ImageRef, *, expected: Digest | None = None, platforms: bool = False
+    ) -> Observation: ...
+
+    async def list_tags(self, registry: str, repository: str) -> list[str]: ...
+
+
+class Alerts(Protocol):
+    """Where findings go. Raises PublishError when any part could not be delivered."""
+
+    def publish(self, run_id: str, findings: Sequence[Finding], *, total_tags: int) -> int:
+        """Publish findings; return the number of messages sent."""
+        ...

@@ -1,0 +1,131 @@
+"""Pure parsing and normalisation of image references; the only place that knows Docker Hub's defaults."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from audit.errors import InvalidDigestError, InvalidReferenceError
+
+DOCKER_HUB_API_HOST = "registry-1.docker.io"
+DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
+DEFAULT_TAG = "latest"
+
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+_HOST_RE = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$"
+)
+_DIGEST_LENGTHS = {"sha256": 64, "sha512": 128}
+_HEX_RE = re.compile(r"^[0-9a-f]+$")
+MAX_NAME_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedReference:
+    registry: str
+    repository: str
+    tag: str | None
+    digest: tuple[str, str] | None
+
+
+def parse_digest(text: str) -> tuple[str, str]:
+    """Split and validate `algorithm:hex`; stricter than Docker (exact lengths, lowercase)."""
+    algorithm, sep, hex_part = text.partition(":")
+    if not sep:
+        raise InvalidDigestError(f"invalid digest {text!r}: missing the algorithm prefix (sha256:)")
+    expected = _DIGEST_LENGTHS.get(algorithm)
+    if expected is None:
+        raise InvalidDigestError(f"invalid digest {text!r}: unsupported algorithm {algorithm!r} (sha256, sha512)")
+    if len(hex_part) != expected or not _HEX_RE.match(hex_part):
+        raise InvalidDigestError(
+            f"invalid digest {text!r}: {algorithm} needs exactly {expected} lowercase hex characters"
+        )
+    return algorithm, hex_part
+
+
+def _looks_like_host(component: str) -> bool:
+    return "." in component or ":" in component or component == "localhost" or component != component.lower()
+
+
+def normalise_registry(host: str) -> str:
+    """Docker Hub's many names fold into the host actually contacted."""
+    return DOCKER_HUB_API_HOST if host.lower() in DOCKER_HUB_ALIASES else host.lower()
+
+
+def parse_reference(text: str) -> ParsedReference:
+    """Parse `[host[:port]/]path[:tag][@alg:hex]` the way Docker does, with clear errors."""
+    original = text
+    text = text.strip()
+    if not text:
+        raise InvalidReferenceError("invalid image reference '': it is empty")
+    if any(ch.isspace() for ch in text):
+        raise InvalidReferenceError(f"invalid image reference {original!r}: it contains white space")
+    if "://" in text:
+        raise InvalidReferenceError(
+            f"invalid image reference {original!r}: drop the URL scheme",
+            hint="write registry.example.com/team/app:1.0, not https://registry.example.com/...",
+        )
+
+    digest: tuple[str, str] | None = None
+    name_part = text
+    if "@" in text:
+        name_part, _, digest_text = text.partition("@")
+        try:
+            digest = parse_digest(digest_text)
+        except InvalidDigestError as exc:
+            raise InvalidReferenceError(
+                f"invalid image reference {original!r}: {exc.message}", hint=exc.hint
+            ) from None
+
+    tag: str | None = None
+    last_slash = name_part.rfind("/")
+    colon = name_part.rfind(":")
+    if colon > last_slash:
+        name_part, tag = name_part[:colon], name_part[colon + 1 :]
+        if not _TAG_RE.match(tag):
+            raise InvalidReferenceError(
+                f"invalid image reference {original!r}: invalid tag {tag!r}",
+                hint="a tag is 1-128 characters of letters, digits, '_', '.' and '-', not starting with '.' or '-'",
+            )
+
+    first, sep, rest = name_part.partition("/")
+    if sep and _looks_like_host(first):
+        if not _HOST_RE.match(first):
+            raise InvalidReferenceError(f"invalid image reference {original!r}: invalid registry host {first!r}")
+        registry = normalise_registry(first)
+        path = rest
+    else:
+        registry = DOCKER_HUB_API_HOST
+        path = name_part
+
+    if not path:
+        raise InvalidReferenceError(f"invalid image reference {original!r}: the repository name is empty")
+    if path != path.lower() and _PATH_RE.match(path.lower()):
+        raise InvalidReferenceError(
+            f"invalid image reference {original!r}: repository names must be lowercase",
+            hint=f"use {path.lower()!r}",
+        )
+    if not _PATH_RE.match(path):
+        raise InvalidReferenceError(
+            f"invalid image reference {original!r}: invalid repository name {path!r}",
+            hint="path components are lowercase letters and digits separated by '.', '_', '__', '-' or '/'",
+        )
+    if registry == DOCKER_HUB_API_HOST and "/" not in path:
+        path = f"library/{path}"
+    if len(f"{registry}/{path}") > MAX_NAME_LENGTH:
+        raise InvalidReferenceError(
+            f"invalid image reference {original!r}: the name is longer than {MAX_NAME_LENGTH} characters"
+        )
+    if tag is None and digest is None:
+        tag = DEFAULT_TAG
+    return ParsedReference(registry=registry, repository=path, tag=tag, digest=digest)
+
+
+def familiar_name(registry: str, repository: str) -> str:
+    """The short name people type: `nginx`, `openzaak/open-zaak`, `ghcr.io/org/app`."""
+    if registry == DOCKER_HUB_API_HOST:
+        return repository.removeprefix("library/")
+    return f"{registry}/{repository}"

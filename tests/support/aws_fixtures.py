@@ -1,0 +1,1 @@
+"""Fixtures that start moto in server mode on loopback."""

@@ -1,0 +1,1 @@
+"""Fixtures that start a real docker-registry (and a token server) on loopback."""
