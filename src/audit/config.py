@@ -1,0 +1,181 @@
+"""Every setting digest-audit reads from the environment, validated once, with errors that name the variable."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from audit.errors import ConfigError
+
+ENV_TRUST_TABLE = "TRUSTED_DIGESTS_TABLE"
+ENV_STATE_TABLE = "AUDIT_STATE_TABLE"
+ENV_TOPIC_ARN = "ALERT_TOPIC_ARN"
+ENV_CREDENTIALS_SECRET = "REGISTRY_CREDENTIALS_SECRET_ARN"
+ENV_ENABLE_ECR = "DIGEST_AUDIT_ENABLE_ECR"
+ENV_REVERIFY_DELAY = "DIGEST_AUDIT_REVERIFY_DELAY"
+ENV_REMINDER_INTERVAL = "DIGEST_AUDIT_REMINDER_INTERVAL"
+ENV_UNVERIFIABLE_AFTER = "DIGEST_AUDIT_UNVERIFIABLE_AFTER"
+ENV_INSECURE_REGISTRIES = "DIGEST_AUDIT_INSECURE_REGISTRIES"
+ENV_CONCURRENCY = "DIGEST_AUDIT_CONCURRENCY"
+ENV_TIMEOUT = "DIGEST_AUDIT_TIMEOUT"
+
+#: Every variable the code reads (besides AWS_* and POWERTOOLS_* which their libraries read), for docs and tests.
+ALL_VARIABLES = (
+    ENV_TRUST_TABLE,
+    ENV_STATE_TABLE,
+    ENV_TOPIC_ARN,
+    ENV_CREDENTIALS_SECRET,
+    ENV_ENABLE_ECR,
+    ENV_REVERIFY_DELAY,
+    ENV_REMINDER_INTERVAL,
+    ENV_UNVERIFIABLE_AFTER,
+    ENV_INSECURE_REGISTRIES,
+    ENV_CONCURRENCY,
+    ENV_TIMEOUT,
+)
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+def parse_insecure_registries(values: Iterable[str], *, origin: str) -> frozenset[str]:
+    """`HOST[:PORT]` entries; a bare HOST covers every port of that host."""
+    hosts: set[str] = set()
+    for raw in values:
+        entry = raw.strip().lower()
+        if not entry:
+            continue
+        if "://" in entry or "/" in entry:
+            raise ConfigError(
+                f"invalid insecure registry {raw!r} in {origin}",
+                hint="give HOST or HOST:PORT only, e.g. 127.0.0.1:5000 (no scheme, no path)",
+            )
+        host, sep, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        if sep and (not port.isdigit() or not 0 < int(port) < 65536):
+            raise ConfigError(f"invalid port in insecure registry {raw!r} in {origin}", hint="use HOST:PORT")
+        hosts.add(entry if sep else host)
+    return frozenset(hosts)
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    """What the registry client needs; built from flags and the environment."""
+
+    insecure_registries: frozenset[str] = frozenset()
+    ca_file: Path | None = None
+    timeout: float = 10.0
+    concurrency: int = 16
+    docker_config: Path | None = None
+    enable_ecr: bool = True
+    credentials_secret: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Settings of the audit run (`digest-audit run` and the Lambda)."""
+
+    trust_table: str | None = None
+    state_table: str | None = None
+    topic_arn: str | None = None
+    reverify_delay: float = 5.0
+    reminder_interval: timedelta = timedelta(hours=24)
+    unverifiable_after: int = 3
+    registry: RegistryOptions = field(default_factory=RegistryOptions)
+
+
+class Environment:
+    """Typed, validated access to a mapping of environment variables."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self._env = os.environ if env is None else env
+
+    def text(self, name: str) -> str | None:
+        value = self._env.get(name, "").strip()
+        return value or None
+
+    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(
+                f"{name}={raw!r} is not a number", hint=f"set {name} to a number such as {default:g}"
+            ) from None
+        if value < minimum or value != value:  # NaN check
+            raise ConfigError(f"{name}={raw!r} must be at least {minimum:g}", hint=f"e.g. {name}={default:g}")
+        return value
+
+    def integer(self, name: str, default: int, *, minimum: int = 0) -> int:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(
+                f"{name}={raw!r} is not a whole number", hint=f"set {name} to a whole number such as {default}"
+            ) from None
+        if value < minimum:
+            raise ConfigError(f"{name}={raw!r} must be at least {minimum}", hint=f"e.g. {name}={default}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self._env.get(name)
+        if raw is None:
+            return default
+        value = raw.strip().lower()
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+        raise ConfigError(f"{name}={raw!r} is not true or false", hint=f"set {name}=true or {name}=false")
+
+    def insecure_registries(self) -> frozenset[str]:
+        raw = self._env.get(ENV_INSECURE_REGISTRIES, "")
+        return parse_insecure_registries(raw.split(","), origin=ENV_INSECURE_REGISTRIES)
+
+
+def registry_options(
+    env: Environment,
+    *,
+    insecure: Iterable[str] = (),
+    ca_file: Path | None = None,
+    timeout: float | None = None,
+    concurrency: int | None = None,
+    docker_config: Path | None = None,
+) -> RegistryOptions:
+    """Flags win over the environment; insecure registries from both are combined."""
+    if ca_file is not None and not ca_file.is_file():
+        raise ConfigError(f"--ca-file {ca_file} does not exist or is not a file", hint="give the path of a PEM file")
+    if docker_config is not None and not docker_config.is_dir():
+        raise ConfigError(
+            f"--docker-config {docker_config} is not a directory",
+            hint="give the directory that holds config.json (like DOCKER_CONFIG)",
+        )
+    return RegistryOptions(
+        insecure_registries=env.insecure_registries()
+        | parse_insecure_registries(insecure, origin="--insecure-registry"),
+        ca_file=ca_file,
+        timeout=timeout if timeout is not None else env.number(ENV_TIMEOUT, 10.0, minimum=0.1),
+        concurrency=concurrency if concurrency is not None else env.integer(ENV_CONCURRENCY, 16, minimum=1),
+        docker_config=docker_config,
+        enable_ecr=env.flag(ENV_ENABLE_ECR, True),
+        credentials_secret=env.text(ENV_CREDENTIALS_SECRET),
+    )
+
+
+def audit_config(env: Environment, registry: RegistryOptions) -> AuditConfig:
+    return AuditConfig(
+        trust_table=env.text(ENV_TRUST_TABLE),
+        state_table=env.text(ENV_STATE_TABLE),
+        topic_arn=env.text(ENV_TOPIC_ARN),
+        reverify_delay=env.number(ENV_REVERIFY_DELAY, 5.0),
+        reminder_interval=timedelta(seconds=env.number(ENV_REMINDER_INTERVAL, 86400.0, minimum=1.0)),
+        unverifiable_after=env.integer(ENV_UNVERIFIABLE_AFTER, 3, minimum=1),
+        registry=registry,
+    )
