@@ -76,9 +76,7 @@ def parse_reference(text: str) -> ParsedReference:
         try:
             digest = parse_digest(digest_text)
         except InvalidDigestError as exc:
-            raise InvalidReferenceError(
-                f"invalid image reference {original!r}: {exc.message}", hint=exc.hint
-            ) from None
+            raise InvalidReferenceError(f"invalid image reference {original!r}: {exc.message}", hint=exc.hint) from None
 
     tag: str | None = None
     last_slash = name_part.rfind("/")

@@ -1,0 +1,495 @@
+"""Pure rendering of decided findings into SNS messages: a text per protocol (e-mail, chat, machines),
+one alert verdict and one repository per message, every message safely under the SNS size limit."""
+
+from __future__ import annotations
+
+import json
+import string
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from audit.drift import platform_changes
+from audit.models import Digest, Finding, ImageRef, Notice, Verdict
+from audit.reference import DOCKER_HUB_API_HOST, familiar_name
+
+#: SNS takes 256 KiB per message and per PublishBatch call; stay well under, attributes and subject included.
+MAX_MESSAGE_BYTES = 240_000
+#: SNS wants a subject under 100 characters, without line breaks or control characters.
+MAX_SUBJECT_CHARS = 99
+SCHEMA_VERSION = 1
+
+VERDICT_ORDER = ("drift", "missing", "unverifiable", "untracked", "resolved")
+SEVERITY = {
+    "drift": "high",
+    "missing": "high",
+    "unverifiable": "medium",
+    "untracked": "medium",
+    "resolved": "info",
+}
+
+# Room kept for the "part i of n" labels, which are only known after splitting.
+_PART_LABEL_RESERVE = 512
+# Chat clients truncate long posts; the e-mail and machine texts carry everything.
+_CHAT_DESCRIPTION_CHARS = 3000
+_CHAT_MAX_FINDINGS = 10
+_PRINTABLE = frozenset(string.printable) - frozenset("\t\n\r\x0b\x0c")
+_RULE = "-" * 72
+
+
+@dataclass(frozen=True, slots=True)
+class AlertMessage:
+    """One SNS message: `message_json` is the MessageStructure=json body (one string per protocol)."""
+
+    subject: str
+    message_json: str
+    attributes: dict[str, str]
+
+    @property
+    def size_bytes(self) -> int:
+        """What SNS counts against its limit: body, subject and attributes (name, type and value)."""
+        attributes = sum(len(k.encode()) + len("String") + len(v.encode()) for k, v in self.attributes.items())
+        return len(self.message_json.encode()) + len(self.subject.encode()) + attributes
+
+    def protocol(self, name: str) -> str:
+        """The text one protocol receives (`default`, `email`, `https`, `sqs`, `lambda`)."""
+        value = json.loads(self.message_json)[name]
+        if not isinstance(value, str):
+            raise TypeError(f"protocol {name!r} does not hold a string")
+        return value
+
+
+def render(
+    run_id: str, findings: Sequence[Finding], *, total_tags: int, max_bytes: int = MAX_MESSAGE_BYTES
+) -> list[AlertMessage]:
+    """Group findings per (alert verdict, registry, repository), split to fit, render every protocol.
+
+    One repository per message (rather than a "multiple" attribute) keeps the `verdict`, `registry` and
+    `repository` attributes exact, so an SNS filter policy on any of them receives exactly its findings.
+    """
+    if not run_id:
+        raise ValueError("run_id must not be empty (it is a message attribute)")
+    groups: dict[tuple[str, str, str], list[Finding]] = defaultdict(list)
+    for finding in findings:
+        groups[(finding.alert_verdict, finding.registry, finding.repository)].append(finding)
+    messages: list[AlertMessage] = []
+    for key in sorted(groups, key=lambda k: (_verdict_rank(k[0]), k[1], k[2])):
+        group = _Group(run_id, *key, total_tags=total_tags)
+        ordered = sorted(groups[key], key=lambda f: (f.tag or "", f.reference))
+        chunks = _split(ordered, group.build, max_bytes - _PART_LABEL_RESERVE)
+        for index, chunk in enumerate(chunks, start=1):
+            message = group.build(chunk, index, len(chunks))
+            if message.size_bytes > max_bytes:  # the reserve makes this unreachable; never hand SNS a reject
+                raise ValueError(f"alert message of {message.size_bytes} bytes exceeds {max_bytes}")
+            messages.append(message)
+    return messages
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """What every message of one (verdict, registry, repository) group shares."""
+
+    run_id: str
+    verdict: str
+    registry: str
+    repository: str
+    total_tags: int
+
+    @property
+    def image(self) -> str:
+        return familiar_name(self.registry, self.repository)
+
+    def build(self, findings: Sequence[Finding], part: int = 1, parts: int = 1) -> AlertMessage:
+        return _message(self, findings, part=part, parts=parts)
+
+
+def _verdict_rank(verdict: str) -> int:
+    return VERDICT_ORDER.index(verdict) if verdict in VERDICT_ORDER else len(VERDICT_ORDER)
+
+
+def _split(
+    findings: Sequence[Finding], build: Callable[[Sequence[Finding]], AlertMessage], limit: int
+) -> list[list[Finding]]:
+    """Greedy chunks that fit `limit`, guessing each chunk's size from the previous measurement."""
+    chunks: list[list[Finding]] = []
+    rest = list(findings)
+    per_finding: float | None = None
+    while rest:
+        count = len(rest) if per_finding is None else max(1, min(len(rest), int(limit / per_finding)))
+        while True:
+            chunk = rest[:count]
+            size = build(chunk).size_bytes
+            per_finding = size / count
+            if size <= limit:
+                break
+            if count == 1:
+                chunk = [_shrunk(chunk[0])]
+                if build(chunk).size_bytes > limit:
+                    raise ValueError(f"the finding for {chunk[0].reference} cannot fit in one alert message")
+                break
+            count = max(1, min(count - 1, int(count * limit / size * 0.97)))
+        chunks.append(chunk)
+        rest = rest[len(chunk) :]
+    return chunks
+
+
+def _shrunk(finding: Finding) -> Finding:
+    """A finding too large for a message on its own loses its platform maps and most of its reason."""
+    reason = finding.reason
+    if reason is not None and len(reason) > 1000:
+        reason = reason[:997] + "..."
+    return finding.model_copy(update={"platforms": None, "trusted_platforms": None, "reason": reason})
+
+
+def _message(group: _Group, findings: Sequence[Finding], *, part: int, parts: int) -> AlertMessage:
+    subject = subject_for(
+        group.verdict,
+        group.registry,
+        group.repository,
+        findings,
+        total_tags=group.total_tags,
+        part=part,
+        parts=parts,
+    )
+    machine = json.dumps(machine_payload(group.run_id, findings), separators=(",", ":"))
+    chat = _chat_notification(group, subject, findings, part=part)
+    body = {
+        "default": _default_text(subject, group.run_id, findings),
+        "email": _email_text(group, subject, findings, part=part, parts=parts),
+        "https": json.dumps(chat, separators=(",", ":")),
+        "sqs": machine,
+        "lambda": machine,
+    }
+    attributes = {
+        "verdict": group.verdict,
+        "severity": SEVERITY.get(group.verdict, "medium"),
+        "registry": group.registry,
+        "repository": group.repository,
+        "notice": _notice_attribute(group.verdict, findings),
+        "run_id": group.run_id,
+    }
+    return AlertMessage(subject=subject, message_json=json.dumps(body, separators=(",", ":")), attributes=attributes)
+
+
+def _notice_attribute(verdict: str, findings: Sequence[Finding]) -> str:
+    """`new` if anything in the message is news, `reminder` if all of it was said before."""
+    if verdict == "resolved":
+        return Notice.RESOLVED.value
+    if all(f.notice is Notice.REMINDER for f in findings):
+        return Notice.REMINDER.value
+    return Notice.NEW.value
+
+
+# --------------------------------------------------------------------------------------------------- subject
+
+
+def subject_for(
+    verdict: str,
+    registry: str,
+    repository: str,
+    findings: Sequence[Finding],
+    *,
+    total_tags: int,
+    part: int = 1,
+    parts: int = 1,
+) -> str:
+    """e.g. `DRIFT: openzaak/open-zaak:1.3.5 (1 of 42 tags)`; the name is shortened first when too long."""
+    head = f"{verdict.upper()}: "
+    if findings and all(f.notice is Notice.REMINDER for f in findings):
+        head = f"[reminder] {head}"
+    if len(findings) == 1:
+        name = findings[0].reference
+        tail = f" (1 of {total_tags} tags)"
+    else:
+        head += f"{len(findings)} tags in "
+        name = familiar_name(registry, repository)
+        tail = f" (of {total_tags})"
+    if parts > 1:
+        tail += f" [{part}/{parts}]"
+    return _fit_subject(_ascii(head), _ascii(name), _ascii(tail))
+
+
+def _ascii(text: str) -> str:
+    return "".join(ch if ch in _PRINTABLE else "?" for ch in text)
+
+
+def _fit_subject(head: str, name: str, tail: str) -> str:
+    room = MAX_SUBJECT_CHARS - len(head) - len(tail)
+    if len(name) <= room:
+        return head + name + tail
+    if room >= 4:
+        return head + name[: room - 3] + "..." + tail
+    whole = head + name + tail
+    return whole[: MAX_SUBJECT_CHARS - 3] + "..."
+
+
+# --------------------------------------------------------------------------------------------------- machines
+
+
+def iso_utc(moment: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a `Z`, as `check --json` prints it; naive times are taken as UTC."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _digests(platforms: Mapping[str, Digest] | None) -> dict[str, str] | None:
+    return None if platforms is None else {name: str(platforms[name]) for name in sorted(platforms)}
+
+
+def machine_finding(finding: Finding) -> dict[str, object]:
+    """The machine form of one finding: the `check --json` fields plus the evidence and the notice."""
+    return {
+        "reference": finding.reference,
+        "registry": finding.registry,
+        "repository": finding.repository,
+        "tag": finding.tag,
+        "trusted_digest": str(finding.trusted_digest) if finding.trusted_digest else None,
+        "live_digest": str(finding.live_digest) if finding.live_digest else None,
+        "status": finding.status.value,
+        "reason": finding.reason,
+        "checked_at": iso_utc(finding.checked_at),
+        "platforms": _digests(finding.platforms),
+        "source": finding.source,
+        "commit": finding.commit,
+        "recorded_at": iso_utc(finding.recorded_at),
+        "first_seen": iso_utc(finding.first_seen),
+        "notice": finding.notice.value,
+    }
+
+
+def machine_payload(run_id: str, findings: Sequence[Finding]) -> dict[str, object]:
+    """What SQS and Lambda subscribers receive (schema_version 1)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "findings": [machine_finding(f) for f in findings],
+    }
+
+
+# --------------------------------------------------------------------------------------------------- people
+
+
+def _pull_name(finding: Finding) -> str:
+    """`image:tag` as crane and docker accept it."""
+    return ImageRef(registry=finding.registry, repository=finding.repository, tag=finding.tag).familiar
+
+
+def _skopeo_name(finding: Finding) -> str:
+    """skopeo wants a fully qualified name (short names go through registries.conf)."""
+    registry = "docker.io" if finding.registry == DOCKER_HUB_API_HOST else finding.registry
+    text = f"{registry}/{finding.repository}"
+    return f"{text}:{finding.tag}" if finding.tag else text
+
+
+def _image_at(finding: Finding, digest: Digest) -> str:
+    return f"{familiar_name(finding.registry, finding.repository)}@{digest}"
+
+
+def confirm_commands(finding: Finding) -> list[str]:
+    """Commands a person can run to see the live digest without trusting this tool."""
+    name = _pull_name(finding)
+    commands = [
+        f"crane digest {name}",
+        f"docker buildx imagetools inspect {name}",
+        f"skopeo inspect --raw docker://{_skopeo_name(finding)} | sha256sum",
+    ]
+    changes = platform_changes(finding.trusted_platforms, finding.platforms)
+    if changes is not None:
+        commands.extend(f"crane digest --platform {p} {name}" for p in changes.changed[:3])
+    return commands
+
+
+def _platform_line(finding: Finding) -> str | None:
+    if finding.live_digest is None or finding.live_digest == finding.trusted_digest:
+        return None
+    changes = platform_changes(finding.trusted_platforms, finding.platforms)
+    if changes is not None:
+        return changes.describe()
+    if finding.platforms is not None:
+        return f"{len(finding.platforms)} in the live index (none recorded at trust time)"
+    return None
+
+
+def _fix_commands(finding: Finding) -> list[str]:
+    """Concrete commands to restore or to accept what the registry serves, for the verdicts that have them."""
+    if finding.tag is None or finding.notice is Notice.RESOLVED:
+        return []
+    commands: list[str] = []
+    if finding.trusted_digest is not None and finding.status in (Verdict.DRIFT, Verdict.MISSING):
+        commands.append(f"restore:  crane tag {_image_at(finding, finding.trusted_digest)} {finding.tag}")
+    if finding.live_digest is not None and finding.status is Verdict.DRIFT:
+        commands.append(
+            f"accept:   digest-audit record {_pull_name(finding)}@{finding.live_digest} "
+            '--replace --reason "WHY" --source "CI RUN URL"'
+        )
+    if finding.live_digest is not None and finding.status is Verdict.UNTRACKED:
+        commands.append(
+            f'record:   digest-audit record {_pull_name(finding)}@{finding.live_digest} --source "CI RUN URL"'
+        )
+        commands.append(
+            f"ignore:   digest-audit watch {familiar_name(finding.registry, finding.repository)} "
+            f"--ignore '{finding.tag}'"
+        )
+    return commands
+
+
+_INTRO = {
+    "drift": "The registry serves a different image than CI recorded for these tags. "
+    "Treat this as a possible compromise until it is explained.",
+    "missing": "The registry no longer serves these recorded tags.",
+    "unverifiable": "The audit could not establish what these tags serve: it cannot say they are unchanged.",
+    "untracked": "The registry has tags nobody recorded as trusted.",
+    "resolved": "These earlier alerts are resolved: the tags verify again (or are no longer audited).",
+}
+
+NEXT_STEPS: dict[str, tuple[str, ...]] = {
+    "drift": (
+        "Do not deploy or promote these tags; deploy by the trusted digest (IMAGE@TRUSTED_DIGEST) instead.",
+        "Confirm by hand with the commands shown, and compare the live image with the CI build named in "
+        "source and commit: who pushed it, when, from which pipeline? Check the registry's audit log.",
+        "If nobody can explain it: rotate the registry push credentials and CI tokens, then re-push the "
+        "trusted digest to the tag (the restore command).",
+        "If it is a legitimate rebuild: record it with `digest-audit record IMAGE:TAG@LIVE_DIGEST --replace "
+        "--reason ...` (the accept command); the old record stays as history.",
+    ),
+    "missing": (
+        "Find out whether the tag was deleted on purpose: registry audit log, retention or lifecycle "
+        "policies (e.g. ECR lifecycle rules), cleanup jobs.",
+        "Deployments that pull this tag will fail; pin them to the trusted digest if it still exists.",
+        "If the tag should exist, re-push the trusted digest (the restore command) or re-run the CI release.",
+        "If it was retired on purpose, remove its trusted record so the audit stops checking it.",
+    ),
+    "unverifiable": (
+        "Run the confirm commands from a machine with registry access: the tag may have changed unnoticed.",
+        "Check the credentials (the registry credentials secret, expired tokens, ECR permissions).",
+        "Check the network (DNS, TLS, proxies, VPC endpoints) and rate limits (Docker Hub quota, HTTP 429).",
+        "When every tag of a registry fails at once, suspect credentials or network before the tags.",
+    ),
+    "untracked": (
+        "Find out who pushed these tags and from which pipeline.",
+        "If they are legitimate releases, record them (the record command) so they are audited from now on.",
+        "If they should never be audited (e.g. nightly builds), add an ignore pattern with "
+        "`digest-audit watch IMAGE --ignore 'PATTERN'`.",
+        "If nobody pushed them knowingly, treat them like a drift: remove them and rotate push credentials.",
+    ),
+    "resolved": (
+        "No action is needed for these tags now.",
+        "If deployments were paused for the earlier alert, make sure its explanation is on record first.",
+    ),
+}
+
+
+def _default_text(subject: str, run_id: str, findings: Sequence[Finding]) -> str:
+    lines = [subject]
+    for finding in findings:
+        live = str(finding.live_digest) if finding.live_digest else "-"
+        trusted = str(finding.trusted_digest) if finding.trusted_digest else "-"
+        line = f"- {finding.reference} [{finding.notice.value}]: {finding.status.value}"
+        line += f"; live {live}; trusted {trusted}"
+        if finding.reason:
+            line += f"; {finding.reason}"
+        lines.append(line)
+    lines.append(f"run {run_id}")
+    return "\n".join(lines)
+
+
+def _email_text(group: _Group, subject: str, findings: Sequence[Finding], *, part: int, parts: int) -> str:
+    lines = [subject, "", _INTRO.get(group.verdict, ""), ""]
+    counts = f"Run {group.run_id}: {len(findings)} finding(s) of {group.total_tags} audited tag(s)"
+    lines.append(counts + (f", part {part} of {parts}" if parts > 1 else "") + ".")
+    for number, finding in enumerate(findings, start=1):
+        lines.extend(["", _RULE, f"[{number}] {finding.reference} ({finding.notice.value})", ""])
+        lines.extend(_email_finding(finding))
+    lines.extend(["", _RULE, "What to do next:"])
+    lines.extend(f"  {n}. {step}" for n, step in enumerate(NEXT_STEPS.get(group.verdict, ()), start=1))
+    lines.extend(["", "-- digest-audit"])
+    return "\n".join(lines)
+
+
+def _email_finding(finding: Finding) -> list[str]:
+    def row(label: str, value: object) -> str:
+        return f"  {label + ':':<17}{value}"
+
+    lines = [
+        row("Image", f"{finding.registry}/{finding.repository}"),
+        row("Tag", finding.tag or "-"),
+        row("Status", finding.status.value),
+    ]
+    if finding.reason:
+        lines.append(row("Reason", finding.reason))
+    lines.append(row("Trusted digest", finding.trusted_digest or "- (not recorded)"))
+    if finding.trusted_digest is not None:
+        lines.append(row("  recorded at", iso_utc(finding.recorded_at) or "-"))
+        lines.append(row("  source", finding.source or "-"))
+        lines.append(row("  commit", finding.commit or "-"))
+    lines.append(row("Live digest", finding.live_digest or "-"))
+    lines.append(row("Checked at", iso_utc(finding.checked_at)))
+    lines.append(row("First seen", iso_utc(finding.first_seen) or "-"))
+    platforms = _platform_line(finding)
+    if platforms is not None:
+        lines.append(row("Platforms", platforms))
+    if finding.notice is not Notice.RESOLVED:
+        lines.append("  Confirm by hand:")
+        lines.extend(f"    {command}" for command in confirm_commands(finding))
+        fixes = _fix_commands(finding)
+        if fixes:
+            lines.append("  Then, depending on what you find:")
+            lines.extend(f"    {command}" for command in fixes)
+    return lines
+
+
+def _chat_notification(group: _Group, subject: str, findings: Sequence[Finding], *, part: int) -> dict[str, object]:
+    """An AWS Chatbot (Amazon Q Developer in chat applications) custom notification."""
+    lines: list[str] = []
+    used = 0
+    for shown, finding in enumerate(findings):
+        line = _chat_line(finding)
+        if shown == 0 and len(line) > _CHAT_DESCRIPTION_CHARS:
+            line = line[: _CHAT_DESCRIPTION_CHARS - 3] + "..."
+        if shown >= _CHAT_MAX_FINDINGS or used + len(line) > _CHAT_DESCRIPTION_CHARS:
+            lines.append(f"...and {len(findings) - shown} more in the e-mail and machine messages.")
+            break
+        lines.append(line)
+        used += len(line) + 1
+    verdict = group.verdict
+    return {
+        "version": "1.0",
+        "source": "custom",
+        "id": f"{group.run_id}:{verdict}:{group.registry}/{group.repository}:{part}",
+        "content": {
+            "textType": "client-markdown",
+            "title": subject,
+            "description": "\n".join(lines),
+            "nextSteps": _chat_steps(verdict, findings),
+            "keywords": [verdict, SEVERITY.get(verdict, "medium"), group.image],
+        },
+        "metadata": {
+            # One thread per repository: the alert, its reminders and its resolution read as one story.
+            "threadId": f"digest-audit/{group.registry}/{group.repository}",
+            "summary": subject,
+            "eventType": f"digest-audit.{verdict}",
+        },
+    }
+
+
+def _chat_steps(verdict: str, findings: Sequence[Finding]) -> list[str]:
+    steps = list(NEXT_STEPS.get(verdict, ()))
+    if len(findings) == 1 and verdict != "resolved":
+        steps.insert(0, f"Confirm by hand: `{confirm_commands(findings[0])[0]}`")
+    return steps
+
+
+def _chat_line(finding: Finding) -> str:
+    parts = [f"*`{finding.reference}`* ({finding.status.value}, {finding.notice.value})"]
+    if finding.live_digest is not None:
+        parts.append(f"live `{finding.live_digest.short}`")
+    if finding.trusted_digest is not None:
+        parts.append(f"trusted `{finding.trusted_digest.short}`")
+    text = " - ".join(parts)
+    if finding.reason:
+        text += f": {finding.reason}"
+    return f"• {text}"

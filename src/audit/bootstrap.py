@@ -1,0 +1,203 @@
+"""Composition root: wires the real adapters (httpx registry client, DynamoDB/SNS or local files) from settings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import boto3
+from aws_lambda_powertools.utilities import parameters
+
+from audit.adapters.dynamodb_store import DynamoStateStore, DynamoTrustStore
+from audit.adapters.file_store import FileStateStore, FileTrustStore
+from audit.adapters.registry import (
+    ChainCredentials,
+    CredentialProvider,
+    DockerConfigCredentials,
+    EcrCredentials,
+    RegistryClient,
+    RegistrySettings,
+    StaticCredentials,
+)
+from audit.adapters.sns_alerts import SnsAlerts
+from audit.config import (
+    ENV_CREDENTIALS_SECRET,
+    ENV_STATE_TABLE,
+    ENV_TOPIC_ARN,
+    ENV_TRUST_TABLE,
+    AuditConfig,
+    Environment,
+    RegistryOptions,
+    audit_config,
+    registry_options,
+)
+from audit.drift import AlertPolicy
+from audit.errors import ConfigError, CredentialsError
+from audit.models import ImageRef
+from audit.ports import StateStore, TrustStore
+from audit.service import AuditService, RunOptions, RunReport
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_sns import SNSClient
+
+
+def registry_settings(options: RegistryOptions) -> RegistrySettings:
+    return RegistrySettings(
+        insecure_registries=options.insecure_registries,
+        ca_file=options.ca_file,
+        timeout=options.timeout,
+        concurrency=options.concurrency,
+    )
+
+
+def credentials(options: RegistryOptions, *, secret_text: str | None = None) -> CredentialProvider:
+    """Secret (Lambda) first, then Docker's config.json, then ECR tokens for ECR hosts."""
+    providers: list[CredentialProvider] = []
+    if secret_text is not None:
+        providers.append(static_credentials(secret_text, origin=options.credentials_secret or "secret"))
+    providers.append(DockerConfigCredentials(options.docker_config))
+    if options.enable_ecr:
+        providers.append(EcrCredentials())
+    return ChainCredentials(*providers)
+
+
+def static_credentials(secret_text: str, *, origin: str) -> StaticCredentials:
+    try:
+        mapping = json.loads(secret_text)
+    except json.JSONDecodeError:
+        raise CredentialsError(
+            f"registry credentials secret {origin} is not valid JSON",
+            hint='store {"registry.example.com": {"username": "...", "password": "..."}}',
+        ) from None
+    return StaticCredentials.from_mapping(mapping, source=f"registry credentials secret {origin}")
+
+
+def registry_client(options: RegistryOptions, *, secret_text: str | None = None) -> RegistryClient:
+    return RegistryClient(registry_settings(options), credentials(options, secret_text=secret_text))
+
+
+@cache
+def dynamodb_client() -> DynamoDBClient:
+    """One client per process (a deliberate Lambda warm cache); honours AWS_ENDPOINT_URL."""
+    return boto3.client("dynamodb")
+
+
+@cache
+def sns_client() -> SNSClient:
+    return boto3.client("sns")
+
+
+def require(value: str | None, *, what: str, variable: str, flag: str | None = None) -> str:
+    if value:
+        return value
+    where = f"set {variable}" + (f" or pass {flag}" if flag else "")
+    raise ConfigError(f"no {what} configured", hint=where)
+
+
+def existing_file(path: Path, *, flag: str) -> Path:
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{flag} {path} is not a file", hint=f"give {flag} the path of a JSON file")
+    return path
+
+
+def trust_store(trust_file: Path | None, config: AuditConfig) -> TrustStore:
+    """`--trust-file` for people without AWS, else the DynamoDB table named by TRUSTED_DIGESTS_TABLE."""
+    if trust_file is not None:
+        return FileTrustStore(existing_file(trust_file, flag="--trust-file"))
+    table = require(config.trust_table, what="trust store", variable=ENV_TRUST_TABLE, flag="--trust-file FILE")
+    return DynamoTrustStore(table, dynamodb_client())
+
+
+def state_store(state_file: Path | None, config: AuditConfig) -> StateStore:
+    if state_file is not None:
+        return FileStateStore(existing_file(state_file, flag="--state-file"))
+    table = require(config.state_table, what="audit state store", variable=ENV_STATE_TABLE, flag="--state-file FILE")
+    return DynamoStateStore(table, dynamodb_client())
+
+
+def sns_alerts(config: AuditConfig) -> SnsAlerts:
+    topic = require(config.topic_arn, what="alert topic", variable=ENV_TOPIC_ARN, flag="--print-alerts")
+    return SnsAlerts(topic, sns_client())
+
+
+def image_name(text: str) -> str:
+    """`registry/repository` of a repository name as a person types it (`openzaak/open-zaak`)."""
+    return ImageRef.parse(text).image
+
+
+class LambdaApp:
+    """Everything one warm Lambda container reuses between invocations: clients, token cache, event loop.
+
+    The httpx connection pools belong to an event loop, so the container keeps one loop for its lifetime
+    instead of `asyncio.run` per invocation; tokens and connections then survive between scheduled runs.
+    """
+
+    def __init__(self, config: AuditConfig, secret_text: str | None) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.registry = registry_client(config.registry, secret_text=secret_text)
+        self.trust = trust_store(None, config)
+        self.state = state_store(None, config)
+        self.alerts = sns_alerts(config)
+        self.policy = AlertPolicy(
+            reminder_interval=config.reminder_interval, unverifiable_after=config.unverifiable_after
+        )
+
+    @property
+    def time_margin_seconds(self) -> float:
+        """Stop starting checks when less than this is left: room for retries, re-verification and saving."""
+        return self.config.reverify_delay + 2 * self.config.registry.timeout + 10
+
+    def run(self, options: RunOptions, *, should_start: Callable[[], bool]) -> RunReport:
+        service = AuditService(
+            self.trust,
+            self.state,
+            self.registry,
+            self.alerts,
+            alert_policy=self.policy,
+            reverify_delay=self.config.reverify_delay,
+            should_start=should_start,
+        )
+        return self.loop.run_until_complete(service.run(options))
+
+
+_lambda_app: LambdaApp | None = None
+
+
+def lambda_app(env: Environment | None = None) -> LambdaApp:
+    """Built once per container (a deliberate warm cache); configuration errors surface on first use."""
+    global _lambda_app  # noqa: PLW0603 - the documented per-container cache
+    if _lambda_app is None:
+        env = env or Environment()
+        config = audit_config(env, registry_options(env))
+        secret_text = None
+        if config.registry.credentials_secret:
+            secret_text = read_secret(config.registry.credentials_secret)
+        _lambda_app = LambdaApp(config, secret_text)
+    return _lambda_app
+
+
+def reset_lambda_app() -> None:
+    """Forget the cached app (tests, or after a configuration change)."""
+    global _lambda_app  # noqa: PLW0603
+    if _lambda_app is not None:
+        _lambda_app.loop.run_until_complete(_lambda_app.registry.aclose())
+        _lambda_app.loop.close()
+    _lambda_app = None
+
+
+def read_secret(secret_id: str) -> str:
+    """The registry credentials JSON, cached by Powertools for five minutes."""
+    try:
+        value = parameters.get_secret(secret_id, max_age=300)
+    except Exception as exc:  # Powertools wraps botocore errors in its own types
+        raise CredentialsError(
+            f"cannot read registry credentials secret {secret_id}: {type(exc).__name__}",
+            hint=f"check {ENV_CREDENTIALS_SECRET} and that the function may read it",
+        ) from None
+    return value if isinstance(value, str) else json.dumps(value)

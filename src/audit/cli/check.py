@@ -1,0 +1,148 @@
+"""`digest-audit check`: what digest does each tag have right now, and is it the one I trust?"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from audit import bootstrap
+from audit.cli.common import (
+    add_registry_options,
+    err,
+    parse_references,
+    print_json,
+    registry_options_from,
+    render_table,
+)
+from audit.drift import check_verdict
+from audit.errors import UsageError
+from audit.models import Digest, ImageRef, Observation, Verdict
+
+_PLATFORM_RE = re.compile(r"^[a-z0-9._-]+/[a-z0-9._-]+(/[a-z0-9._-]+)?$")
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+EXIT_UNVERIFIABLE = 3
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "check",
+        help="resolve live digests and compare them with pinned ones",
+        description="Resolve the live digest of each IMAGE[:TAG][@DIGEST]; with @DIGEST, compare. "
+        "Exit 0 all fine, 1 drift or missing, 3 unverifiable, 2 usage error.",
+    )
+    parser.add_argument("references", nargs="*", metavar="IMAGE[@DIGEST]")
+    parser.add_argument(
+        "-f",
+        "--file",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="read references from FILE, one per line (# comments allowed); repeatable",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON array on stdout")
+    parser.add_argument(
+        "--platform",
+        metavar="OS/ARCH[/VARIANT]",
+        help="compare the child digest of this platform of an index",
+    )
+    parser.add_argument(
+        "--platforms", action="store_true", help="also fetch per-platform child digests of multi-arch tags"
+    )
+    add_registry_options(parser)
+    parser.set_defaults(handler=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    if args.platform is not None and not _PLATFORM_RE.match(args.platform):
+        raise UsageError(
+            f"invalid --platform {args.platform!r}",
+            hint="use OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm64/v8",
+        )
+    references = parse_references(args.references, args.file)
+    options = registry_options_from(args)
+    want_platforms = bool(args.platforms or args.platform)
+    observations = asyncio.run(_observe_all(options, [ref for _, ref in references], want_platforms))
+    rows = [
+        _row(typed, ref, observation, args.platform)
+        for (typed, ref), observation in zip(references, observations, strict=True)
+    ]
+    if args.json:
+        print_json(rows)
+    else:
+        print(_table(rows))
+    counts = Counter(row["status"] for row in rows)
+    _summarise(rows, counts)
+    if counts[Verdict.DRIFT] or counts[Verdict.MISSING]:
+        return EXIT_PROBLEM
+    if counts[Verdict.UNVERIFIABLE]:
+        return EXIT_UNVERIFIABLE
+    return EXIT_OK
+
+
+async def _observe_all(options: Any, refs: list[ImageRef], platforms: bool) -> list[Observation]:
+    async with bootstrap.registry_client(options) as client:
+        return list(
+            await asyncio.gather(
+                *(client.observe(ref, expected=ref.digest if ref.tag else None, platforms=platforms) for ref in refs)
+            )
+        )
+
+
+def _row(typed: str, ref: ImageRef, observation: Observation, platform: str | None) -> dict[str, Any]:
+    verdict, reason = check_verdict(observation, ref.digest, platform)
+    live: Digest | None = observation.live_digest
+    if platform is not None:
+        live = (observation.platforms or {}).get(platform)
+    if ref.tag is None and verdict is Verdict.MATCH:
+        live = ref.digest
+    return {
+        "reference": typed,
+        "registry": ref.registry,
+        "repository": ref.repository,
+        "tag": ref.tag,
+        "trusted_digest": str(ref.digest) if ref.digest else None,
+        "live_digest": str(live) if live else None,
+        "status": verdict.value,
+        "reason": reason,
+        "checked_at": _iso(observation.checked_at),
+        "media_type": observation.media_type,
+        "platform": platform,
+        "platforms": (
+            {name: str(digest) for name, digest in observation.platforms.items()}
+            if observation.platforms is not None
+            else None
+        ),
+    }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    body = [
+        [
+            str(row["reference"]),
+            str(row["status"]).upper(),
+            str(row["live_digest"] or "-"),
+            str(row["reason"] or ""),
+        ]
+        for row in rows
+    ]
+    return render_table(["REFERENCE", "STATUS", "LIVE DIGEST", "REASON"], body)
+
+
+def _summarise(rows: list[dict[str, Any]], counts: Counter[str]) -> None:
+    parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    err(f"checked {len(rows)} reference(s): {parts}")
+    for row in rows:
+        if row["status"] == Verdict.UNVERIFIABLE:
+            err(f"  unverifiable: {row['reference']}: {row['reason']}")

@@ -1,0 +1,131 @@
+"""Pieces shared by the subcommands: registry options, reading reference files, stdout/stderr discipline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from audit.config import Environment, RegistryOptions, registry_options
+from audit.errors import AuditError, UsageError
+from audit.models import ImageRef
+
+
+def add_registry_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("registry access")
+    group.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="talk plain HTTP to this registry (repeatable; also DIGEST_AUDIT_INSECURE_REGISTRIES)",
+    )
+    group.add_argument("--ca-file", type=Path, help="a PEM CA bundle added to the system trust store")
+    group.add_argument("--docker-config", type=Path, metavar="DIR", help="directory holding config.json")
+    group.add_argument("--concurrency", type=positive_int, help="requests in flight per registry host (default 16)")
+    group.add_argument("--timeout", type=positive_float, help="seconds per request (default 10)")
+
+
+def registry_options_from(args: argparse.Namespace, env: Environment | None = None) -> RegistryOptions:
+    return registry_options(
+        env or Environment(),
+        insecure=args.insecure_registry,
+        ca_file=args.ca_file,
+        timeout=args.timeout,
+        concurrency=args.concurrency,
+        docker_config=args.docker_config,
+    )
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def read_reference_file(path: Path) -> list[tuple[str, int]]:
+    """Lines of a references file as (reference, line number): `#` comments and blank lines skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read references file {path}: {exc.strerror or exc}",
+            hint="check the path given to -f",
+        ) from None
+    except UnicodeDecodeError:
+        raise UsageError(f"references file {path} is not UTF-8 text", hint="save it as UTF-8") from None
+    entries: list[tuple[str, int]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        content = line.strip()
+        if content.startswith("#"):
+            continue
+        for marker in (" #", "\t#"):
+            cut = content.find(marker)
+            if cut != -1:
+                content = content[:cut].strip()
+        if content:
+            entries.append((content, number))
+    return entries
+
+
+def parse_references(positional: Sequence[str], files: Sequence[Path]) -> list[tuple[str, ImageRef]]:
+    """Positional references and `-f` files together, each parsed; a bad one names itself (and its line)."""
+    parsed: list[tuple[str, ImageRef]] = []
+    for text in positional:
+        parsed.append((text, _parse_one(text, where="")))
+    for path in files:
+        for text, line in read_reference_file(path):
+            parsed.append((text, _parse_one(text, where=f"{path}:{line}: ")))
+    if not parsed:
+        raise UsageError("no image references given", hint="name images as arguments or with -f FILE")
+    return parsed
+
+
+def _parse_one(text: str, *, where: str) -> ImageRef:
+    try:
+        return ImageRef.parse(text)
+    except AuditError as exc:
+        raise UsageError(f"{where}{exc.message}", hint=exc.hint) from None
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    return "\n".join(lines)
+
+
+def err(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def add_store_options(parser: argparse.ArgumentParser, *, state: bool = False) -> None:
+    group = parser.add_argument_group("stores (default: DynamoDB tables from TRUSTED_DIGESTS_TABLE/AUDIT_STATE_TABLE)")
+    group.add_argument("--trust-file", type=Path, metavar="FILE", help="local JSON trust store instead of DynamoDB")
+    if state:
+        group.add_argument("--state-file", type=Path, metavar="FILE", help="local JSON audit state instead of DynamoDB")

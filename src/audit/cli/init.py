@@ -1,0 +1,38 @@
+"""`digest-audit init`: create the two tables (and optionally a topic) for local use, tests and non-SAM users."""
+
+from __future__ import annotations
+
+import argparse
+
+from audit import bootstrap
+from audit.adapters.dynamodb_store import create_tables
+from audit.config import ENV_STATE_TABLE, ENV_TRUST_TABLE, Environment
+from audit.errors import PublishError
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "init",
+        help="create the trust and state tables (idempotent)",
+        description="Create the tables named by TRUSTED_DIGESTS_TABLE and AUDIT_STATE_TABLE at the configured "
+        "endpoint (AWS_ENDPOINT_URL honoured), with the key schema of the SAM template. Existing tables are kept.",
+    )
+    parser.add_argument("--topic", metavar="NAME", help="also create an SNS topic with this name and print its ARN")
+    parser.set_defaults(handler=run_init)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    env = Environment()
+    trust = bootstrap.require(env.text(ENV_TRUST_TABLE), what="trust table name", variable=ENV_TRUST_TABLE)
+    state = bootstrap.require(env.text(ENV_STATE_TABLE), what="state table name", variable=ENV_STATE_TABLE)
+    create_tables(bootstrap.dynamodb_client(), trust, state)
+    print(f"tables ready: {trust} (trusted digests), {state} (audit state)")
+    if args.topic:
+        try:
+            arn = bootstrap.sns_client().create_topic(Name=args.topic)["TopicArn"]
+        except Exception as exc:  # botocore raises many unrelated types; name the topic and move on
+            raise PublishError(
+                f"cannot create topic {args.topic}: {exc}", hint="check credentials and region"
+            ) from None
+        print(f"topic ready: {arn}")
+    return 0

@@ -1,0 +1,197 @@
+"""`digest-audit record`: what CI runs at push time to store the trusted digest of a released tag."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from audit import bootstrap
+from audit.cli.common import add_registry_options, add_store_options, registry_options_from
+from audit.config import Environment, RegistryOptions, audit_config
+from audit.errors import AuditError, RegistryError, UsageError
+from audit.models import Digest, ImageRef, LiveStatus, MediaType, RecordOutcome, TrustedImage, utcnow
+from audit.ports import TrustStore
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the registry says about the digest being recorded."""
+
+    media_type: str | None
+    platforms: dict[str, Digest] | None
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "record",
+        help="record the trusted digest of a released tag (run by CI at push time)",
+        description="Record IMAGE:TAG@DIGEST as trusted. Recording the same digest again is a no-op; a different "
+        "digest for a trusted tag is refused (exit 1) unless --replace --reason TEXT is given, or the tag is "
+        "a moving tag (see `digest-audit watch --moving`). Previous records are kept as history.",
+    )
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("reference", nargs="?", metavar="IMAGE:TAG@DIGEST")
+    what.add_argument(
+        "--from-buildx-metadata",
+        type=Path,
+        metavar="FILE",
+        help="read image.name and containerimage.digest from a `docker buildx build --metadata-file` file",
+    )
+    what.add_argument(
+        "--resolve",
+        metavar="IMAGE:TAG",
+        help="record what the registry serves now (first adoption of an existing release)",
+    )
+    parser.add_argument("--source", required=True, help="where the digest came from: CI run URL or free text")
+    parser.add_argument("--commit", help="the commit the image was built from")
+    parser.add_argument("--recorded-by", help="who records (default: CI actor or the local user)")
+    parser.add_argument("--replace", action="store_true", help="replace a different trusted digest (needs --reason)")
+    parser.add_argument("--reason", help="why the trusted digest of a pinned tag is replaced")
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not ask the registry for the media type and platform digests of DIGEST",
+    )
+    add_store_options(parser)
+    add_registry_options(parser)
+    parser.set_defaults(handler=run_record)
+
+
+def run_record(args: argparse.Namespace) -> int:
+    if args.replace and not (args.reason and args.reason.strip()):
+        raise UsageError("--replace needs --reason TEXT", hint="say why the trusted digest changes; it is kept")
+    if args.reason and not args.replace:
+        raise UsageError("--reason only goes with --replace", hint="add --replace or drop --reason")
+    if not args.source.strip():
+        raise UsageError("--source is empty", hint='give the CI run URL, e.g. --source "$CI_JOB_URL"')
+    env = Environment()
+    options = registry_options_from(args, env)
+    store = bootstrap.trust_store(args.trust_file, audit_config(env, options))
+
+    resolved_now = False
+    if args.from_buildx_metadata is not None:
+        refs = buildx_metadata_references(args.from_buildx_metadata)
+    elif args.resolve is not None:
+        refs = [asyncio.run(_resolve(options, args.resolve))]
+        resolved_now = True
+    else:
+        refs = [_pinned_reference(args.reference)]
+
+    recorded_by = args.recorded_by or _default_recorder()
+    for ref in refs:
+        assert ref.tag is not None and ref.digest is not None  # guaranteed by the parsers above
+        evidence = Evidence(None, None) if args.offline else asyncio.run(_evidence(options, ref))
+        item = TrustedImage(
+            registry=ref.registry,
+            repository=ref.repository,
+            tag=ref.tag,
+            digest=ref.digest,
+            platforms=evidence.platforms,
+            media_type=evidence.media_type,
+            source=args.source.strip(),
+            commit=args.commit,
+            recorded_at=utcnow(),
+            recorded_by=recorded_by,
+            reason=args.reason,
+        )
+        outcome = _record(store, item, replace=args.replace)
+        note = " (resolved from the registry now, not from a CI build)" if resolved_now else ""
+        print(f"{outcome.value}: {ref.familiar}{note}")
+    return 0
+
+
+def _record(store: TrustStore, item: TrustedImage, *, replace: bool) -> RecordOutcome:
+    settings = store.get_watch_settings(item.image)
+    moving = settings is not None and item.tag in settings.moving
+    return store.record(item, replace=replace, moving=moving)
+
+
+def _pinned_reference(text: str) -> ImageRef:
+    ref = ImageRef.parse(text)
+    if ref.digest is None or ref.tag is None:
+        raise UsageError(
+            f"cannot record {text!r}: it needs both a tag and a digest",
+            hint="use IMAGE:TAG@sha256:DIGEST, or --resolve IMAGE:TAG to record what the registry serves now",
+        )
+    return ref
+
+
+def buildx_metadata_references(path: Path) -> list[ImageRef]:
+    """`image.name` (comma-separated names) with `containerimage.digest` from a buildx metadata file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read buildx metadata file {path}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UsageError(
+            f"buildx metadata file {path} is not JSON",
+            hint="pass the file written by `docker buildx build --metadata-file FILE`",
+        ) from None
+    names = data.get("image.name") if isinstance(data, dict) else None
+    digest_text = data.get("containerimage.digest") if isinstance(data, dict) else None
+    if not isinstance(names, str) or not isinstance(digest_text, str):
+        raise UsageError(
+            f"buildx metadata file {path} lacks image.name or containerimage.digest",
+            hint="build with --push (or push: true) so buildx records the pushed names and digest",
+        )
+    try:
+        digest = Digest.parse(digest_text)
+    except AuditError as exc:
+        raise UsageError(f"{path}: containerimage.digest: {exc.message}", hint=exc.hint) from None
+    refs: list[ImageRef] = []
+    for name in (part.strip() for part in names.split(",")):
+        if not name:
+            continue
+        try:
+            ref = ImageRef.parse(name)
+        except AuditError as exc:
+            raise UsageError(f"{path}: image.name: {exc.message}", hint=exc.hint) from None
+        refs.append(ImageRef(registry=ref.registry, repository=ref.repository, tag=ref.tag, digest=digest))
+    if not refs:
+        raise UsageError(f"buildx metadata file {path} names no image", hint="check image.name")
+    return refs
+
+
+async def _resolve(options: RegistryOptions, text: str) -> ImageRef:
+    ref = ImageRef.parse(text)
+    if ref.digest is not None:
+        raise UsageError(f"--resolve takes IMAGE:TAG without a digest, not {text!r}")
+    async with bootstrap.registry_client(options) as client:
+        observation = await client.observe(ref)
+    if observation.status is not LiveStatus.FOUND or observation.live_digest is None:
+        raise RegistryError(
+            f"cannot resolve {ref.familiar}: {observation.reason or observation.status.value}",
+            hint="check the name, the tag and the registry credentials",
+        )
+    return ImageRef(registry=ref.registry, repository=ref.repository, tag=ref.tag, digest=observation.live_digest)
+
+
+async def _evidence(options: RegistryOptions, ref: ImageRef) -> Evidence:
+    """Media type and child digests of the recorded digest, fetched by digest so the tag cannot mislead."""
+    by_digest = ImageRef(registry=ref.registry, repository=ref.repository, digest=ref.digest)
+    async with bootstrap.registry_client(options) as client:
+        try:
+            manifest = await client.fetch_manifest(by_digest)
+        except RegistryError as exc:
+            raise RegistryError(
+                f"cannot read {by_digest.familiar} from the registry to record it: {exc.message}",
+                hint="record only digests the registry serves, or pass --offline to record without checking",
+            ) from None
+    is_index = manifest.media_type in (MediaType.DOCKER_LIST, MediaType.OCI_INDEX)
+    return Evidence(manifest.media_type, manifest.platforms if is_index else None)
+
+
+def _default_recorder() -> str:
+    for variable in ("GITHUB_ACTOR", "GITLAB_USER_LOGIN", "BUILDKITE_BUILD_CREATOR", "USER"):
+        value = os.environ.get(variable)
+        if value:
+            return value
+    try:
+        return getpass.getuser()
+    except OSError:
+        return "unknown"

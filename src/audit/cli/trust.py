@@ -1,0 +1,61 @@
+"""`digest-audit trust import|export`: back-fill digests from CI history, or move between backends."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from audit import bootstrap
+from audit.adapters.trust_io import export_trust, import_trust
+from audit.cli.common import add_store_options
+from audit.config import Environment, RegistryOptions, audit_config
+from audit.errors import UsageError
+
+_FORMATS = ("json", "csv")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("trust", help="import or export trusted digests (CSV or JSON)")
+    actions = parser.add_subparsers(dest="trust_command", required=True, metavar="ACTION")
+    importing = actions.add_parser("import", help="add trusted digests from a CSV or JSON file")
+    importing.add_argument("file", type=Path, metavar="FILE")
+    importing.add_argument("--format", choices=_FORMATS, help="default: from the file name")
+    add_store_options(importing)
+    importing.set_defaults(handler=run_import)
+    exporting = actions.add_parser("export", help="print every trusted digest (and history) as CSV or JSON")
+    exporting.add_argument("--format", choices=_FORMATS, default="json")
+    exporting.add_argument("-o", "--output", type=Path, metavar="FILE", help="write to FILE instead of stdout")
+    add_store_options(exporting)
+    exporting.set_defaults(handler=run_export)
+
+
+def _format_of(path: Path, explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix in _FORMATS:
+        return suffix
+    raise UsageError(f"cannot tell the format of {path}", hint="name it .csv or .json, or pass --format csv|json")
+
+
+def run_import(args: argparse.Namespace) -> int:
+    fmt = _format_of(args.file, args.format)
+    try:
+        text = args.file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}", hint="check the path") from None
+    store = bootstrap.trust_store(args.trust_file, audit_config(Environment(), RegistryOptions()))
+    summary = import_trust(store, text, fmt)
+    print(summary.describe())
+    return 1 if summary.conflicts else 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    store = bootstrap.trust_store(args.trust_file, audit_config(Environment(), RegistryOptions()))
+    text = export_trust(store, args.format)
+    if args.output is not None:
+        args.output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -1,0 +1,499 @@
+"""The pure decision core: a tag's verdict, untracked tags, and whether a run alerts, reminds or resolves.
+
+No I/O and no clock reads (the service passes time in), so every rule is a table-testable function.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from fnmatch import fnmatchcase
+
+from audit.models import (
+    Digest,
+    Finding,
+    ImageRef,
+    LiveStatus,
+    MediaType,
+    MovingMode,
+    Notice,
+    Observation,
+    TagState,
+    TrustedImage,
+    Verdict,
+    WatchSettings,
+)
+
+# cosign signatures/attestations/SBOMs and the OCI 1.1 referrers fallback tag: `<alg>-<hex>[.sig|.att|.sbom]`.
+_REFERRER_TAG_RE = re.compile(r"^(?:sha256-[0-9a-f]{64}|sha512-[0-9a-f]{128})(?:\.(?:sig|att|sbom))?$")
+
+#: Verdicts that say "something is wrong with this tag" once established by a verified run.
+PROBLEM_VERDICTS = frozenset({Verdict.DRIFT, Verdict.MISSING, Verdict.UNTRACKED})
+#: Verdicts that close an open alert: the tag verifies again, or there is nothing left to check.
+CLEARING_VERDICTS = frozenset({Verdict.MATCH, Verdict.RESOLVED})
+# Only these verdicts are about a particular live digest; the others are remembered without one.
+_DIGEST_VERDICTS = frozenset({Verdict.MATCH, Verdict.DRIFT, Verdict.UNTRACKED})
+
+
+# --------------------------------------------------------------------------------------------------- policies
+
+
+@dataclass(frozen=True, slots=True)
+class TagPolicy:
+    """How a tag may change: pinned (`moving is None`) or moving under a MovingMode."""
+
+    moving: MovingMode | None = None
+
+    @property
+    def pinned(self) -> bool:
+        return self.moving is None
+
+    @property
+    def needs_all_trusted(self) -> bool:
+        """Whether judge() needs every digest ever recorded for the repository (`ever_trusted`)."""
+        return self.moving is MovingMode.ANY_TRUSTED
+
+    def __str__(self) -> str:
+        return "pinned" if self.moving is None else f"moving ({self.moving.value})"
+
+
+PINNED = TagPolicy()
+
+
+def policy_for(settings: WatchSettings | None, tag: str) -> TagPolicy:
+    """The policy of one tag: moving only when the repository settings name it exactly (no patterns)."""
+    if settings is None:
+        return PINNED
+    return TagPolicy(moving=settings.moving.get(tag))
+
+
+@dataclass(frozen=True, slots=True)
+class AlertPolicy:
+    """When to remind about an open problem, and how many unverifiable runs in a row make an alert."""
+
+    reminder_interval: timedelta = timedelta(hours=24)
+    unverifiable_after: int = 3
+
+    def __post_init__(self) -> None:
+        # A zero interval would remind on every run; zero runs would alert on a single network blip.
+        if self.reminder_interval <= timedelta(0):
+            raise ValueError("reminder_interval must be positive")
+        if self.unverifiable_after < 1:
+            raise ValueError("unverifiable_after must be at least 1")
+
+
+DEFAULT_ALERT_POLICY = AlertPolicy()
+
+
+# --------------------------------------------------------------------------------------------------- judging
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformChanges:
+    """How the children of a multi-platform index differ between the trusted and the live index."""
+
+    changed: tuple[str, ...] = ()
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+    @property
+    def any(self) -> bool:
+        return bool(self.changed or self.added or self.removed)
+
+    def describe(self) -> str:
+        if not self.any:
+            return "no platform changed (only the index itself differs)"
+        parts = [
+            f"{label} {', '.join(names)}"
+            for label, names in (("changed", self.changed), ("added", self.added), ("removed", self.removed))
+            if names
+        ]
+        return "; ".join(parts)
+
+
+def platform_changes(trusted: Mapping[str, Digest] | None, live: Mapping[str, Digest] | None) -> PlatformChanges | None:
+    """Compare two platform → child digest maps; None when either side is unknown."""
+    if trusted is None or live is None:
+        return None
+    return PlatformChanges(
+        changed=tuple(sorted(p for p in trusted.keys() & live.keys() if trusted[p] != live[p])),
+        added=tuple(sorted(live.keys() - trusted.keys())),
+        removed=tuple(sorted(trusted.keys() - live.keys())),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """The verdict about one tag in one run, with a reason a person can act on."""
+
+    verdict: Verdict
+    reason: str | None = None
+    platform_changes: PlatformChanges | None = None  # set for a drift between two known indexes
+
+
+def judge(
+    trusted: TrustedImage | None,
+    observation: Observation,
+    *,
+    policy: TagPolicy = PINNED,
+    ever_trusted: Collection[Digest] = frozenset(),
+    history: Sequence[Digest] = (),
+) -> Judgement:
+    """Compare what the registry serves with the trusted record.
+
+    - UNVERIFIABLE observations stay unverifiable: nothing that was not established is ever a match.
+    - MISSING is missing; for a tag nobody recorded (`trusted is None`) it is unverifiable instead, since a
+      listed tag without a manifest says nothing about trust.
+    - FOUND: equal digests match under every policy. Otherwise a pinned or `latest-recorded` tag drifts;
+      an `any-trusted` tag matches when the live digest is in `ever_trusted` (or this tag's `history`).
+    - A trusted index digest and a live child digest (or the reverse) are never called a match: the tag did
+      change what it names, and the reason says how to fix a record that named a platform digest.
+    """
+    if observation.status is LiveStatus.UNVERIFIABLE:
+        return Judgement(Verdict.UNVERIFIABLE, observation.reason or "the registry did not establish a digest")
+    if observation.status is LiveStatus.MISSING:
+        if trusted is None:
+            return Judgement(Verdict.UNVERIFIABLE, observation.reason or "a listed tag has no manifest")
+        return Judgement(Verdict.MISSING, observation.reason or "the registry has no manifest for this tag")
+    live = observation.live_digest
+    if live is None:  # FOUND without a digest breaks the client's contract; never read it as a match
+        return Judgement(Verdict.UNVERIFIABLE, "the registry answered without a digest")
+    if trusted is None:
+        return Judgement(Verdict.UNTRACKED, "no trusted digest recorded for this tag")
+    if live == trusted.digest:
+        return Judgement(Verdict.MATCH)
+    if policy.moving is MovingMode.ANY_TRUSTED and (live in ever_trusted or live in history):
+        return Judgement(
+            Verdict.MATCH, f"moving tag (any-trusted): {live.short} was trusted earlier in this repository"
+        )
+    changes = platform_changes(trusted.platforms, observation.platforms)
+    return Judgement(
+        Verdict.DRIFT,
+        _drift_reason(trusted, observation=observation, live=live, policy=policy, history=history, changes=changes),
+        changes,
+    )
+
+
+def _drift_reason(
+    trusted: TrustedImage,
+    *,
+    observation: Observation,
+    live: Digest,
+    policy: TagPolicy,
+    history: Sequence[Digest],
+    changes: PlatformChanges | None,
+) -> str:
+    if policy.moving is MovingMode.ANY_TRUSTED:
+        parts = [f"moving tag (any-trusted): {live.short} was never recorded for this repository"]
+    elif policy.moving is MovingMode.LATEST_RECORDED:
+        parts = [f"moving tag (latest-recorded): serves {live.short}, latest recorded {trusted.digest.short}"]
+    else:
+        parts = [f"serves {live.short}, CI recorded {trusted.digest.short}"]
+    if live in history:
+        parts.append("the live digest was trusted for this tag before (a rollback or a stale mirror?)")
+    live_child = _platform_of(trusted.digest, observation.platforms)
+    served_child = _platform_of(live, trusted.platforms)
+    if live_child is not None:
+        parts.append(
+            f"the trusted digest is the {live_child} child of the live index; if CI recorded a platform "
+            "digest, record the index digest instead"
+        )
+    elif served_child is not None:
+        parts.append(
+            f"the registry serves the {served_child} child of the trusted index (re-pushed as one platform, "
+            "or the registry ignored the Accept header)"
+        )
+    elif _is_index(trusted.media_type) and _is_index(observation.media_type) is False:
+        parts.append("an index was recorded but a single-platform manifest is served")
+    if changes is not None:
+        parts.append(f"platforms: {changes.describe()}")
+    return "; ".join(parts)
+
+
+def _platform_of(digest: Digest, platforms: Mapping[str, Digest] | None) -> str | None:
+    for platform, child in sorted((platforms or {}).items()):
+        if child == digest:
+            return platform
+    return None
+
+
+def _is_index(media_type: str | None) -> bool | None:
+    if media_type is None:
+        return None
+    try:
+        return MediaType(media_type).is_index
+    except ValueError:
+        return None
+
+
+def check_verdict(
+    observation: Observation, pinned: Digest | None, platform: str | None = None
+) -> tuple[Verdict, str | None]:
+    """The verdict of `digest-audit check` for one reference.
+
+    No pin: RESOLVED when a digest was established. With a pin: MATCH or DRIFT. With a platform, the child
+    digest of that platform is what is resolved or compared; a tag that is not a multi-platform index is
+    UNVERIFIABLE for a platform query (a single manifest does not say which platform it is built for without
+    its config), and a platform absent from the index is MISSING. A pin equal to the index digest itself
+    matches (the index names its children). Without a platform, a pin that is only a child of the live index
+    is a DRIFT whose reason suggests `--platform`.
+    """
+    if observation.status is LiveStatus.UNVERIFIABLE:
+        return Verdict.UNVERIFIABLE, observation.reason or "the registry did not establish a digest"
+    if observation.status is LiveStatus.MISSING:
+        return Verdict.MISSING, observation.reason or "the registry has no manifest for this reference"
+    top = observation.live_digest
+    if top is None:
+        return Verdict.UNVERIFIABLE, "the registry answered without a digest"
+    if platform is None:
+        if pinned is None:
+            return Verdict.RESOLVED, None
+        if top == pinned:
+            return Verdict.MATCH, None
+        child_of = _platform_of(pinned, observation.platforms)
+        if child_of is not None:
+            return Verdict.DRIFT, (
+                f"the pinned digest is the {child_of} child of the live index {top.short}; "
+                f"add --platform {child_of} to compare that child"
+            )
+        return Verdict.DRIFT, f"serves {top.short}, pinned {pinned.short}"
+
+    if observation.platforms is None:
+        if _is_index(observation.media_type) is False:
+            return Verdict.UNVERIFIABLE, f"not a multi-platform index: cannot select {platform}"
+        return Verdict.UNVERIFIABLE, f"the platforms of the index were not read: cannot select {platform}"
+    child = observation.platforms.get(platform)
+    if child is None:
+        return Verdict.MISSING, f"platform {platform} not in index"
+    if pinned is None:
+        return Verdict.RESOLVED, f"{platform} child of index {top.short}"
+    if child == pinned:
+        return Verdict.MATCH, f"{platform} child of index {top.short}"
+    if top == pinned:
+        return Verdict.MATCH, "the pinned digest is the index itself, which is unchanged"
+    return Verdict.DRIFT, f"the {platform} child is {child.short}, pinned {pinned.short} (index {top.short})"
+
+
+# --------------------------------------------------------------------------------------------------- tags
+
+
+def is_referrer_tag(tag: str) -> bool:
+    """cosign `.sig`/`.att`/`.sbom` tags and OCI referrers fallback tags: artefacts about images."""
+    return _REFERRER_TAG_RE.match(tag) is not None
+
+
+def untracked_tags(listed: Sequence[str], trusted_tags: Collection[str], settings: WatchSettings) -> list[str]:
+    """Tags the registry lists that nobody recorded, minus ignore globs and referrer tags; sorted, unique.
+
+    Patterns match case-sensitively (tags are case-sensitive). Whether to list tags at all is the caller's
+    decision (`settings.track_new_tags`).
+    """
+    return sorted(
+        {
+            tag
+            for tag in listed
+            if tag not in trusted_tags
+            and not is_referrer_tag(tag)
+            and not any(fnmatchcase(tag, pattern) for pattern in settings.ignore)
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------------------- deciding
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The state to save for a tag after this run, and the notice to publish first (if any).
+
+    `resolved` names the problem a RESOLVED notice closes (the new state no longer holds it).
+    """
+
+    new_state: TagState
+    notice: Notice | None = None
+    resolved: Verdict | None = None
+
+
+def decide(
+    previous: TagState | None,
+    verdict: Verdict,
+    live_digest: Digest | None,
+    *,
+    ref: ImageRef,
+    now: datetime,
+    policy: AlertPolicy = DEFAULT_ALERT_POLICY,
+    registry_all_failed: bool = False,
+) -> Decision:
+    """Advance one tag's state by this run's verdict and say whether to alert.
+
+    - An open alert is the pair (alerted_verdict, alerted_digest). A problem verdict (drift, missing,
+      untracked) that differs from it opens a NEW alert (a drift to another digest is a new alert); the same
+      problem again is quiet until `reminder_interval` has passed since the last notice (REMINDER).
+    - MATCH (or RESOLVED: nothing left to check) closes an open alert with a RESOLVED notice.
+    - UNVERIFIABLE counts `consecutive_unverifiable`. It never closes nor replaces an open drift, missing or
+      untracked alert: that problem stays the tag's status (last_verdict, its digest and first_seen are kept)
+      and keeps its reminders, because an unverified run proves nothing. With no open problem, the tag's
+      status becomes unverifiable and a NEW alert goes out once the streak reaches `unverifiable_after`, or at
+      once when every tag of the registry failed (credentials or network, not one tag).
+    - first_seen changes only when the status (verdict, digest) changes; last_seen is always `now`.
+
+    Publish-then-save is safe: the result depends only on the arguments, so when a publish fails and
+    nothing is saved, the next run computes the same notice again from the same previous state.
+    """
+    if ref.tag is None:
+        raise ValueError(f"decide needs a tagged reference, not {ref}")
+    if previous is not None and previous.key != (ref.image, ref.tag):
+        raise ValueError(f"state of {previous.image}:{previous.tag} given for {ref.image}:{ref.tag}")
+    digest = live_digest if verdict in _DIGEST_VERDICTS else None
+    open_verdict = previous.alerted_verdict if previous is not None else None
+    open_digest = previous.alerted_digest if previous is not None else None
+
+    if verdict is Verdict.UNVERIFIABLE:
+        return _decide_unverifiable(
+            previous, ref=ref, tag=ref.tag, now=now, policy=policy, registry_all_failed=registry_all_failed
+        )
+
+    if previous is not None and (previous.last_verdict, previous.last_live_digest) == (verdict, digest):
+        first_seen = previous.first_seen
+    else:
+        first_seen = now
+    state = TagState(
+        registry=ref.registry,
+        repository=ref.repository,
+        tag=ref.tag,
+        last_verdict=verdict,
+        last_live_digest=digest,
+        first_seen=first_seen,
+        last_seen=now,
+        last_alerted=previous.last_alerted if previous is not None else None,
+        alert_count=previous.alert_count if previous is not None else 0,
+        consecutive_unverifiable=0,
+        alerted_verdict=open_verdict,
+        alerted_digest=open_digest,
+    )
+
+    if verdict in CLEARING_VERDICTS:
+        if open_verdict is None:
+            return Decision(state)
+        closed = state.model_copy(
+            update={"alerted_verdict": None, "alerted_digest": None, "last_alerted": now, "alert_count": 0}
+        )
+        return Decision(closed, Notice.RESOLVED, resolved=open_verdict)
+
+    if verdict not in PROBLEM_VERDICTS:
+        raise ValueError(f"unexpected verdict {verdict!r} for an audited tag")
+    if previous is not None and (open_verdict, open_digest) == (verdict, digest):
+        return _remind_if_due(previous, state, now, policy)
+    opened = state.model_copy(
+        update={"alerted_verdict": verdict, "alerted_digest": digest, "last_alerted": now, "alert_count": 1}
+    )
+    return Decision(opened, Notice.NEW)
+
+
+def _decide_unverifiable(
+    previous: TagState | None,
+    *,
+    ref: ImageRef,
+    tag: str,
+    now: datetime,
+    policy: AlertPolicy,
+    registry_all_failed: bool,
+) -> Decision:
+    streak = (previous.consecutive_unverifiable if previous is not None else 0) + 1
+    open_verdict = previous.alerted_verdict if previous is not None else None
+    if previous is not None and open_verdict is not None and open_verdict is not Verdict.UNVERIFIABLE:
+        # An open problem outlives runs that cannot see the tag: keep it as the status, keep reminding.
+        kept = previous.model_copy(update={"last_seen": now, "consecutive_unverifiable": streak})
+        return _remind_if_due(previous, kept, now, policy)
+
+    continuing = previous is not None and previous.last_verdict is Verdict.UNVERIFIABLE
+    state = TagState(
+        registry=ref.registry,
+        repository=ref.repository,
+        tag=tag,
+        last_verdict=Verdict.UNVERIFIABLE,
+        last_live_digest=None,
+        first_seen=previous.first_seen if previous is not None and continuing else now,
+        last_seen=now,
+        last_alerted=previous.last_alerted if previous is not None else None,
+        alert_count=previous.alert_count if previous is not None else 0,
+        consecutive_unverifiable=streak,
+        alerted_verdict=open_verdict,
+        alerted_digest=None,
+    )
+    if previous is not None and open_verdict is Verdict.UNVERIFIABLE:
+        return _remind_if_due(previous, state, now, policy)
+    if streak >= policy.unverifiable_after or registry_all_failed:
+        opened = state.model_copy(
+            update={"alerted_verdict": Verdict.UNVERIFIABLE, "last_alerted": now, "alert_count": 1}
+        )
+        return Decision(opened, Notice.NEW)
+    return Decision(state)
+
+
+def _remind_if_due(previous: TagState, state: TagState, now: datetime, policy: AlertPolicy) -> Decision:
+    last = previous.last_alerted
+    if last is not None and now - last < policy.reminder_interval:
+        return Decision(state)
+    reminded = state.model_copy(update={"last_alerted": now, "alert_count": previous.alert_count + 1})
+    return Decision(reminded, Notice.REMINDER)
+
+
+# --------------------------------------------------------------------------------------------------- findings
+
+
+def finding_for(  # noqa: PLR0917 - the service passes the six facts positionally
+    trusted: TrustedImage | None,
+    observation: Observation,
+    verdict: Verdict,
+    reason: str | None,
+    state: TagState,
+    notice: Notice,
+    *,
+    resolved: Verdict | None = None,
+) -> Finding:
+    """The alertable fact behind a notice; `state` is the decision's new state, `resolved` its `resolved`.
+
+    NEW and REMINDER findings report the open problem (state.alerted_*). When this run was unverifiable but
+    an older problem is still open, the finding reports that problem with its last seen digest and says the
+    tag could not be verified now. RESOLVED findings carry this run's verdict (usually match).
+    """
+    ref = ImageRef(registry=state.registry, repository=state.repository, tag=state.tag)
+    status = verdict
+    live = observation.live_digest if verdict in _DIGEST_VERDICTS else None
+    first_seen: datetime | None = state.first_seen
+    if notice is Notice.RESOLVED:
+        what = resolved.value if resolved is not None else "the alert"
+        because = reason or ("the registry serves a trusted digest" if verdict is Verdict.MATCH else "")
+        reason = f"{what} resolved: {because}" if because else f"{what} resolved"
+    else:
+        status = state.alerted_verdict or verdict
+        live = state.alerted_digest
+        if status is not verdict:
+            unverified = reason or "no reason given"
+            reason = f"still open from an earlier run; this run could not verify the tag: {unverified}"
+        elif status is Verdict.UNVERIFIABLE and state.consecutive_unverifiable > 1:
+            reason = f"{reason or 'no digest established'} ({state.consecutive_unverifiable} runs in a row)"
+        if state.last_verdict is not status:
+            first_seen = None
+    return Finding(
+        reference=ref.familiar,
+        registry=ref.registry,
+        repository=ref.repository,
+        tag=ref.tag,
+        trusted_digest=trusted.digest if trusted is not None else None,
+        live_digest=live,
+        status=status,
+        reason=reason,
+        checked_at=observation.checked_at,
+        platforms=observation.platforms,
+        trusted_platforms=trusted.platforms if trusted is not None else None,
+        media_type=observation.media_type,
+        source=trusted.source if trusted is not None else None,
+        commit=trusted.commit if trusted is not None else None,
+        recorded_at=trusted.recorded_at if trusted is not None else None,
+        first_seen=first_seen,
+        notice=notice,
+    )

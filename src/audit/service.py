@@ -1,0 +1,318 @@
+"""The audit use case: compare every tracked tag with what its registry serves, alert once, then remember.
+
+Order of effects is the safety argument: decisions are computed from the previous state, alerts are published,
+and only after a successful publish is the new state saved. If the process dies or publishing fails anywhere
+before the save, the next run starts from the same previous state and makes the same decisions again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from audit import drift
+from audit.errors import RegistryError
+from audit.models import (
+    Digest,
+    Finding,
+    ImageRef,
+    LiveStatus,
+    Observation,
+    TagState,
+    TrustedImage,
+    Verdict,
+    WatchSettings,
+    utcnow,
+)
+from audit.ports import Alerts, Registry, StateStore, TrustStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    repositories: frozenset[str] | None = None  # only these `registry/repository` images; None = all
+    dry_run: bool = False  # decide and report, but publish and save nothing
+
+
+@dataclass(frozen=True)
+class TagResult:
+    """The outcome for one tag in one run (tracked or untracked)."""
+
+    ref: ImageRef
+    trusted: TrustedImage | None
+    observation: Observation
+    verdict: Verdict
+    reason: str | None
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    started_at: datetime
+    results: list[TagResult] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    alerts_published: int = 0
+    unreached: list[ImageRef] = field(default_factory=list)
+    unlisted: dict[str, str] = field(default_factory=dict)  # image -> why its tags could not be listed
+    states_saved: int = 0
+    duration_ms: int = 0
+
+    @property
+    def checked(self) -> int:
+        return len(self.results)
+
+    @property
+    def by_verdict(self) -> dict[str, int]:
+        return dict(Counter(result.verdict.value for result in self.results))
+
+    @property
+    def unverifiable(self) -> list[TagResult]:
+        return [r for r in self.results if r.verdict is Verdict.UNVERIFIABLE]
+
+    def worst_exit_code(self) -> int:
+        verdicts = {r.verdict for r in self.results}
+        if verdicts & {Verdict.DRIFT, Verdict.MISSING}:
+            return 1
+        if Verdict.UNVERIFIABLE in verdicts or self.unreached or self.unlisted:
+            return 3
+        return 0
+
+
+@dataclass(frozen=True)
+class _Target:
+    ref: ImageRef
+    trusted: TrustedImage | None
+    settings: WatchSettings | None
+
+
+class AuditService:
+    """Runs one audit against the ports; knows nothing about DynamoDB, SNS or HTTP."""
+
+    def __init__(
+        self,
+        trust: TrustStore,
+        state: StateStore,
+        registry: Registry,
+        alerts: Alerts,
+        *,
+        alert_policy: drift.AlertPolicy,
+        reverify_delay: float = 5.0,
+        clock: Callable[[], datetime] = utcnow,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        should_start: Callable[[], bool] = lambda: True,
+        max_in_flight: int = 64,
+    ) -> None:
+        self._trust = trust
+        self._state = state
+        self._registry = registry
+        self._alerts = alerts
+        self._policy = alert_policy
+        self._reverify_delay = reverify_delay
+        self._clock = clock
+        self._sleep = sleep
+        self._should_start = should_start
+        # Checks are admitted through this gate so that the remaining-time guard sees real progress;
+        # the registry client bounds requests per host on its own.
+        self._max_in_flight = max_in_flight
+        self._ever_trusted: dict[str, frozenset[Digest]] = {}
+
+    async def run(self, options: RunOptions | None = None) -> RunReport:
+        options = options or RunOptions()
+        started = time.monotonic()
+        self._ever_trusted = {}
+        report = RunReport(run_id=uuid.uuid4().hex, started_at=self._clock())
+        targets, report.unlisted = await self._targets(options)
+        previous = self._state.load_all()
+
+        results, report.unreached = await self._check(targets)
+        results = await self._reverify(results, {t.ref: t for t in targets})
+        report.results = results
+
+        decisions = self._decide(results, previous)
+        decisions += self._close_vanished(previous, targets, report, options)
+        report.findings = [finding for finding, _ in decisions if finding is not None]
+        changed = [state for _, state in decisions if state is not None]
+
+        if not options.dry_run:
+            if report.findings:
+                report.alerts_published = self._alerts.publish(report.run_id, report.findings, total_tags=len(results))
+            # Only after every alert went out: a failed publish raised above and nothing was saved.
+            self._state.save(changed)
+            report.states_saved = len(changed)
+        report.duration_ms = int((time.monotonic() - started) * 1000)
+        return report
+
+    async def _targets(self, options: RunOptions) -> tuple[list[_Target], dict[str, str]]:
+        trusted = [t for t in self._trust.load_all() if _selected(t.image, options)]
+        settings = {s.image: s for s in self._trust.load_watch_settings() if _selected(s.image, options)}
+        targets = [_Target(t.ref, t, settings.get(t.image)) for t in trusted]
+        unlisted: dict[str, str] = {}
+        tracked_tags: dict[str, set[str]] = defaultdict(set)
+        for item in trusted:
+            tracked_tags[item.image].add(item.tag)
+        for image, watch in settings.items():
+            if not watch.track_new_tags:
+                continue
+            base = ImageRef(registry=watch.registry, repository=watch.repository, tag="latest")
+            try:
+                listed = await self._registry.list_tags(watch.registry, watch.repository)
+            except RegistryError as exc:
+                log.warning("cannot list tags of %s: %s", image, exc.message)
+                unlisted[image] = exc.message
+                continue
+            for tag in drift.untracked_tags(listed, tracked_tags[image], watch):
+                targets.append(_Target(base.with_tag(tag), None, watch))
+        return targets, unlisted
+
+    async def _check(self, targets: Sequence[_Target]) -> tuple[list[TagResult], list[ImageRef]]:
+        """Observe every target concurrently (the client bounds concurrency per registry)."""
+        unreached: list[ImageRef] = []
+        gate = asyncio.Semaphore(self._max_in_flight)
+
+        async def one(target: _Target) -> TagResult | None:
+            async with gate:
+                if not self._should_start():
+                    unreached.append(target.ref)
+                    return None
+                expected = target.trusted.digest if target.trusted else None
+                observation = await self._registry.observe(target.ref, expected=expected)
+            return self._judge(target, observation)
+
+        outcomes = await asyncio.gather(*(one(t) for t in targets))
+        return [r for r in outcomes if r is not None], unreached
+
+    def _judge(self, target: _Target, observation: Observation) -> TagResult:
+        if target.trusted is None:
+            verdict, reason = _untracked_verdict(observation)
+            return TagResult(target.ref, None, observation, verdict, reason)
+        policy = drift.policy_for(target.settings, target.ref.tag or "")
+        ever: frozenset[Digest] = frozenset()
+        if policy.needs_all_trusted:
+            image = target.trusted.image
+            if image not in self._ever_trusted:
+                self._ever_trusted[image] = frozenset(self._trust.digests_ever_recorded(image))
+            ever = self._ever_trusted[image]
+        judgement = drift.judge(target.trusted, observation, policy=policy, ever_trusted=ever)
+        return TagResult(target.ref, target.trusted, observation, judgement.verdict, judgement.reason)
+
+    async def _reverify(self, results: list[TagResult], targets: dict[ImageRef, _Target]) -> list[TagResult]:
+        """Before calling drift or missing, wait, re-read the trust record consistently, and ask again.
+
+        A CI job may have pushed and recorded between our trust load and our registry check.
+        """
+        suspects = [i for i, r in enumerate(results) if r.trusted and r.verdict in (Verdict.DRIFT, Verdict.MISSING)]
+        if not suspects:
+            return results
+        await self._sleep(self._reverify_delay)
+
+        async def again(index: int) -> TagResult:
+            result = results[index]
+            target = targets[result.ref]
+            assert result.trusted is not None
+            fresh = self._trust.get(result.trusted.image, result.trusted.tag, consistent=True)
+            if fresh is None:  # the record was removed meanwhile: nothing to compare with any more
+                return result
+            observation = await self._registry.observe(result.ref, expected=fresh.digest, platforms=True)
+            return self._judge(_Target(target.ref, fresh, target.settings), observation)
+
+        rechecked = await asyncio.gather(*(again(i) for i in suspects))
+        merged = list(results)
+        for index, result in zip(suspects, rechecked, strict=True):
+            merged[index] = result
+        return merged
+
+    def _decide(
+        self, results: Sequence[TagResult], previous: dict[tuple[str, str], TagState]
+    ) -> list[tuple[Finding | None, TagState | None]]:
+        now = self._clock()
+        failed_registries = _registries_all_unverifiable(results)
+        decisions: list[tuple[Finding | None, TagState | None]] = []
+        for result in results:
+            key = (result.ref.image, result.ref.tag or "")
+            before = previous.get(key)
+            decision = drift.decide(
+                before,
+                result.verdict,
+                result.observation.live_digest,
+                ref=result.ref,
+                now=now,
+                policy=self._policy,
+                registry_all_failed=result.ref.registry in failed_registries,
+            )
+            finding = None
+            if decision.notice is not None:
+                finding = drift.finding_for(
+                    result.trusted,
+                    result.observation,
+                    result.verdict,
+                    result.reason,
+                    decision.new_state,
+                    decision.notice,
+                    resolved=decision.resolved,
+                )
+            changed = decision.new_state if decision.new_state != before else None
+            decisions.append((finding, changed))
+        return decisions
+
+    def _close_vanished(
+        self,
+        previous: dict[tuple[str, str], TagState],
+        targets: Sequence[_Target],
+        report: RunReport,
+        options: RunOptions,
+    ) -> list[tuple[Finding | None, TagState | None]]:
+        """Resolve open alerts of tags that are no longer audited (record removed, untracked tag gone or ignored).
+
+        Only where this run really knows: the image is in scope and, for untracked tags, its tags were listed.
+        """
+        audited = {(t.ref.image, t.ref.tag) for t in targets}
+        unreached = {(ref.image, ref.tag) for ref in report.unreached}
+        closed: list[tuple[Finding | None, TagState | None]] = []
+        now = self._clock()
+        for key, state in previous.items():
+            if state.alerted_verdict is None or key in audited or key in unreached:
+                continue
+            if not _selected(state.image, options) or state.image in report.unlisted:
+                continue
+            ref = ImageRef(registry=state.registry, repository=state.repository, tag=state.tag)
+            decision = drift.decide(state, Verdict.RESOLVED, None, ref=ref, now=now, policy=self._policy)
+            if decision.notice is None:
+                continue
+            observation = Observation(ref=ref, status=LiveStatus.FOUND, reason="no longer audited")
+            finding = drift.finding_for(
+                None,
+                observation,
+                Verdict.RESOLVED,
+                "no longer audited",
+                decision.new_state,
+                decision.notice,
+                resolved=decision.resolved,
+            )
+            closed.append((finding, decision.new_state))
+        return closed
+
+
+def _selected(image: str, options: RunOptions) -> bool:
+    return options.repositories is None or image in options.repositories
+
+
+def _untracked_verdict(observation: Observation) -> tuple[Verdict, str | None]:
+    if observation.status is LiveStatus.FOUND:
+        return Verdict.UNTRACKED, "no trusted digest recorded for this tag"
+    # A listed tag that vanished or could not be read is not news about trust; stay quiet but honest.
+    return Verdict.UNVERIFIABLE, observation.reason
+
+
+def _registries_all_unverifiable(results: Iterable[TagResult]) -> set[str]:
+    seen: dict[str, bool] = {}
+    for result in results:
+        failed = result.verdict is Verdict.UNVERIFIABLE
+        seen[result.ref.registry] = seen.get(result.ref.registry, True) and failed
+    return {registry for registry, all_failed in seen.items() if all_failed}
