@@ -14,7 +14,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from audit import drift
 from audit.errors import RegistryError
@@ -257,7 +257,7 @@ class AuditService:
                     decision.notice,
                     resolved=decision.resolved,
                 )
-            changed = decision.new_state if decision.new_state != before else None
+            changed = decision.new_state if _worth_saving(before, decision.new_state) else None
             decisions.append((finding, changed))
         return decisions
 
@@ -297,6 +297,19 @@ class AuditService:
             )
             closed.append((finding, decision.new_state))
         return closed
+
+
+#: `last_seen` alone moves every run; writing 10,000 items an hour for it would be waste, so it is refreshed
+#: when something else changes or when the stored value is this old.
+LAST_SEEN_REFRESH = timedelta(hours=24)
+
+
+def _worth_saving(before: TagState | None, after: TagState) -> bool:
+    if before is None:
+        return True
+    if before.model_copy(update={"last_seen": after.last_seen}) != after:
+        return True
+    return after.last_seen - before.last_seen >= LAST_SEEN_REFRESH
 
 
 def _selected(image: str, options: RunOptions) -> bool:

@@ -1,0 +1,727 @@
+"""DynamoDB adapters: the trust table CI writes at push time, and the separate state table the auditor owns.
+
+The audit role may only read the trust table, which is why audit state lives in a table of its own.
+
+Trust table, key `image` (S, normalised `registry/repository`) + `sk` (S):
+
+    sk = "tag#<tag>"                                    current record of a tag (+ `revision`, N)
+    sk = "history#<tag>#<superseded_at>#<old digest>"   a record that was replaced or moved; never deleted
+    sk = "$watch"                                       WatchSettings of the repository
+
+Tags match `[A-Za-z0-9_][A-Za-z0-9._-]*`: they never contain '#' or '$', so the three kinds cannot collide
+and `history#1.0#` never matches the history of `1.0.1`. "All tags of a repository" is one Query on `image`,
+"everything" a paginated Scan. `superseded_at` is a fixed-width ISO 8601 UTC timestamp, so history sorts
+oldest first. Attributes of trust items: registry, repository, tag, digest, platforms (M of S), media_type,
+source, commit, recorded_at (ISO 8601 UTC), recorded_by, reason; history items add superseded_at/_by.
+
+Writes are conditional: a new tag is put with `attribute_not_exists(sk)`; a replace or move is one
+TransactWriteItems that copies the old record into history and overwrites the current one only if its
+digest and `revision` are still the ones just read: a concurrent recorder loses with a clear error.
+
+State table, key `image` (S) + `tag` (S): one item per TagState (datetimes as ISO strings, digests strings).
+
+Every botocore failure becomes a StoreError naming the table, the operation and what to check.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    WaiterError,
+)
+from pydantic import ValidationError
+
+from audit.adapters.file_store import check_record_request, concurrent_change_error, trust_conflict_error
+from audit.config import ENV_STATE_TABLE, ENV_TRUST_TABLE
+from audit.errors import AuditError, StoreError
+from audit.models import Digest, RecordOutcome, TagState, TrustedImage, WatchSettings, utcnow
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import (
+        AttributeValueTypeDef,
+        QueryInputTypeDef,
+        ScanInputTypeDef,
+        WriteRequestOutputTypeDef,
+        WriteRequestTypeDef,
+    )
+
+    Item = dict[str, AttributeValueTypeDef]
+
+TRUST_PARTITION_KEY = "image"
+TRUST_SORT_KEY = "sk"
+STATE_PARTITION_KEY = "image"
+STATE_SORT_KEY = "tag"
+CURRENT_PREFIX = "tag#"
+HISTORY_PREFIX = "history#"
+WATCH_SORT_KEY = "$watch"
+
+#: BatchWriteItem accepts at most 25 requests.
+BATCH_LIMIT = 25
+
+_TRUST_NAMES = {"#image": TRUST_PARTITION_KEY, "#sk": TRUST_SORT_KEY}
+
+
+# --- errors ------------------------------------------------------------------------------------------------
+
+
+def store_error(exc: Exception, *, table: str, operation: str, variable: str) -> StoreError:
+    """Translate a botocore failure into an operator-facing error (no credentials ever appear in it)."""
+    where = f"DynamoDB {operation} on table {table!r}"
+    checks = f"check {variable}, the AWS credentials, the region (AWS_DEFAULT_REGION) and AWS_ENDPOINT_URL"
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = error.get("Code", "Unknown")
+        text = error.get("Message", "")
+        message = f"{where} failed: {code}" + (f": {text}" if text else "")
+        if code == "ResourceNotFoundException":
+            return StoreError(
+                f"{where} failed: the table does not exist",
+                hint=f"run `digest-audit init` or deploy the stack; else {checks}",
+            )
+        if code in ("AccessDeniedException", "UnauthorizedOperation"):
+            return StoreError(
+                message, hint=f"the IAM identity lacks dynamodb:{operation} on {table}; {checks}"
+            )
+        if code in (
+            "UnrecognizedClientException",
+            "InvalidSignatureException",
+            "ExpiredTokenException",
+            "MissingAuthenticationTokenException",
+        ):
+            return StoreError(message, hint=f"the AWS credentials were rejected; {checks}")
+        if code in ("ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"):
+            return StoreError(message, hint="the table is throttled; retry later or raise its capacity")
+        return StoreError(message, hint=checks)
+    if isinstance(exc, NoCredentialsError):
+        return StoreError(
+            f"{where} failed: no AWS credentials found",
+            hint=f"configure credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID or a role); {checks}",
+        )
+    if isinstance(exc, EndpointConnectionError):
+        return StoreError(f"{where} failed: {exc}", hint=f"the endpoint is unreachable; {checks}")
+    return StoreError(f"{where} failed: {exc}", hint=checks)
+
+
+def _error_code(exc: ClientError) -> str:
+    return exc.response.get("Error", {}).get("Code", "")
+
+
+def _lost_race(exc: ClientError) -> bool:
+    """A cancelled transaction whose condition failed (or that collided with another transaction)."""
+    reasons = exc.response.get("CancellationReasons", [])
+    codes = {str(reason.get("Code", "")) for reason in reasons}
+    return bool(codes & {"ConditionalCheckFailed", "TransactionConflict"}) or not reasons
+
+
+@contextmanager
+def _translated(table: str, operation: str, variable: str) -> Iterator[None]:
+    try:
+        yield
+    except (ClientError, BotoCoreError) as exc:
+        raise store_error(exc, table=table, operation=operation, variable=variable) from exc
+
+
+# --- attribute values --------------------------------------------------------------------------------------
+
+
+def format_timestamp(moment: datetime) -> str:
+    """Fixed-width ISO 8601 in UTC (`2024-05-01T12:00:00.000000Z`) so that strings sort like instants."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # naive datetimes in this code base are UTC by convention
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+class _MalformedItemError(Exception):
+    """An item lacks an attribute or holds a value the models reject; becomes a StoreError."""
+
+
+def _text(item: Mapping[str, AttributeValueTypeDef], name: str) -> str | None:
+    value = item.get(name)
+    if value is None or value.get("NULL"):
+        return None
+    text = value.get("S")
+    if not isinstance(text, str):
+        raise _MalformedItemError(f"attribute {name!r} is not a string")
+    return text
+
+
+def _required_text(item: Mapping[str, AttributeValueTypeDef], name: str) -> str:
+    text = _text(item, name)
+    if text is None:
+        raise _MalformedItemError(f"attribute {name!r} is missing")
+    return text
+
+
+def _number(item: Mapping[str, AttributeValueTypeDef], name: str) -> int | None:
+    value = item.get(name)
+    if value is None:
+        return None
+    raw = value.get("N")
+    try:
+        return int(str(raw))
+    except ValueError:
+        raise _MalformedItemError(f"attribute {name!r} is not a whole number") from None
+
+
+def _string_map(item: Mapping[str, AttributeValueTypeDef], name: str) -> dict[str, str] | None:
+    value = item.get(name)
+    if value is None or value.get("NULL"):
+        return None
+    raw = value.get("M")
+    if not isinstance(raw, Mapping):
+        raise _MalformedItemError(f"attribute {name!r} is not a map")
+    result: dict[str, str] = {}
+    for key, entry in raw.items():
+        text = entry.get("S") if isinstance(entry, Mapping) else None
+        if not isinstance(key, str) or not isinstance(text, str):
+            raise _MalformedItemError(f"attribute {name!r} holds a value that is not a string")
+        result[key] = text
+    return result
+
+
+def _string_list(item: Mapping[str, AttributeValueTypeDef], name: str) -> list[str]:
+    value = item.get(name)
+    if value is None:
+        return []
+    raw = value.get("L")
+    if raw is None:
+        raise _MalformedItemError(f"attribute {name!r} is not a list")
+    result: list[str] = []
+    for entry in raw:
+        text = entry.get("S") if isinstance(entry, Mapping) else None
+        if not isinstance(text, str):
+            raise _MalformedItemError(f"attribute {name!r} holds a value that is not a string")
+        result.append(text)
+    return result
+
+
+def _flag(item: Mapping[str, AttributeValueTypeDef], name: str) -> bool:
+    value = item.get(name)
+    if value is None:
+        return False
+    raw = value.get("BOOL")
+    if not isinstance(raw, bool):
+        raise _MalformedItemError(f"attribute {name!r} is not a boolean")
+    return raw
+
+
+def _put_optional(item: Item, name: str, text: str | None) -> None:
+    if text is not None:
+        item[name] = {"S": text}
+
+
+def _validated[M: (TrustedImage, TagState, WatchSettings)](model: type[M], fields: dict[str, object]) -> M:
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        location = ".".join(str(part) for part in first["loc"]) or "item"
+        raise _MalformedItemError(f"{location}: {first['msg']}") from None
+    except AuditError as exc:  # Digest and reference validators raise these instead of ValueError
+        raise _MalformedItemError(exc.message) from None
+
+
+def _key_text(item: Mapping[str, AttributeValueTypeDef], sort_key: str) -> str:
+    parts = []
+    for name in ("image", sort_key):
+        value = item.get(name)
+        parts.append(f"{name}={value.get('S')!r}" if value is not None else f"{name}=?")
+    return ", ".join(parts)
+
+
+def _malformed(
+    exc: _MalformedItemError, item: Mapping[str, AttributeValueTypeDef], table: str, key: str
+) -> StoreError:
+    return StoreError(
+        f"item {_key_text(item, key)} in table {table!r} is malformed: {exc}",
+        hint="it was not written by digest-audit (or by an incompatible version); fix or delete that item",
+    )
+
+
+# --- trust items -------------------------------------------------------------------------------------------
+
+
+def current_sort_key(tag: str) -> str:
+    return f"{CURRENT_PREFIX}{tag}"
+
+
+def history_prefix(tag: str) -> str:
+    return f"{HISTORY_PREFIX}{tag}#"
+
+
+def history_sort_key(tag: str, superseded_at: datetime, old_digest: Digest) -> str:
+    return f"{history_prefix(tag)}{format_timestamp(superseded_at)}#{old_digest}"
+
+
+def trusted_image_to_item(record: TrustedImage, *, sort_key: str | None = None) -> Item:
+    """The DynamoDB item of a trust record (the current one unless another sort key is given)."""
+    item: Item = {
+        TRUST_PARTITION_KEY: {"S": record.image},
+        TRUST_SORT_KEY: {"S": sort_key if sort_key is not None else current_sort_key(record.tag)},
+        "registry": {"S": record.registry},
+        "repository": {"S": record.repository},
+        "tag": {"S": record.tag},
+        "digest": {"S": str(record.digest)},
+        "source": {"S": record.source},
+        "recorded_at": {"S": format_timestamp(record.recorded_at)},
+    }
+    if record.platforms is not None:
+        item["platforms"] = {
+            "M": {platform: {"S": str(digest)} for platform, digest in record.platforms.items()}
+        }
+    _put_optional(item, "media_type", record.media_type)
+    _put_optional(item, "commit", record.commit)
+    _put_optional(item, "recorded_by", record.recorded_by)
+    _put_optional(item, "reason", record.reason)
+    return item
+
+
+def trusted_image_from_item(item: Mapping[str, AttributeValueTypeDef], *, table: str = "?") -> TrustedImage:
+    """Inverse of `trusted_image_to_item`; a malformed item raises StoreError naming its key and table."""
+    try:
+        fields: dict[str, object] = {
+            "registry": _required_text(item, "registry"),
+            "repository": _required_text(item, "repository"),
+            "tag": _required_text(item, "tag"),
+            "digest": _required_text(item, "digest"),
+            "platforms": _string_map(item, "platforms"),
+            "media_type": _text(item, "media_type"),
+            "source": _required_text(item, "source"),
+            "commit": _text(item, "commit"),
+            "recorded_at": _required_text(item, "recorded_at"),
+            "recorded_by": _text(item, "recorded_by"),
+            "reason": _text(item, "reason"),
+        }
+        return _validated(TrustedImage, fields)
+    except _MalformedItemError as exc:
+        raise _malformed(exc, item, table, TRUST_SORT_KEY) from None
+
+
+def watch_settings_to_item(settings: WatchSettings) -> Item:
+    return {
+        TRUST_PARTITION_KEY: {"S": settings.image},
+        TRUST_SORT_KEY: {"S": WATCH_SORT_KEY},
+        "registry": {"S": settings.registry},
+        "repository": {"S": settings.repository},
+        "track_new_tags": {"BOOL": settings.track_new_tags},
+        "ignore": {"L": [{"S": pattern} for pattern in settings.ignore]},
+        "moving": {"M": {tag: {"S": mode.value} for tag, mode in settings.moving.items()}},
+    }
+
+
+def watch_settings_from_item(item: Mapping[str, AttributeValueTypeDef], *, table: str = "?") -> WatchSettings:
+    try:
+        fields: dict[str, object] = {
+            "registry": _required_text(item, "registry"),
+            "repository": _required_text(item, "repository"),
+            "track_new_tags": _flag(item, "track_new_tags"),
+            "ignore": tuple(_string_list(item, "ignore")),
+            "moving": _string_map(item, "moving") or {},
+        }
+        return _validated(WatchSettings, fields)
+    except _MalformedItemError as exc:
+        raise _malformed(exc, item, table, TRUST_SORT_KEY) from None
+
+
+# --- state items -------------------------------------------------------------------------------------------
+
+
+def tag_state_to_item(state: TagState) -> Item:
+    item: Item = {
+        STATE_PARTITION_KEY: {"S": state.image},
+        STATE_SORT_KEY: {"S": state.tag},
+        "registry": {"S": state.registry},
+        "repository": {"S": state.repository},
+        "last_verdict": {"S": state.last_verdict.value},
+        "first_seen": {"S": format_timestamp(state.first_seen)},
+        "last_seen": {"S": format_timestamp(state.last_seen)},
+        "alert_count": {"N": str(state.alert_count)},
+        "consecutive_unverifiable": {"N": str(state.consecutive_unverifiable)},
+    }
+    _put_optional(item, "last_live_digest", str(state.last_live_digest) if state.last_live_digest else None)
+    _put_optional(item, "last_alerted", format_timestamp(state.last_alerted) if state.last_alerted else None)
+    _put_optional(item, "alerted_verdict", state.alerted_verdict.value if state.alerted_verdict else None)
+    _put_optional(item, "alerted_digest", str(state.alerted_digest) if state.alerted_digest else None)
+    return item
+
+
+def tag_state_from_item(item: Mapping[str, AttributeValueTypeDef], *, table: str = "?") -> TagState:
+    try:
+        fields: dict[str, object] = {
+            "registry": _required_text(item, "registry"),
+            "repository": _required_text(item, "repository"),
+            "tag": _required_text(item, STATE_SORT_KEY),
+            "last_verdict": _required_text(item, "last_verdict"),
+            "last_live_digest": _text(item, "last_live_digest"),
+            "first_seen": _required_text(item, "first_seen"),
+            "last_seen": _required_text(item, "last_seen"),
+            "last_alerted": _text(item, "last_alerted"),
+            "alert_count": _number(item, "alert_count") or 0,
+            "consecutive_unverifiable": _number(item, "consecutive_unverifiable") or 0,
+            "alerted_verdict": _text(item, "alerted_verdict"),
+            "alerted_digest": _text(item, "alerted_digest"),
+        }
+        return _validated(TagState, fields)
+    except _MalformedItemError as exc:
+        raise _malformed(exc, item, table, STATE_SORT_KEY) from None
+
+
+# --- paginated reads ---------------------------------------------------------------------------------------
+
+
+def _scan_pages(client: DynamoDBClient, request: ScanInputTypeDef) -> Iterator[Item]:
+    """Every item of a Scan, following LastEvaluatedKey (a page ends at 1 MB or at `Limit`)."""
+    while True:
+        page = client.scan(**request)
+        yield from page.get("Items", [])
+        last_key = page.get("LastEvaluatedKey")
+        if not last_key:
+            return
+        request = {**request, "ExclusiveStartKey": last_key}
+
+
+def _query_pages(client: DynamoDBClient, request: QueryInputTypeDef) -> Iterator[Item]:
+    while True:
+        page = client.query(**request)
+        yield from page.get("Items", [])
+        last_key = page.get("LastEvaluatedKey")
+        if not last_key:
+            return
+        request = {**request, "ExclusiveStartKey": last_key}
+
+
+# --- the stores --------------------------------------------------------------------------------------------
+
+
+class DynamoTrustStore:
+    """ports.TrustStore on the trust table. `page_size` caps items per Scan/Query page (for tests)."""
+
+    def __init__(
+        self,
+        table_name: str,
+        client: DynamoDBClient,
+        *,
+        page_size: int | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.table_name = table_name
+        self._client = client
+        self._page_size = page_size
+        self._clock = clock
+
+    def _call(self, operation: str) -> AbstractContextManager[None]:
+        return _translated(self.table_name, operation, ENV_TRUST_TABLE)
+
+    def _scan(self, filter_expression: str, values: Mapping[str, AttributeValueTypeDef]) -> list[Item]:
+        request: ScanInputTypeDef = {
+            "TableName": self.table_name,
+            "FilterExpression": filter_expression,
+            "ExpressionAttributeNames": {"#sk": TRUST_SORT_KEY},
+            "ExpressionAttributeValues": values,
+        }
+        if self._page_size is not None:
+            request["Limit"] = self._page_size
+        with self._call("Scan"):
+            return list(_scan_pages(self._client, request))
+
+    def _query(self, request: QueryInputTypeDef) -> list[Item]:
+        if self._page_size is not None:
+            request["Limit"] = self._page_size
+        with self._call("Query"):
+            return list(_query_pages(self._client, request))
+
+    def _get_item(self, image: str, sort_key: str, *, consistent: bool) -> Item | None:
+        with self._call("GetItem"):
+            response = self._client.get_item(
+                TableName=self.table_name,
+                Key={TRUST_PARTITION_KEY: {"S": image}, TRUST_SORT_KEY: {"S": sort_key}},
+                ConsistentRead=consistent,
+            )
+        return response.get("Item") or None
+
+    def load_all(self) -> list[TrustedImage]:
+        items = self._scan("begins_with(#sk, :prefix)", {":prefix": {"S": CURRENT_PREFIX}})
+        records = [trusted_image_from_item(item, table=self.table_name) for item in items]
+        return sorted(records, key=lambda record: (record.image, record.tag))
+
+    def get(self, image: str, tag: str, *, consistent: bool = False) -> TrustedImage | None:
+        item = self._get_item(image, current_sort_key(tag), consistent=consistent)
+        return trusted_image_from_item(item, table=self.table_name) if item is not None else None
+
+    def history(self, image: str, tag: str) -> list[TrustedImage]:
+        items = self._query(
+            {
+                "TableName": self.table_name,
+                "KeyConditionExpression": "#image = :image AND begins_with(#sk, :prefix)",
+                "ExpressionAttributeNames": _TRUST_NAMES,
+                "ExpressionAttributeValues": {":image": {"S": image}, ":prefix": {"S": history_prefix(tag)}},
+                "ConsistentRead": True,
+                "ScanIndexForward": True,
+            }
+        )
+        return [trusted_image_from_item(item, table=self.table_name) for item in items]
+
+    def digests_ever_recorded(self, image: str) -> set[Digest]:
+        # Consistent: a moving tag that CI has just advanced must not look like drift to the auditor.
+        items = self._query(
+            {
+                "TableName": self.table_name,
+                "KeyConditionExpression": "#image = :image",
+                "ProjectionExpression": "#sk, #digest",
+                "ExpressionAttributeNames": {**_TRUST_NAMES, "#digest": "digest"},
+                "ExpressionAttributeValues": {":image": {"S": image}},
+                "ConsistentRead": True,
+            }
+        )
+        digests: set[Digest] = set()
+        for item in items:
+            try:
+                text = _text(item, "digest")
+                if text is not None:  # the watch-settings item has no digest
+                    digests.add(Digest.parse(text))
+            except _MalformedItemError as exc:
+                raise _malformed(exc, item, self.table_name, TRUST_SORT_KEY) from None
+            except AuditError as exc:
+                raise _malformed(
+                    _MalformedItemError(exc.message), item, self.table_name, TRUST_SORT_KEY
+                ) from None
+        return digests
+
+    def record(self, item: TrustedImage, *, replace: bool = False, moving: bool = False) -> RecordOutcome:
+        check_record_request(item, replace=replace)
+        current_item = self._get_item(item.image, current_sort_key(item.tag), consistent=True)
+        if current_item is None:
+            if self._put_new(item):
+                return RecordOutcome.CREATED
+            # Another recorder created the tag between our read and our write: judge against what it wrote.
+            winner = self.get(item.image, item.tag, consistent=True)
+            if winner is not None and winner.digest == item.digest:
+                return RecordOutcome.UNCHANGED
+            if winner is None or replace or moving:
+                raise concurrent_change_error(item, expected=None, now=winner.digest if winner else None)
+            raise trust_conflict_error(winner, item)
+        current = trusted_image_from_item(current_item, table=self.table_name)
+        if current.digest == item.digest:
+            return RecordOutcome.UNCHANGED
+        if not (replace or moving):
+            raise trust_conflict_error(current, item)
+        if not self._supersede(current_item, current, item):
+            raise concurrent_change_error(item, expected=current.digest, now=None)
+        return RecordOutcome.REPLACED if replace else RecordOutcome.APPENDED
+
+    def _put_new(self, item: TrustedImage) -> bool:
+        """Put the first record of a tag; False when the tag appeared meanwhile."""
+        new_item = trusted_image_to_item(item)
+        new_item["revision"] = {"N": "1"}
+        with self._call("PutItem"):
+            try:
+                self._client.put_item(
+                    TableName=self.table_name,
+                    Item=new_item,
+                    ConditionExpression="attribute_not_exists(#sk)",
+                    ExpressionAttributeNames={"#sk": TRUST_SORT_KEY},
+                )
+            except ClientError as exc:
+                if _error_code(exc) == "ConditionalCheckFailedException":
+                    return False
+                raise
+        return True
+
+    def _supersede(self, current_item: Item, current: TrustedImage, item: TrustedImage) -> bool:
+        """Move the current record to history and put the new one atomically; False if the tag changed."""
+        superseded_at = self._clock()
+        revision = _number(current_item, "revision")
+        history_item: Item = {
+            **current_item,
+            TRUST_SORT_KEY: {"S": history_sort_key(item.tag, superseded_at, current.digest)},
+            "superseded_at": {"S": format_timestamp(superseded_at)},
+            "superseded_by": {"S": str(item.digest)},
+        }
+        new_item = trusted_image_to_item(item)
+        new_item["revision"] = {"N": str((revision or 0) + 1)}
+        values: dict[str, AttributeValueTypeDef] = {":old_digest": {"S": str(current.digest)}}
+        if revision is None:  # an item written by hand or by another tool: the digest alone must still match
+            condition = "#digest = :old_digest AND attribute_not_exists(#revision)"
+        else:
+            condition = "#digest = :old_digest AND #revision = :revision"
+            values[":revision"] = {"N": str(revision)}
+        with self._call("TransactWriteItems"):
+            try:
+                self._client.transact_write_items(
+                    TransactItems=[
+                        {
+                            "Put": {
+                                "TableName": self.table_name,
+                                "Item": history_item,
+                                "ConditionExpression": "attribute_not_exists(#sk)",
+                                "ExpressionAttributeNames": {"#sk": TRUST_SORT_KEY},
+                            }
+                        },
+                        {
+                            "Put": {
+                                "TableName": self.table_name,
+                                "Item": new_item,
+                                "ConditionExpression": condition,
+                                "ExpressionAttributeNames": {"#digest": "digest", "#revision": "revision"},
+                                "ExpressionAttributeValues": values,
+                            }
+                        },
+                    ]
+                )
+            except ClientError as exc:
+                if _error_code(exc) == "TransactionCanceledException" and _lost_race(exc):
+                    return False
+                raise
+        return True
+
+    def load_watch_settings(self) -> list[WatchSettings]:
+        items = self._scan("#sk = :watch", {":watch": {"S": WATCH_SORT_KEY}})
+        settings = [watch_settings_from_item(item, table=self.table_name) for item in items]
+        return sorted(settings, key=lambda entry: entry.image)
+
+    def get_watch_settings(self, image: str) -> WatchSettings | None:
+        item = self._get_item(image, WATCH_SORT_KEY, consistent=True)
+        return watch_settings_from_item(item, table=self.table_name) if item is not None else None
+
+    def put_watch_settings(self, settings: WatchSettings) -> None:
+        with self._call("PutItem"):
+            self._client.put_item(TableName=self.table_name, Item=watch_settings_to_item(settings))
+
+
+class DynamoStateStore:
+    """ports.StateStore on the state table; `save` batches writes and retries throttled items (bounded)."""
+
+    def __init__(
+        self,
+        table_name: str,
+        client: DynamoDBClient,
+        *,
+        page_size: int | None = None,
+        max_attempts: int = 6,
+        backoff: float = 0.05,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.table_name = table_name
+        self._client = client
+        self._page_size = page_size
+        self._max_attempts = max(1, max_attempts)
+        self._backoff = backoff
+        self._sleep = sleep
+
+    def _call(self, operation: str) -> AbstractContextManager[None]:
+        return _translated(self.table_name, operation, ENV_STATE_TABLE)
+
+    def load_all(self) -> dict[tuple[str, str], TagState]:
+        request: ScanInputTypeDef = {"TableName": self.table_name}
+        if self._page_size is not None:
+            request["Limit"] = self._page_size
+        with self._call("Scan"):
+            items = list(_scan_pages(self._client, request))
+        states = (tag_state_from_item(item, table=self.table_name) for item in items)
+        return {state.key: state for state in states}
+
+    def save(self, changed: Sequence[TagState]) -> None:
+        # BatchWriteItem rejects two requests for one key in a batch; the last state of a key wins.
+        latest = {state.key: state for state in changed}
+        requests: list[WriteRequestTypeDef] = [
+            {"PutRequest": {"Item": tag_state_to_item(state)}} for state in latest.values()
+        ]
+        for start in range(0, len(requests), BATCH_LIMIT):
+            self._write_batch(requests[start : start + BATCH_LIMIT])
+
+    def _write_batch(self, batch: Sequence[WriteRequestTypeDef | WriteRequestOutputTypeDef]) -> None:
+        pending = list(batch)
+        for attempt in range(self._max_attempts):
+            if attempt:
+                # Unprocessed items mean throttling: back off exponentially, capped so a run cannot stall.
+                self._sleep(min(self._backoff * 2 ** (attempt - 1), 2.0))
+            with self._call("BatchWriteItem"):
+                response = self._client.batch_write_item(RequestItems={self.table_name: pending})
+            unprocessed = response.get("UnprocessedItems", {}).get(self.table_name, [])
+            if not unprocessed:
+                return
+            pending = list(unprocessed)
+        raise StoreError(
+            f"DynamoDB BatchWriteItem on table {self.table_name!r}: {len(pending)} of {len(batch)} "
+            f"state items were still unprocessed after {self._max_attempts} attempts",
+            hint="the table is throttled; give it more capacity (or PAY_PER_REQUEST); the next run retries",
+        )
+
+
+# --- table creation ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TableSetup:
+    """The outcome of `create_tables` for one table."""
+
+    name: str
+    created: bool  # False: it existed already with the expected key schema
+
+
+def _key_schema(partition_key: str, sort_key: str) -> list[tuple[str, str]]:
+    return [(partition_key, "HASH"), (sort_key, "RANGE")]
+
+
+def create_tables(client: DynamoDBClient, trust_table: str, state_table: str) -> list[TableSetup]:
+    """Create both tables (on-demand, the SAM template's key schema) unless they exist; wait until active."""
+    return [
+        _create_table(client, trust_table, TRUST_PARTITION_KEY, TRUST_SORT_KEY, ENV_TRUST_TABLE),
+        _create_table(client, state_table, STATE_PARTITION_KEY, STATE_SORT_KEY, ENV_STATE_TABLE),
+    ]
+
+
+def _create_table(
+    client: DynamoDBClient, table: str, partition_key: str, sort_key: str, variable: str
+) -> TableSetup:
+    created = True
+    with _translated(table, "CreateTable", variable):
+        try:
+            client.create_table(
+                TableName=table,
+                KeySchema=[
+                    {"AttributeName": partition_key, "KeyType": "HASH"},
+                    {"AttributeName": sort_key, "KeyType": "RANGE"},
+                ],
+                AttributeDefinitions=[
+                    {"AttributeName": partition_key, "AttributeType": "S"},
+                    {"AttributeName": sort_key, "AttributeType": "S"},
+                ],
+                BillingMode="PAY_PER_REQUEST",
+            )
+        except ClientError as exc:
+            if _error_code(exc) != "ResourceInUseException":
+                raise
+            created = False
+    with _translated(table, "DescribeTable", variable):
+        try:
+            client.get_waiter("table_exists").wait(
+                TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
+            )
+        except WaiterError as exc:
+            raise StoreError(
+                f"table {table!r} did not become active: {exc}",
+                hint=f"check it with `aws dynamodb describe-table --table-name {table}`",
+            ) from None
+        description = client.describe_table(TableName=table)["Table"]
+    actual = [(key["AttributeName"], key["KeyType"]) for key in description.get("KeySchema", [])]
+    expected = _key_schema(partition_key, sort_key)
+    if actual != expected:
+        shown = ", ".join(f"{name} ({kind})" for name, kind in actual) or "none"
+        wanted = ", ".join(f"{name} ({kind})" for name, kind in expected)
+        raise StoreError(
+            f"table {table!r} exists with key schema {shown}, not {wanted}",
+            hint=f"it belongs to something else: choose another name in {variable}, or delete that table",
+        )
+    return TableSetup(name=table, created=created)

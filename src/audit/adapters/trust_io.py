@@ -1,0 +1,353 @@
+"""Import and export of trust records as CSV or JSON: back-fill digests from CI history, or change stores.
+
+Both formats carry the fields of TrustedImage: registry, repository, tag, digest, platforms (a JSON object
+in CSV), media_type, source, commit, recorded_at (ISO 8601 with a time zone), recorded_by, reason. Empty
+optional values mean "none". CSV holds the current records only; JSON is {"schema_version": 1, "trusted":
+[...], "history": [...]}, a valid `--trust-file`. Import goes through `TrustStore.record` without replace:
+a row whose tag is trusted with another digest is reported as a conflict and never replaces anything.
+Import reads "trusted" only (history in the input is counted, not imported), and validates all input first.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from audit.errors import AuditError, TrustConflictError, UsageError
+from audit.models import Digest, ImageRef, RecordOutcome, TrustedImage
+from audit.ports import TrustStore
+from audit.reference import normalise_registry
+
+TRUST_FIELDS = (
+    "registry",
+    "repository",
+    "tag",
+    "digest",
+    "platforms",
+    "media_type",
+    "source",
+    "commit",
+    "recorded_at",
+    "recorded_by",
+    "reason",
+)
+REQUIRED_FIELDS = frozenset({"registry", "repository", "tag", "digest", "source", "recorded_at"})
+FORMATS = ("csv", "json")
+_OPTIONAL_TEXT = ("media_type", "commit", "recorded_by", "reason")
+_JSON_KEYS = frozenset({"schema_version", "trusted", "history", "watch"})
+
+
+class TrustImportError(UsageError):
+    """Input that cannot be imported; the message names the line (CSV) or record (JSON) and the field."""
+
+    default_hint = (
+        "each record needs registry, repository, tag, digest, source and recorded_at "
+        "(e.g. 2024-05-01T12:00:00Z); `digest-audit trust export` shows the expected format"
+    )
+
+
+@dataclass(frozen=True)
+class ImportConflict:
+    """A row whose tag is already trusted with another digest; nothing was written for it."""
+
+    where: str  # "line 4" (CSV) or "record 3" (JSON)
+    reference: str
+    trusted_digest: Digest | None  # None when it could not be read back
+    imported_digest: Digest
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    created: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+    conflicts: tuple[ImportConflict, ...] = ()
+    skipped_history: int = 0  # history entries in a JSON input, which import does not write
+
+    def describe(self) -> str:
+        """Counts, then one line per conflict with what to do about it."""
+        lines = [
+            f"created {len(self.created)}, unchanged {len(self.unchanged)}, conflicts {len(self.conflicts)}"
+        ]
+        if self.skipped_history:
+            lines.append(f"{self.skipped_history} history entries in the input were not imported")
+        for conflict in self.conflicts:
+            trusted = str(conflict.trusted_digest) if conflict.trusted_digest else "another digest"
+            lines.append(
+                f"conflict ({conflict.where}): {conflict.reference} is trusted as {trusted}, "
+                f"not {conflict.imported_digest}"
+            )
+        if self.conflicts:
+            lines.append(
+                "  hint: conflicting rows were not imported; if a new digest is a legitimate re-release, "
+                "record it with `digest-audit record --replace --reason TEXT`"
+            )
+        return "\n".join(lines)
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown trust format {fmt!r}", hint="use csv or json")
+    return fmt
+
+
+# --- export ------------------------------------------------------------------------------------------------
+
+
+def _record_fields(record: TrustedImage) -> dict[str, object]:
+    return record.model_dump(mode="json", exclude_none=True)
+
+
+def export_trust(store: TrustStore, fmt: str) -> str:
+    """Every current record (JSON adds the history of each tag, oldest first), sorted by image and tag."""
+    records = sorted(store.load_all(), key=lambda record: (record.image, record.tag))
+    if _check_format(fmt) == "json":
+        history = [entry for record in records for entry in store.history(record.image, record.tag)]
+        document = {
+            "schema_version": 1,
+            "trusted": [_record_fields(record) for record in records],
+            "history": [_record_fields(entry) for entry in history],
+        }
+        return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=TRUST_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        row = {name: "" for name in TRUST_FIELDS}
+        for name, value in _record_fields(record).items():
+            row[name] = json.dumps(value, sort_keys=True) if name == "platforms" else str(value)
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+# --- import ------------------------------------------------------------------------------------------------
+
+
+def import_trust(store: TrustStore, text: str, fmt: str) -> ImportSummary:
+    """Validate every record, then record each one; conflicts are listed, never replaced."""
+    if _check_format(fmt) == "csv":
+        rows, skipped_history = list(_csv_records(text)), 0
+    else:
+        rows, skipped_history = _json_records(text)
+    _check_duplicates(rows)
+
+    created: list[str] = []
+    unchanged: list[str] = []
+    conflicts: list[ImportConflict] = []
+    for where, record in rows:
+        reference = record.ref.familiar
+        try:
+            outcome = store.record(record)
+        except TrustConflictError:
+            current = store.get(record.image, record.tag, consistent=True)
+            conflicts.append(
+                ImportConflict(where, reference, current.digest if current else None, record.digest)
+            )
+            continue
+        (created if outcome is RecordOutcome.CREATED else unchanged).append(reference)
+    return ImportSummary(tuple(created), tuple(unchanged), tuple(conflicts), skipped_history)
+
+
+def _check_duplicates(rows: list[tuple[str, TrustedImage]]) -> None:
+    first_seen: dict[tuple[str, str], str] = {}
+    for where, record in rows:
+        key = (record.image, record.tag)
+        if key in first_seen:
+            raise TrustImportError(
+                f"{where}: {record.ref.familiar} appears again (first at {first_seen[key]})",
+                hint="keep one record per tag; older digests belong in the history, not in the import",
+            )
+        first_seen[key] = where
+
+
+def _csv_records(text: str) -> Iterator[tuple[str, TrustedImage]]:
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise TrustImportError("line 1: the CSV input is empty; it needs a header row")
+        columns = [name.strip() for name in header]
+        unknown = [name for name in columns if name not in TRUST_FIELDS]
+        if unknown:
+            raise TrustImportError(
+                f"line 1: unknown column {unknown[0]!r}", hint=f"the columns are {', '.join(TRUST_FIELDS)}"
+            )
+        missing = sorted(REQUIRED_FIELDS - set(columns))
+        if missing:
+            raise TrustImportError(f"line 1: required column {missing[0]!r} is missing")
+        if len(set(columns)) != len(columns):
+            raise TrustImportError("line 1: a column appears twice in the header")
+        line = reader.line_num
+        for cells in reader:
+            where = f"line {line + 1}"  # where the row starts; a quoted value may span lines
+            line = reader.line_num
+            if not cells or all(not cell.strip() for cell in cells):
+                continue
+            if len(cells) != len(columns):
+                raise TrustImportError(f"{where}: {len(cells)} values for {len(columns)} columns")
+            values: dict[str, object] = {
+                name: cell for name, cell in zip(columns, cells, strict=True) if cell
+            }
+            if "platforms" in values:
+                values["platforms"] = _platforms_from_csv(str(values["platforms"]), where)
+            yield where, _trusted_from_values(values, where)
+    except csv.Error as exc:
+        raise TrustImportError(f"line {reader.line_num}: not valid CSV: {exc}") from None
+
+
+def _platforms_from_csv(text: str, where: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise TrustImportError(
+            f"{where}, field 'platforms': not a JSON object",
+            hint='write platforms as JSON, e.g. {"linux/amd64": "sha256:..."}, or leave it empty',
+        ) from None
+
+
+def _json_records(text: str) -> tuple[list[tuple[str, TrustedImage]], int]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TrustImportError(f"line {exc.lineno}, column {exc.colno}: not valid JSON: {exc.msg}") from None
+    skipped_history = 0
+    if isinstance(data, dict):
+        unknown = sorted(set(data) - _JSON_KEYS)
+        if unknown:
+            raise TrustImportError(
+                f"unknown top-level key {unknown[0]!r}", hint='use {"schema_version": 1, "trusted": [...]}'
+            )
+        if data.get("schema_version", 1) != 1:
+            raise TrustImportError(
+                f"unsupported schema_version {data['schema_version']!r}",
+                hint="this version reads schema_version 1",
+            )
+        history = data.get("history", [])
+        skipped_history = len(history) if isinstance(history, list) else 0
+        data = data.get("trusted")
+    if not isinstance(data, list):
+        raise TrustImportError(
+            'the JSON input must be a list of records or an object with a "trusted" list',
+            hint='e.g. {"schema_version": 1, "trusted": [{"registry": "ghcr.io", ...}]}',
+        )
+    rows: list[tuple[str, TrustedImage]] = []
+    for number, entry in enumerate(data, start=1):
+        where = f"record {number}"
+        if not isinstance(entry, dict):
+            raise TrustImportError(f"{where}: not a JSON object")
+        values = {str(key): value for key, value in entry.items() if value is not None and value != ""}
+        rows.append((where, _trusted_from_values(values, where)))
+    return rows, skipped_history
+
+
+def _field_error(where: str, field: str, problem: str, hint: str | None = None) -> TrustImportError:
+    return TrustImportError(f"{where}, field {field!r}: {problem}", hint=hint)
+
+
+def _text_field(values: Mapping[str, object], name: str, where: str) -> str | None:
+    value = values.get(name)
+    if value is None:
+        if name in REQUIRED_FIELDS:
+            raise _field_error(where, name, "is required")
+        return None
+    if not isinstance(value, str):
+        raise _field_error(where, name, f"must be a string, not {type(value).__name__}")
+    if name in REQUIRED_FIELDS and not value.strip():
+        raise _field_error(where, name, "is required")
+    return value
+
+
+def _image_fields(values: Mapping[str, object], where: str) -> tuple[str, str, str]:
+    """Registry, repository and tag, normalised as ImageRef.parse would (docker.io/nginx -> library/nginx)."""
+    registry = _text_field(values, "registry", where) or ""
+    repository = _text_field(values, "repository", where) or ""
+    tag = _text_field(values, "tag", where) or ""
+    try:
+        host_check = ImageRef.parse(f"{registry}/x")
+    except AuditError as exc:
+        raise _field_error(where, "registry", exc.message, exc.hint) from None
+    if host_check.registry != normalise_registry(registry):
+        raise _field_error(
+            where,
+            "registry",
+            f"{registry!r} is not a registry host",
+            "e.g. ghcr.io, docker.io or localhost:5000",
+        )
+    if ":" in repository or "@" in repository:
+        raise _field_error(
+            where, "repository", "must not contain a tag or digest", "put the tag in the tag column"
+        )
+    try:
+        named = ImageRef.parse(f"{registry}/{repository}")
+    except AuditError as exc:
+        raise _field_error(where, "repository", exc.message, exc.hint) from None
+    try:
+        tagged = ImageRef.parse(f"{named.image}:{tag}")
+    except AuditError as exc:
+        raise _field_error(where, "tag", exc.message, exc.hint) from None
+    if tagged.tag != tag or tagged.image != named.image:
+        raise _field_error(where, "tag", f"invalid tag {tag!r}")
+    return named.registry, named.repository, tag
+
+
+def _digest_field(value: object, where: str, field: str) -> Digest:
+    if value is None:
+        raise _field_error(where, field, "is required")
+    if not isinstance(value, str):
+        raise _field_error(where, field, f"must be a string, not {type(value).__name__}")
+    try:
+        return Digest.parse(value)
+    except AuditError as exc:
+        raise _field_error(where, field, exc.message, exc.hint) from None
+
+
+def _platforms_field(value: object, where: str) -> dict[str, Digest] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _field_error(where, "platforms", "must be an object of platform -> digest")
+    return {
+        str(platform): _digest_field(digest, where, f"platforms[{platform}]")
+        for platform, digest in value.items()
+    }
+
+
+def _timestamp_field(values: Mapping[str, object], where: str) -> datetime:
+    text = _text_field(values, "recorded_at", where) or ""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise _field_error(
+            where, "recorded_at", f"{text!r} is not an ISO 8601 time", "e.g. 2024-05-01T12:00:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        raise _field_error(
+            where, "recorded_at", f"{text!r} has no time zone", "add Z for UTC: 2024-05-01T12:00:00Z"
+        )
+    return moment.astimezone(UTC)
+
+
+def _trusted_from_values(values: Mapping[str, object], where: str) -> TrustedImage:
+    unknown = sorted(set(values) - set(TRUST_FIELDS))
+    if unknown:
+        raise _field_error(
+            where, unknown[0], "is not a trust record field", f"the fields are {', '.join(TRUST_FIELDS)}"
+        )
+    registry, repository, tag = _image_fields(values, where)
+    optional = {name: _text_field(values, name, where) for name in _OPTIONAL_TEXT}
+    return TrustedImage(
+        registry=registry,
+        repository=repository,
+        tag=tag,
+        digest=_digest_field(values.get("digest"), where, "digest"),
+        platforms=_platforms_field(values.get("platforms"), where),
+        source=_text_field(values, "source", where) or "",
+        recorded_at=_timestamp_field(values, where),
+        media_type=optional["media_type"],
+        commit=optional["commit"],
+        recorded_by=optional["recorded_by"],
+        reason=optional["reason"],
+    )

@@ -1,0 +1,258 @@
+"""Import and export of trust records: formats, conflicts that never replace, errors naming line and field."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from audit.adapters.file_store import FileTrustStore
+from audit.adapters.trust_io import TRUST_FIELDS, ImportConflict, TrustImportError, export_trust, import_trust
+from audit.errors import UsageError
+from tests.unit.stores.builders import IMAGE, digest, full_record, trusted
+
+HEADER = ",".join(TRUST_FIELDS)
+DIGEST_A = str(digest("a"))
+DIGEST_B = str(digest("b"))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileTrustStore:
+    return FileTrustStore(tmp_path / "trusted.json")
+
+
+def csv_row(**fields: str) -> str:
+    values = {
+        "registry": "ghcr.io",
+        "repository": "org/app",
+        "tag": "1.0",
+        "digest": DIGEST_A,
+        "source": "ci",
+        "recorded_at": "2024-05-01T12:00:00Z",
+    }
+    values.update(fields)
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow([values.get(name, "") for name in TRUST_FIELDS])
+    return buffer.getvalue()
+
+
+def csv_text(*rows: str) -> str:
+    return HEADER + "\n" + "".join(rows)
+
+
+# --- export ------------------------------------------------------------------------------------------------
+
+
+def test_csv_export_has_a_header_and_one_row_per_current_record(store: FileTrustStore) -> None:
+    store.record(full_record("2.0"))
+    store.record(trusted("1.0", "a"))
+    store.record(trusted("1.0", "b", reason="rebuild"), replace=True)
+    rows = list(csv.DictReader(io.StringIO(export_trust(store, "csv"))))
+    assert [row["tag"] for row in rows] == ["1.0", "2.0"]
+    assert rows[0]["digest"] == DIGEST_B
+    assert rows[0]["platforms"] == ""
+    assert json.loads(rows[1]["platforms"]) == {
+        "linux/amd64": str(digest("e")),
+        "linux/arm64/v8": str(digest("f")),
+    }
+    assert rows[1]["recorded_at"] == "2024-05-01T12:00:00.123456Z"
+    assert rows[1]["reason"] == "rebuilt, see TICKET-1"  # a comma, quoted by the writer
+
+
+def test_json_export_adds_the_history_and_is_a_valid_trust_file(
+    store: FileTrustStore, tmp_path: Path
+) -> None:
+    store.record(trusted("1.0", "a"))
+    store.record(trusted("1.0", "b", reason="rebuild"), replace=True)
+    text = export_trust(store, "json")
+    document = json.loads(text)
+    assert document["schema_version"] == 1
+    assert [entry["digest"] for entry in document["trusted"]] == [DIGEST_B]
+    assert [entry["digest"] for entry in document["history"]] == [DIGEST_A]
+    copy = tmp_path / "copy.json"
+    copy.write_text(text, encoding="utf-8")
+    assert FileTrustStore(copy).load_all() == store.load_all()
+    assert FileTrustStore(copy).history(IMAGE, "1.0") == [trusted("1.0", "a")]
+
+
+def test_an_empty_store_exports_a_header_or_an_empty_document(store: FileTrustStore) -> None:
+    assert export_trust(store, "csv") == HEADER + "\n"
+    assert json.loads(export_trust(store, "json")) == {"schema_version": 1, "trusted": [], "history": []}
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "CSV", ""])
+def test_an_unknown_format_is_a_usage_error(store: FileTrustStore, fmt: str) -> None:
+    with pytest.raises(UsageError, match="unknown trust format"):
+        export_trust(store, fmt)
+    with pytest.raises(UsageError, match="unknown trust format"):
+        import_trust(store, "", fmt)
+
+
+# --- import ------------------------------------------------------------------------------------------------
+
+
+def test_import_reports_created_unchanged_and_conflicts(store: FileTrustStore) -> None:
+    store.record(trusted("1.0", "a"))
+    store.record(trusted("2.0", "c"))
+    text = csv_text(
+        csv_row(tag="1.0", digest=DIGEST_A),
+        csv_row(tag="2.0", digest=DIGEST_B),
+        csv_row(tag="3.0", digest=DIGEST_B, platforms=json.dumps({"linux/amd64": DIGEST_A})),
+    )
+    summary = import_trust(store, text, "csv")
+    assert summary.created == ("ghcr.io/org/app:3.0",)
+    assert summary.unchanged == ("ghcr.io/org/app:1.0",)
+    assert summary.conflicts == (ImportConflict("line 3", "ghcr.io/org/app:2.0", digest("c"), digest("b")),)
+    assert store.get(IMAGE, "2.0") == trusted("2.0", "c")  # the conflict replaced nothing
+    assert store.history(IMAGE, "2.0") == []
+    imported = store.get(IMAGE, "3.0")
+    assert imported is not None and imported.platforms == {"linux/amd64": digest("a")}
+    description = summary.describe()
+    assert "created 1, unchanged 1, conflicts 1" in description
+    assert (
+        f"conflict (line 3): ghcr.io/org/app:2.0 is trusted as {digest('c')}, not {DIGEST_B}" in description
+    )
+    assert "--replace --reason" in description
+
+
+def test_import_of_a_json_export_into_another_store(store: FileTrustStore, tmp_path: Path) -> None:
+    store.record(full_record("2.0"))
+    store.record(trusted("latest", "a"))
+    store.record(trusted("latest", "b", minutes=1), moving=True)
+    target = FileTrustStore(tmp_path / "other.json")
+    summary = import_trust(target, export_trust(store, "json"), "json")
+    assert target.load_all() == store.load_all()
+    assert summary.skipped_history == 1
+    assert "1 history entries in the input were not imported" in summary.describe()
+
+
+def test_json_import_accepts_a_plain_list(store: FileTrustStore) -> None:
+    record = trusted().model_dump(mode="json")
+    summary = import_trust(store, json.dumps([record, {**record, "tag": "2.0", "commit": None}]), "json")
+    assert summary.created == ("ghcr.io/org/app:1.0", "ghcr.io/org/app:2.0")
+    assert summary.describe().startswith("created 2, unchanged 0, conflicts 0")
+
+
+def test_docker_hub_names_are_normalised(store: FileTrustStore) -> None:
+    import_trust(store, csv_text(csv_row(registry="docker.io", repository="nginx", tag="1.27")), "csv")
+    assert store.get("registry-1.docker.io/library/nginx", "1.27") is not None
+
+
+def test_quoted_values_with_newlines_and_a_bom(store: FileTrustStore) -> None:
+    text = "\ufeff" + csv_text(
+        csv_row(reason='line one\nline two, "quoted"'), csv_row(tag="2.0", digest="bad")
+    )
+    with pytest.raises(TrustImportError, match="line 4, field 'digest'"):  # the second row starts on line 4
+        import_trust(store, text, "csv")
+    summary = import_trust(store, "\ufeff" + csv_text(csv_row(reason="line one\nline two")), "csv")
+    assert summary.created == ("ghcr.io/org/app:1.0",)
+    stored = store.get(IMAGE, "1.0")
+    assert stored is not None and stored.reason == "line one\nline two"
+
+
+def test_columns_may_come_in_any_order_and_optional_ones_may_be_left_out(store: FileTrustStore) -> None:
+    text = (
+        "recorded_at,source,digest,tag,repository,registry\n"
+        f"2024-05-01T14:00:00+02:00,ci,{DIGEST_A},1.0,org/app,ghcr.io\n"
+    )
+    import_trust(store, text, "csv")
+    stored = store.get(IMAGE, "1.0")
+    assert stored is not None
+    assert stored.recorded_at.isoformat() == "2024-05-01T12:00:00+00:00"  # converted to UTC
+
+
+def test_blank_lines_are_skipped(store: FileTrustStore) -> None:
+    summary = import_trust(store, csv_text("\n", csv_row(), "\n"), "csv")
+    assert len(summary.created) == 1
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        (csv_row(digest="sha256:abc"), "line 2, field 'digest': invalid digest"),
+        (csv_row(digest=""), "line 2, field 'digest': is required"),
+        (csv_row(source="  "), "line 2, field 'source': is required"),
+        (csv_row(tag="-bad"), "line 2, field 'tag'"),
+        (csv_row(tag="1.0@" + DIGEST_A), "line 2, field 'tag'"),
+        (csv_row(repository="Org/App"), "line 2, field 'repository': .*lowercase"),
+        (csv_row(repository="org/app:1.0"), "line 2, field 'repository': must not contain a tag"),
+        (csv_row(registry="myregistry"), "line 2, field 'registry': 'myregistry' is not a registry host"),
+        (csv_row(registry="https://ghcr.io"), "line 2, field 'registry'"),
+        (
+            csv_row(recorded_at="yesterday"),
+            "line 2, field 'recorded_at': 'yesterday' is not an ISO 8601 time",
+        ),
+        (csv_row(recorded_at="2024-05-01T12:00:00"), "line 2, field 'recorded_at': .* has no time zone"),
+        (csv_row(platforms="linux/amd64"), "line 2, field 'platforms': not a JSON object"),
+        (csv_row(platforms="[1]"), "line 2, field 'platforms': must be an object"),
+        (csv_row(platforms='{"linux/amd64": "sha256:0"}'), r"line 2, field 'platforms\[linux/amd64\]'"),
+        ("ghcr.io,org/app\n", "line 2: 2 values for 11 columns"),
+    ],
+)
+def test_csv_errors_name_the_line_and_field(store: FileTrustStore, row: str, expected: str) -> None:
+    with pytest.raises(TrustImportError, match=expected) as caught:
+        import_trust(store, csv_text(row), "csv")
+    assert caught.value.hint
+    assert caught.value.exit_code == 2
+
+
+def test_an_error_on_a_later_line_writes_nothing(store: FileTrustStore) -> None:
+    text = csv_text(csv_row(tag="1.0"), csv_row(tag="2.0"), csv_row(tag="3.0", digest="nope"))
+    with pytest.raises(TrustImportError, match="line 4, field 'digest'"):
+        import_trust(store, text, "csv")
+    assert store.load_all() == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "line 1: the CSV input is empty"),
+        ("registry,repository,tag,digest,source,recorded_at,colour\n", "line 1: unknown column 'colour'"),
+        ("registry,repository,tag,digest,source\n", "line 1: required column 'recorded_at' is missing"),
+        (HEADER + ",tag\n", "line 1: a column appears twice"),
+    ],
+)
+def test_csv_header_errors(store: FileTrustStore, text: str, expected: str) -> None:
+    with pytest.raises(TrustImportError, match=expected):
+        import_trust(store, text, "csv")
+
+
+def test_a_tag_twice_in_one_import_is_an_error_naming_both_lines(store: FileTrustStore) -> None:
+    with pytest.raises(
+        TrustImportError, match=r"line 3: ghcr.io/org/app:1.0 appears again \(first at line 2\)"
+    ):
+        import_trust(store, csv_text(csv_row(), csv_row(digest=DIGEST_B)), "csv")
+    assert store.load_all() == []
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        ("{", "line 1, column 2: not valid JSON"),
+        ('"text"', "must be a list of records"),
+        ('{"schema_version": 1}', "must be a list of records"),
+        ('{"schema_version": 2, "trusted": []}', "unsupported schema_version 2"),
+        ('{"trusted": [], "extra": 1}', "unknown top-level key 'extra'"),
+        ("[1]", "record 1: not a JSON object"),
+        ('[{"registry": "ghcr.io"}]', "record 1, field 'repository': is required"),
+        (
+            json.dumps([trusted().model_dump(mode="json"), {**trusted().model_dump(mode="json"), "tag": 5}]),
+            "record 2, field 'tag': must be a string, not int",
+        ),
+        (
+            json.dumps([{**trusted().model_dump(mode="json"), "colour": "red"}]),
+            "record 1, field 'colour': is not a trust record field",
+        ),
+        (
+            json.dumps([{**trusted().model_dump(mode="json"), "platforms": {"linux/amd64": 1}}]),
+            r"record 1, field 'platforms\[linux/amd64\]': must be a string",
+        ),
+    ],
+)
+def test_json_errors_name_the_record_and_field(store: FileTrustStore, document: str, expected: str) -> None:
+    with pytest.raises(TrustImportError, match=expected):
+        import_trust(store, document, "json")
+    assert store.load_all() == []
