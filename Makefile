@@ -5,6 +5,8 @@ RUN := $(UV) run --locked
 
 .PHONY: setup test lint typecheck pytest format
 
+include deploy.mk
+
 setup:
 	$(UV) sync --locked
 
@@ -18,7 +20,7 @@ typecheck: setup
 pytest: setup
 	$(RUN) pytest
 
-test: lint typecheck pytest
+test: lint typecheck pytest sam-validate sam-build
 
 format: setup
 	$(RUN) ruff format .

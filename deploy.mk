@@ -1,0 +1,36 @@
+# Deployment checks, included from the Makefile: `make sam-validate` and `make sam-build` need no AWS account.
+# SAM CLI runs through uvx (fetched from PyPI on first use, then cached), pinned together with its cfn-lint so a
+# new lint rule cannot turn CI red on its own; bump both deliberately.
+SAM_CLI_VERSION ?= 1.170.0
+CFN_LINT_VERSION ?= 1.58.0
+UVX ?= uvx
+SAM_CLI ?= $(UVX) --from aws-sam-cli==$(SAM_CLI_VERSION) --with cfn-lint==$(CFN_LINT_VERSION) sam
+# Validation only needs a region name, never credentials; set per command so the tests' environment is untouched.
+SAM_REGION ?= eu-west-1
+SAM_ENV := SAM_CLI_TELEMETRY=0 UV_PYTHON_DOWNLOADS=never AWS_DEFAULT_REGION=$(SAM_REGION)
+
+SAM_PROJECT_DIR := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+SAM_BUILT_FUNCTION := $(SAM_PROJECT_DIR)/.aws-sam/build/AuditFunction
+
+.PHONY: sam-validate sam-build
+
+# Two different checks: cfn-lint (`lint = true` in samconfig.toml) validates the template against the resource
+# schemas and best practices, but no longer runs the SAM transform; the `translate` config environment
+# (lint = false) runs the SAM translator, which catches what only the transform knows (event sources, policies).
+sam-validate:
+	cd "$(SAM_PROJECT_DIR)" && $(SAM_ENV) $(SAM_CLI) validate --lint
+	cd "$(SAM_PROJECT_DIR)" && $(SAM_ENV) $(SAM_CLI) validate --config-env translate
+
+# Builds exactly what `sam deploy` would upload (src/Makefile cross-installs arm64 wheels), then checks the
+# package holds the code and native wheels for the Lambda's platform.
+sam-build:
+	cd "$(SAM_PROJECT_DIR)" && $(SAM_ENV) $(SAM_CLI) build
+	test -f "$(SAM_BUILT_FUNCTION)/handler.py"
+	test -f "$(SAM_BUILT_FUNCTION)/audit/__init__.py"
+	test -f "$(SAM_BUILT_FUNCTION)/pydantic_core/_pydantic_core.cpython-313-aarch64-linux-gnu.so"
+	@! find "$(SAM_BUILT_FUNCTION)" -name '*x86_64*.so' | grep . \
+		|| { echo "x86_64 extension modules in the arm64 package" >&2; exit 1; }
+	@for pkg in boto3 botocore; do \
+		if test -e "$(SAM_BUILT_FUNCTION)/$$pkg"; then echo "$$pkg must come from the Lambda runtime" >&2; exit 1; fi; \
+	done
+	@du -sh "$(SAM_BUILT_FUNCTION)"
