@@ -13,7 +13,7 @@ from audit.errors import ConfigError
 ENV_TRUST_TABLE = "TRUSTED_DIGESTS_TABLE"
 ENV_STATE_TABLE = "AUDIT_STATE_TABLE"
 ENV_TOPIC_ARN = "ALERT_TOPIC_ARN"
-ENV_CREDENTIALS_SECRET = "REGISTRY_CREDENTIALS_SECRET_ARN"
+ENV_CREDENTIALS_SECRET = "REGISTRY_CREDENTIALS_SECRET_ARN"  # noqa: S105 - a variable name, not a secret
 ENV_ENABLE_ECR = "DIGEST_AUDIT_ENABLE_ECR"
 ENV_REVERIFY_DELAY = "DIGEST_AUDIT_REVERIFY_DELAY"
 ENV_REMINDER_INTERVAL = "DIGEST_AUDIT_REMINDER_INTERVAL"
@@ -106,7 +106,7 @@ class Environment:
             raise ConfigError(
                 f"{name}={raw!r} is not a number", hint=f"set {name} to a number such as {default:g}"
             ) from None
-        if value < minimum or value != value:  # NaN check
+        if not value >= minimum:  # also refuses NaN
             raise ConfigError(f"{name}={raw!r} must be at least {minimum:g}", hint=f"e.g. {name}={default:g}")
         return value
 
@@ -118,7 +118,8 @@ class Environment:
             value = int(raw)
         except ValueError:
             raise ConfigError(
-                f"{name}={raw!r} is not a whole number", hint=f"set {name} to a whole number such as {default}"
+                f"{name}={raw!r} is not a whole number",
+                hint=f"set {name} to a whole number such as {default}",
             ) from None
         if value < minimum:
             raise ConfigError(f"{name}={raw!r} must be at least {minimum}", hint=f"e.g. {name}={default}")
