@@ -14,8 +14,11 @@ from audit import bootstrap
 from audit.errors import AuditError, ConfigError, InvalidReferenceError
 from audit.service import RunOptions, RunReport
 
-logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "digest-audit"))
-metrics = Metrics()
+# Defaults equal the template's, so the heartbeat alarm (namespace + `service` dimension) always matches.
+SERVICE_NAME = os.environ.get("POWERTOOLS_SERVICE_NAME", "digest-audit")
+METRICS_NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "DigestAudit")
+logger = Logger(service=SERVICE_NAME)
+metrics = Metrics(namespace=METRICS_NAMESPACE, service=SERVICE_NAME)
 tracer = Tracer()
 
 

@@ -73,9 +73,7 @@ def test_each_manifest_kind_is_served_with_the_pushed_digest(
 
     head = head_manifest(registry, repository, "v1")
     with httpx.Client(trust_env=False) as client:
-        body = client.get(
-            f"{registry.url}/v2/{repository}/manifests/v1", headers={"Accept": MANIFEST_ACCEPT}
-        ).content
+        body = client.get(f"{registry.url}/v2/{repository}/manifests/v1", headers={"Accept": MANIFEST_ACCEPT}).content
 
     assert head.status_code == 200
     assert head.headers["Docker-Content-Digest"] == image.digest
@@ -85,17 +83,15 @@ def test_each_manifest_kind_is_served_with_the_pushed_digest(
 
 
 @pytest.mark.parametrize("kind", ["oci-index", "docker-list"])
-def test_index_children_are_pushed_per_platform(
-    registry: LocalRegistry, repository: str, kind: ImageKind
-) -> None:
+def test_index_children_are_pushed_per_platform(registry: LocalRegistry, repository: str, kind: ImageKind) -> None:
     platforms = ["linux/amd64", "linux/arm64/v8", "linux/arm/v7"]
     image = registry.pusher.push_image(repository, "multi", kind, platforms)
 
     index = json.loads(image.manifest)
     listed = {
-        "/".join(
-            filter(None, (m["platform"]["os"], m["platform"]["architecture"], m["platform"].get("variant")))
-        ): m["digest"]
+        "/".join(filter(None, (m["platform"]["os"], m["platform"]["architecture"], m["platform"].get("variant")))): m[
+            "digest"
+        ]
         for m in index["manifests"]
     }
     assert list(image.platforms) == platforms
@@ -107,9 +103,7 @@ def test_index_children_are_pushed_per_platform(
         assert child.headers["Docker-Content-Digest"] == child_digest
 
 
-def test_a_short_accept_gets_the_amd64_child_of_a_docker_list(
-    registry: LocalRegistry, repository: str
-) -> None:
+def test_a_short_accept_gets_the_amd64_child_of_a_docker_list(registry: LocalRegistry, repository: str) -> None:
     # Confirms the fixture reproduces the registry behaviour the audit must guard against (REGISTRY-FACTS §2).
     image = registry.pusher.push_image(repository, "multi", "docker-list")
 
@@ -118,9 +112,7 @@ def test_a_short_accept_gets_the_amd64_child_of_a_docker_list(
     assert head.headers["Docker-Content-Digest"] == image.platforms["linux/amd64"] != image.digest
 
 
-def test_same_seed_gives_same_digest_and_other_content_differs(
-    registry: LocalRegistry, repository: str
-) -> None:
+def test_same_seed_gives_same_digest_and_other_content_differs(registry: LocalRegistry, repository: str) -> None:
     first = registry.pusher.push_image(repository, "a", "oci", seed="fixed")
     again = registry.pusher.push_image(repository, "b", "oci", seed="fixed")
     other = registry.pusher.push_image(repository, "c", "oci")
@@ -141,9 +133,7 @@ def test_delete_by_digest_gives_404_and_spares_other_images(registry: LocalRegis
 
 
 @pytest.mark.parametrize("kind", ["docker", "oci-index"])
-def test_tamper_changes_the_digest_behind_a_tag(
-    registry: LocalRegistry, repository: str, kind: ImageKind
-) -> None:
+def test_tamper_changes_the_digest_behind_a_tag(registry: LocalRegistry, repository: str, kind: ImageKind) -> None:
     original = registry.pusher.push_image(repository, "1.0", kind)
 
     tampered = registry.pusher.tamper(repository, "1.0")
@@ -205,9 +195,7 @@ def test_token_claims_follow_the_distribution_spec(token_registry: LocalRegistry
     token_server = token_registry.token_server
     scope = f"repository:{repository}:pull,push"
 
-    token = fetch_token(token_server, token_registry, scope, token_registry.pusher_credentials).json()[
-        "token"
-    ]
+    token = fetch_token(token_server, token_registry, scope, token_registry.pusher_credentials).json()["token"]
 
     header, claims = jwt_part(token, 0), jwt_part(token, 1)
     assert header["alg"] == "RS256"
@@ -215,17 +203,13 @@ def test_token_claims_follow_the_distribution_spec(token_registry: LocalRegistry
     assert claims["iss"] == token_server.issuer
     assert claims["aud"] == token_server.service
     assert claims["sub"] == "pusher"
-    assert (
-        isinstance(claims["exp"], int) and isinstance(claims["nbf"], int) and isinstance(claims["iat"], int)
-    )
+    assert isinstance(claims["exp"], int) and isinstance(claims["nbf"], int) and isinstance(claims["iat"], int)
     assert claims["exp"] - claims["iat"] == token_server.expires_in
     assert claims["jti"]
     assert claims["access"] == [{"type": "repository", "name": repository, "actions": ["pull", "push"]}]
 
 
-def test_token_server_refuses_bad_or_missing_credentials(
-    token_registry: LocalRegistry, repository: str
-) -> None:
+def test_token_server_refuses_bad_or_missing_credentials(token_registry: LocalRegistry, repository: str) -> None:
     assert token_registry.token_server is not None and token_registry.credentials is not None
     token_server = token_registry.token_server
     token_server.reset()
@@ -259,9 +243,7 @@ def test_a_pull_token_cannot_push(token_registry: LocalRegistry, repository: str
 def test_a_token_for_another_audience_is_rejected(token_registry: LocalRegistry, repository: str) -> None:
     assert token_registry.token_server is not None
     token_registry.pusher.push_image(repository, "v1", "docker")
-    forged = token_registry.token_server.mint(
-        "auditor", [f"repository:{repository}:pull"], audience="elsewhere"
-    )
+    forged = token_registry.token_server.mint("auditor", [f"repository:{repository}:pull"], audience="elsewhere")
 
     refused = head_manifest(token_registry, repository, "v1", {"Authorization": f"Bearer {forged}"})
 
@@ -308,20 +290,13 @@ def test_token_auth_over_plain_http_with_kid_and_per_repository_grants(
 
     team_token = fetch_token(token_server, running, "repository:team/app:pull", team).json()["token"]
     other_token = fetch_token(token_server, running, "repository:other/app:pull", team).json()["token"]
-    admin_token = fetch_token(token_server, running, "repository:other/app:pull", running.credentials).json()[
-        "token"
-    ]
+    admin_token = fetch_token(token_server, running, "repository:other/app:pull", running.credentials).json()["token"]
 
     assert running.insecure and running.url.startswith("http://")
     assert token_server.realm.startswith("http://")
     assert "kid" in jwt_part(team_token, 0) and "x5c" not in jwt_part(team_token, 0)
-    assert (
-        head_manifest(running, "team/app", "v1", {"Authorization": f"Bearer {team_token}"}).status_code == 200
-    )
-    assert (
-        head_manifest(running, "other/app", "v1", {"Authorization": f"Bearer {other_token}"}).status_code
-        == 401
-    )
+    assert head_manifest(running, "team/app", "v1", {"Authorization": f"Bearer {team_token}"}).status_code == 200
+    assert head_manifest(running, "other/app", "v1", {"Authorization": f"Bearer {other_token}"}).status_code == 401
     admin_head = head_manifest(running, "other/app", "v1", {"Authorization": f"Bearer {admin_token}"})
     assert admin_head.headers["Docker-Content-Digest"] == other.digest
 
@@ -345,10 +320,7 @@ def test_token_server_fails_on_demand_then_recovers(token_registry: LocalRegistr
     token_server.fail_next(2)
     scope = f"repository:{repository}:pull"
 
-    statuses = [
-        fetch_token(token_server, token_registry, scope, token_registry.credentials).status_code
-        for _ in "abc"
-    ]
+    statuses = [fetch_token(token_server, token_registry, scope, token_registry.credentials).status_code for _ in "abc"]
 
     assert statuses == [503, 503, 200]
     assert token_server.count(scope) == 3
@@ -368,9 +340,7 @@ def test_token_server_expires_in_is_configurable(registry_factory: RegistryFacto
     assert jwt_part(with_ninety["token"], 1)["exp"] == jwt_part(with_ninety["token"], 1)["iat"] + 90  # type: ignore[operator]
 
 
-def test_token_server_password_and_refresh_token_grants(
-    token_registry: LocalRegistry, repository: str
-) -> None:
+def test_token_server_password_and_refresh_token_grants(token_registry: LocalRegistry, repository: str) -> None:
     assert token_registry.token_server is not None and token_registry.credentials is not None
     token_server = token_registry.token_server
     image = token_registry.pusher.push_image(repository, "v1", "docker")
@@ -401,9 +371,7 @@ def test_token_server_password_and_refresh_token_grants(
             data={"grant_type": "refresh_token", "service": token_server.service, "refresh_token": "nope"},
         )
 
-    served = head_manifest(
-        token_registry, repository, "v1", {"Authorization": f"Bearer {refreshed['access_token']}"}
-    )
+    served = head_manifest(token_registry, repository, "v1", {"Authorization": f"Bearer {refreshed['access_token']}"})
     assert served.headers["Docker-Content-Digest"] == image.digest
     assert bad_refresh.status_code == 401
 
@@ -411,9 +379,7 @@ def test_token_server_password_and_refresh_token_grants(
 # --- htpasswd and TLS ---------------------------------------------------------------------------------------
 
 
-def test_basic_registry_requires_the_htpasswd_credentials(
-    basic_registry: LocalRegistry, repository: str
-) -> None:
+def test_basic_registry_requires_the_htpasswd_credentials(basic_registry: LocalRegistry, repository: str) -> None:
     assert basic_registry.credentials is not None
     image = basic_registry.pusher.push_image(repository, "v1", "oci")
     username = basic_registry.credentials.username
@@ -468,9 +434,7 @@ def test_bcrypt_hash_matches_the_openbsd_test_vector() -> None:
 def test_startup_failure_reports_the_log_tail(tmp_path: Path) -> None:
     broken = RegistryProcess(
         tmp_path / "broken",
-        auth=TokenAuth(
-            realm="http://127.0.0.1:9/token", service="s", issuer="i", rootcertbundle=tmp_path / "none"
-        ),
+        auth=TokenAuth(realm="http://127.0.0.1:9/token", service="s", issuer="i", rootcertbundle=tmp_path / "none"),
     )
 
     with pytest.raises(RegistryStartError, match=r"root certificate bundle"):

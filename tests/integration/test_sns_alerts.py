@@ -57,14 +57,10 @@ def finding(
 class Subscriber:
     """An SQS queue subscribed to the topic without raw delivery: bodies are SNS envelopes."""
 
-    def __init__(
-        self, aws: AwsClients, topic_arn: str, name: str, filter_policy: dict[str, Any] | None = None
-    ):
+    def __init__(self, aws: AwsClients, topic_arn: str, name: str, filter_policy: dict[str, Any] | None = None):
         self.sqs: SQSClient = aws.sqs()
         self.url = self.sqs.create_queue(QueueName=name)["QueueUrl"]
-        arn = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])["Attributes"][
-            "QueueArn"
-        ]
+        arn = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         attributes = {"FilterPolicy": json.dumps(filter_policy)} if filter_policy else {}
         aws.sns().subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=arn, Attributes=attributes)
 

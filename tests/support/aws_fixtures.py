@@ -104,9 +104,7 @@ class AwsClients:
         return self._session().client("sqs", endpoint_url=self.endpoint_url, config=self._config(config))
 
     def secretsmanager(self, config: Config | None = None) -> SecretsManagerClient:
-        return self._session().client(
-            "secretsmanager", endpoint_url=self.endpoint_url, config=self._config(config)
-        )
+        return self._session().client("secretsmanager", endpoint_url=self.endpoint_url, config=self._config(config))
 
 
 @dataclass(frozen=True)

@@ -140,9 +140,7 @@ def local_registry(
         if tls:
             assert ca is not None
             served = ca.issue_server_certificate("registry")
-            registry_tls = RegistryTls(
-                cert_file=served.cert_file, key_file=served.key_file, ca_file=ca.ca_file
-            )
+            registry_tls = RegistryTls(cert_file=served.cert_file, key_file=served.key_file, ca_file=ca.ca_file)
 
         credentials: Credentials | None = None
         pusher_credentials: Credentials | None = None
@@ -154,9 +152,7 @@ def local_registry(
         if auth == "basic":
             assert credentials is not None and pusher_credentials is not None
             htpasswd = workdir / "htpasswd"
-            htpasswd.write_text(
-                "".join(f"{htpasswd_line(*pair)}\n" for pair in (credentials, pusher_credentials))
-            )
+            htpasswd.write_text("".join(f"{htpasswd_line(*pair)}\n" for pair in (credentials, pusher_credentials)))
             registry_auth = HtpasswdAuth(path=htpasswd)
         elif auth == "token":
             assert credentials is not None and pusher_credentials is not None

@@ -186,9 +186,7 @@ class Pusher:
         timeout: float = 30.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.Client(
-            base_url=self.base_url, verify=verify, auth=auth, timeout=timeout, trust_env=False
-        )
+        self._client = httpx.Client(base_url=self.base_url, verify=verify, auth=auth, timeout=timeout, trust_env=False)
         self._pushed: dict[tuple[str, str], tuple[ImageKind, tuple[str, ...]]] = {}
 
     def close(self) -> None:
@@ -335,9 +333,7 @@ class Pusher:
         entries: list[dict[str, object]] = []
         children: dict[str, str] = {}
         for platform in platforms:
-            child = self._push_single(
-                repository, None, oci=oci, platform=platform, nonce=f"{nonce}/{platform}"
-            )
+            child = self._push_single(repository, None, oci=oci, platform=platform, nonce=f"{nonce}/{platform}")
             children[platform] = child.digest
             entries.append(
                 {

@@ -98,9 +98,7 @@ def pusher() -> Iterator[PusherFactory]:
     """Makes extra pushers (other credentials, or tokens fetched over HTTP); closed at teardown."""
     made: list[Pusher] = []
 
-    def make(
-        registry: LocalRegistry, credentials: Credentials | None = None, *, fetch_tokens: bool = False
-    ) -> Pusher:
+    def make(registry: LocalRegistry, credentials: Credentials | None = None, *, fetch_tokens: bool = False) -> Pusher:
         new = registry.new_pusher(credentials, fetch_tokens=fetch_tokens)
         made.append(new)
         return new

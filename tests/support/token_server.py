@@ -71,9 +71,7 @@ class SigningKey:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         self.key_id = libtrust_key_id(public_der)
-        self.x5c = [
-            base64.b64encode(self.certificate.public_bytes(serialization.Encoding.DER)).decode("ascii")
-        ]
+        self.x5c = [base64.b64encode(self.certificate.public_bytes(serialization.Encoding.DER)).decode("ascii")]
 
     def write_bundle(self, path: Path) -> Path:
         path.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
@@ -240,9 +238,7 @@ class TokenServer:
             return sum(
                 1
                 for request in self._requests
-                if any(
-                    (parsed := _Scope.parse(s)) is not None and parsed.name == name for s in request.scopes
-                )
+                if any((parsed := _Scope.parse(s)) is not None and parsed.name == name for s in request.scopes)
             )
 
     def scope_counts(self) -> Counter[str]:
@@ -469,9 +465,7 @@ class _TokenHTTPServer(ThreadingHTTPServer):
         connection, address = super().get_request()
         if self._ssl_context is not None:
             # The handshake happens later in the handler's thread so a stalled client cannot block accept().
-            connection = self._ssl_context.wrap_socket(
-                connection, server_side=True, do_handshake_on_connect=False
-            )
+            connection = self._ssl_context.wrap_socket(connection, server_side=True, do_handshake_on_connect=False)
         return connection, address
 
     @override

@@ -169,9 +169,7 @@ def test_drift_email_is_a_report_a_person_can_act_on() -> None:
 )
 def test_each_verdict_says_what_to_do_next(status: Verdict, notice: Notice, phrases: tuple[str, ...]) -> None:
     trusted = None if status is Verdict.UNTRACKED else d(1)
-    item = finding(
-        status=status, notice=notice, trusted=trusted, live=d(1) if status is Verdict.MATCH else None
-    )
+    item = finding(status=status, notice=notice, trusted=trusted, live=d(1) if status is Verdict.MATCH else None)
     if trusted is None:
         item = item.model_copy(update={"trusted_digest": None})
     email = only(render("run-1", [item], total_tags=3)).protocol("email")
@@ -228,9 +226,7 @@ def test_messages_hold_one_verdict_of_one_repository() -> None:
                 message.attributes["registry"],
                 message.attributes["repository"],
             )
-            expected_status = (
-                "match" if message.attributes["verdict"] == "resolved" else message.attributes["verdict"]
-            )
+            expected_status = "match" if message.attributes["verdict"] == "resolved" else message.attributes["verdict"]
             assert item["status"] == expected_status
     hub_drift = messages[1]
     assert hub_drift.subject == "DRIFT: 2 tags in openzaak/open-zaak (of 10)"
@@ -244,9 +240,7 @@ def test_reminder_marker_only_when_everything_is_a_reminder() -> None:
     reminders = only(render("r", [finding("1"), finding("2")], total_tags=5))
     assert reminders.attributes["notice"] == "new"
     all_reminders = only(
-        render(
-            "r", [finding("1", notice=Notice.REMINDER), finding("2", notice=Notice.REMINDER)], total_tags=5
-        )
+        render("r", [finding("1", notice=Notice.REMINDER), finding("2", notice=Notice.REMINDER)], total_tags=5)
     )
     assert all_reminders.subject == "[reminder] DRIFT: 2 tags in openzaak/open-zaak (of 5)"
     assert all_reminders.attributes["notice"] == "reminder"
@@ -342,9 +336,7 @@ def test_size_counts_subject_and_attributes() -> None:
 
 def test_iso_utc_normalises_to_z() -> None:
     assert iso_utc(datetime(2025, 1, 2, 3, 4, 5)) == "2025-01-02T03:04:05Z"
-    plus_two = datetime(2025, 1, 2, 5, 4, 5, tzinfo=UTC).astimezone(
-        __import__("zoneinfo").ZoneInfo("Europe/Amsterdam")
-    )
+    plus_two = datetime(2025, 1, 2, 5, 4, 5, tzinfo=UTC).astimezone(__import__("zoneinfo").ZoneInfo("Europe/Amsterdam"))
     assert iso_utc(plus_two) == "2025-01-02T05:04:05Z"
     assert iso_utc(None) is None
 
@@ -381,9 +373,7 @@ class FakeSns:
     def publish_batch(self, **kwargs: Any) -> dict[str, Any]:
         self.calls.append(kwargs)
         if self._raise_on_call == len(self.calls):
-            raise ClientError(
-                {"Error": {"Code": "AuthorizationError", "Message": "not allowed"}}, "PublishBatch"
-            )
+            raise ClientError({"Error": {"Code": "AuthorizationError", "Message": "not allowed"}}, "PublishBatch")
         entries = kwargs["PublishBatchRequestEntries"]
         return {
             "Successful": [
@@ -468,9 +458,7 @@ def test_sns_with_nothing_to_say_calls_nothing() -> None:
 
 def test_print_alerts_writes_text_or_machine_json() -> None:
     stream = io.StringIO()
-    assert (
-        PrintAlerts(stream).publish("run-1", [finding(), finding(status=Verdict.MISSING)], total_tags=4) == 2
-    )
+    assert PrintAlerts(stream).publish("run-1", [finding(), finding(status=Verdict.MISSING)], total_tags=4) == 2
     text = stream.getvalue()
     assert "DRIFT: openzaak/open-zaak:1.3.5 (1 of 4 tags)" in text and "MISSING: " in text
 

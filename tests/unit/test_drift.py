@@ -155,9 +155,7 @@ JUDGE_CASES = [
         "trusted for this tag before",
         history=(d(2),),
     ),
-    JudgeCase(
-        "pinned rollback", trusted(), observed(d(2)), PINNED, Verdict.DRIFT, "rollback", history=(d(2),)
-    ),
+    JudgeCase("pinned rollback", trusted(), observed(d(2)), PINNED, Verdict.DRIFT, "rollback", history=(d(2),)),
     JudgeCase(
         "any-trusted known",
         trusted(),
@@ -190,9 +188,7 @@ JUDGE_CASES = [
         "disagree",
         ever=frozenset({d(1)}),
     ),
-    JudgeCase(
-        "found without digest", trusted(), observed(None), PINNED, Verdict.UNVERIFIABLE, "without a digest"
-    ),
+    JudgeCase("found without digest", trusted(), observed(None), PINNED, Verdict.UNVERIFIABLE, "without a digest"),
     JudgeCase("untracked found", None, observed(d(1)), PINNED, Verdict.UNTRACKED, "no trusted digest"),
     JudgeCase("untracked vanished", None, missing(), PINNED, Verdict.UNVERIFIABLE),
     JudgeCase("untracked unverifiable", None, unverifiable(), PINNED, Verdict.UNVERIFIABLE),
@@ -225,9 +221,7 @@ JUDGE_CASES = [
 
 @pytest.mark.parametrize("case", JUDGE_CASES, ids=lambda c: c.name)
 def test_judge(case: JudgeCase) -> None:
-    judgement = judge(
-        case.trusted, case.observation, policy=case.policy, ever_trusted=case.ever, history=case.history
-    )
+    judgement = judge(case.trusted, case.observation, policy=case.policy, ever_trusted=case.ever, history=case.history)
     assert judgement.verdict is case.verdict
     if case.reason_part is None:
         assert case.verdict is not Verdict.DRIFT  # a drift always explains itself
@@ -393,12 +387,8 @@ SIG = "sha256-" + "ab" * 32
         ([], set(), ("*",), []),
     ],
 )
-def test_untracked_tags(
-    listed: list[str], tracked: set[str], ignore: tuple[str, ...], expected: list[str]
-) -> None:
-    settings = WatchSettings(
-        registry=REF.registry, repository=REF.repository, track_new_tags=True, ignore=ignore
-    )
+def test_untracked_tags(listed: list[str], tracked: set[str], ignore: tuple[str, ...], expected: list[str]) -> None:
+    settings = WatchSettings(registry=REF.registry, repository=REF.repository, track_new_tags=True, ignore=ignore)
     assert untracked_tags(listed, tracked, settings) == expected
 
 
@@ -433,9 +423,7 @@ def step(
     return decide(previous, verdict, digest, ref=REF, now=at, policy=policy, registry_all_failed=all_failed)
 
 
-def run(
-    steps: Sequence[tuple[Verdict, Digest | None, timedelta]], *, policy: AlertPolicy = POLICY
-) -> list[Decision]:
+def run(steps: Sequence[tuple[Verdict, Digest | None, timedelta]], *, policy: AlertPolicy = POLICY) -> list[Decision]:
     """Apply verdicts in order, saving each new state (as a successful publish would)."""
     state: TagState | None = None
     decisions: list[Decision] = []
@@ -506,9 +494,7 @@ def test_drift_alerts_once_reminds_later_and_resolves() -> None:
 @pytest.mark.parametrize("problem", [Verdict.MISSING, Verdict.UNTRACKED])
 def test_missing_and_untracked_alert_and_resolve(problem: Verdict) -> None:
     digest = d(5) if problem is Verdict.UNTRACKED else None
-    decisions = run(
-        [(problem, digest, timedelta(0)), (problem, digest, HOUR), (Verdict.MATCH, d(5), 2 * HOUR)]
-    )
+    decisions = run([(problem, digest, timedelta(0)), (problem, digest, HOUR), (Verdict.MATCH, d(5), 2 * HOUR)])
     assert notices(decisions) == [Notice.NEW, None, Notice.RESOLVED]
     assert decisions[0].new_state.alerted_verdict is problem
     assert decisions[2].resolved is problem
@@ -757,9 +743,7 @@ def test_finding_for_a_new_drift() -> None:
     judgement = judge(record, live)
     decision = step(None, judgement.verdict, live.live_digest)
     assert decision.notice is not None
-    finding = finding_for(
-        record, live, judgement.verdict, judgement.reason, decision.new_state, decision.notice
-    )
+    finding = finding_for(record, live, judgement.verdict, judgement.reason, decision.new_state, decision.notice)
     assert finding.reference == "openzaak/open-zaak:1.3.5"
     assert (finding.registry, finding.repository, finding.tag) == (REF.registry, REF.repository, "1.3.5")
     assert (finding.status, finding.notice, finding.alert_verdict) == (Verdict.DRIFT, Notice.NEW, "drift")
@@ -805,9 +789,7 @@ def test_finding_for_a_drift_reminded_while_unverifiable() -> None:
         decision.notice,
     )
     assert (finding.status, finding.live_digest, finding.alert_verdict) == (Verdict.DRIFT, d(2), "drift")
-    assert (
-        finding.reason is not None and "could not verify" in finding.reason and "HTTP 503" in finding.reason
-    )
+    assert finding.reason is not None and "could not verify" in finding.reason and "HTTP 503" in finding.reason
     assert finding.first_seen == NOW
 
 

@@ -90,9 +90,7 @@ def store_error(exc: Exception, *, table: str, operation: str, variable: str) ->
                 hint=f"run `digest-audit init` or deploy the stack; else {checks}",
             )
         if code in ("AccessDeniedException", "UnauthorizedOperation"):
-            return StoreError(
-                message, hint=f"the IAM identity lacks dynamodb:{operation} on {table}; {checks}"
-            )
+            return StoreError(message, hint=f"the IAM identity lacks dynamodb:{operation} on {table}; {checks}")
         if code in (
             "UnrecognizedClientException",
             "InvalidSignatureException",
@@ -240,9 +238,7 @@ def _key_text(item: Mapping[str, AttributeValueTypeDef], sort_key: str) -> str:
     return ", ".join(parts)
 
 
-def _malformed(
-    exc: _MalformedItemError, item: Mapping[str, AttributeValueTypeDef], table: str, key: str
-) -> StoreError:
+def _malformed(exc: _MalformedItemError, item: Mapping[str, AttributeValueTypeDef], table: str, key: str) -> StoreError:
     return StoreError(
         f"item {_key_text(item, key)} in table {table!r} is malformed: {exc}",
         hint="it was not written by digest-audit (or by an incompatible version); fix or delete that item",
@@ -277,9 +273,7 @@ def trusted_image_to_item(record: TrustedImage, *, sort_key: str | None = None) 
         "recorded_at": {"S": format_timestamp(record.recorded_at)},
     }
     if record.platforms is not None:
-        item["platforms"] = {
-            "M": {platform: {"S": str(digest)} for platform, digest in record.platforms.items()}
-        }
+        item["platforms"] = {"M": {platform: {"S": str(digest)} for platform, digest in record.platforms.items()}}
     _put_optional(item, "media_type", record.media_type)
     _put_optional(item, "commit", record.commit)
     _put_optional(item, "recorded_by", record.recorded_by)
@@ -493,9 +487,7 @@ class DynamoTrustStore:
             except _MalformedItemError as exc:
                 raise _malformed(exc, item, self.table_name, TRUST_SORT_KEY) from None
             except AuditError as exc:
-                raise _malformed(
-                    _MalformedItemError(exc.message), item, self.table_name, TRUST_SORT_KEY
-                ) from None
+                raise _malformed(_MalformedItemError(exc.message), item, self.table_name, TRUST_SORT_KEY) from None
         return digests
 
     def record(self, item: TrustedImage, *, replace: bool = False, moving: bool = False) -> RecordOutcome:
@@ -682,9 +674,7 @@ def create_tables(client: DynamoDBClient, trust_table: str, state_table: str) ->
     ]
 
 
-def _create_table(
-    client: DynamoDBClient, table: str, partition_key: str, sort_key: str, variable: str
-) -> TableSetup:
+def _create_table(client: DynamoDBClient, table: str, partition_key: str, sort_key: str, variable: str) -> TableSetup:
     created = True
     with _translated(table, "CreateTable", variable):
         try:
@@ -706,9 +696,7 @@ def _create_table(
             created = False
     with _translated(table, "DescribeTable", variable):
         try:
-            client.get_waiter("table_exists").wait(
-                TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
-            )
+            client.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 120})
         except WaiterError as exc:
             raise StoreError(
                 f"table {table!r} did not become active: {exc}",

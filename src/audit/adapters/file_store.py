@@ -46,9 +46,7 @@ def trust_conflict_error(current: TrustedImage, item: TrustedImage) -> TrustConf
     )
 
 
-def concurrent_change_error(
-    item: TrustedImage, *, expected: Digest | None, now: Digest | None
-) -> TrustConflictError:
+def concurrent_change_error(item: TrustedImage, *, expected: Digest | None, now: Digest | None) -> TrustConflictError:
     """Another recorder changed the tag between our read and our conditional write; nothing was written."""
     before = f"was {expected}" if expected is not None else "was not recorded"
     after = f", now {now}" if now is not None else ""
@@ -151,9 +149,7 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def _dump(document: BaseModel) -> str:
-    return (
-        json.dumps(document.model_dump(mode="json", exclude_none=True), indent=2, ensure_ascii=False) + "\n"
-    )
+    return json.dumps(document.model_dump(mode="json", exclude_none=True), indent=2, ensure_ascii=False) + "\n"
 
 
 # --- the stores --------------------------------------------------------------------------------------------
@@ -181,9 +177,7 @@ class FileTrustStore:
         watched: set[str] = set()
         for settings in document.watch:
             if settings.image in watched:
-                raise StoreError(
-                    f"{self.path} lists the watch settings of {settings.image} twice", hint="merge them"
-                )
+                raise StoreError(f"{self.path} lists the watch settings of {settings.image} twice", hint="merge them")
             watched.add(settings.image)
         return document
 
@@ -203,9 +197,7 @@ class FileTrustStore:
         return _find(self._load().trusted, image, tag)
 
     def history(self, image: str, tag: str) -> list[TrustedImage]:
-        return [
-            entry.to_trusted() for entry in self._load().history if entry.image == image and entry.tag == tag
-        ]
+        return [entry.to_trusted() for entry in self._load().history if entry.image == image and entry.tag == tag]
 
     def digests_ever_recorded(self, image: str) -> set[Digest]:
         document = self._load()
@@ -226,9 +218,7 @@ class FileTrustStore:
             {**current.model_dump(), "superseded_at": self._clock(), "superseded_by": item.digest}
         )
         trusted = tuple(item if record is current else record for record in document.trusted)
-        self._save(
-            document.model_copy(update={"trusted": trusted, "history": (*document.history, superseded)})
-        )
+        self._save(document.model_copy(update={"trusted": trusted, "history": (*document.history, superseded)}))
         return RecordOutcome.REPLACED if replace else RecordOutcome.APPENDED
 
     def load_watch_settings(self) -> list[WatchSettings]:

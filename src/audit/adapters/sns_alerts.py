@@ -34,9 +34,7 @@ class SnsAlerts:
     sends the alerts again (subscribers may then see a message twice, never zero times).
     """
 
-    def __init__(
-        self, topic_arn: str, client: SNSClient, *, max_batch_bytes: int = MAX_MESSAGE_BYTES
-    ) -> None:
+    def __init__(self, topic_arn: str, client: SNSClient, *, max_batch_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self._topic_arn = topic_arn
         self._client = client
         self._max_batch_bytes = max_batch_bytes
@@ -48,9 +46,7 @@ class SnsAlerts:
         for first, batch in _batches(messages, self._max_batch_bytes):
             entries = [_entry(f"alert-{first + i}", message) for i, message in enumerate(batch)]
             try:
-                response = self._client.publish_batch(
-                    TopicArn=self._topic_arn, PublishBatchRequestEntries=entries
-                )
+                response = self._client.publish_batch(TopicArn=self._topic_arn, PublishBatchRequestEntries=entries)
             except ClientError as exc:
                 problems.add(str(exc.response.get("Error", {}).get("Code", "ClientError")))
                 continue

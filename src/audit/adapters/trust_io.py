@@ -69,9 +69,7 @@ class ImportSummary:
 
     def describe(self) -> str:
         """Counts, then one line per conflict with what to do about it."""
-        lines = [
-            f"created {len(self.created)}, unchanged {len(self.unchanged)}, conflicts {len(self.conflicts)}"
-        ]
+        lines = [f"created {len(self.created)}, unchanged {len(self.unchanged)}, conflicts {len(self.conflicts)}"]
         if self.skipped_history:
             lines.append(f"{self.skipped_history} history entries in the input were not imported")
         for conflict in self.conflicts:
@@ -143,9 +141,7 @@ def import_trust(store: TrustStore, text: str, fmt: str) -> ImportSummary:
             outcome = store.record(record)
         except TrustConflictError:
             current = store.get(record.image, record.tag, consistent=True)
-            conflicts.append(
-                ImportConflict(where, reference, current.digest if current else None, record.digest)
-            )
+            conflicts.append(ImportConflict(where, reference, current.digest if current else None, record.digest))
             continue
         (created if outcome is RecordOutcome.CREATED else unchanged).append(reference)
     return ImportSummary(tuple(created), tuple(unchanged), tuple(conflicts), skipped_history)
@@ -188,9 +184,7 @@ def _csv_records(text: str) -> Iterator[tuple[str, TrustedImage]]:
                 continue
             if len(cells) != len(columns):
                 raise TrustImportError(f"{where}: {len(cells)} values for {len(columns)} columns")
-            values: dict[str, object] = {
-                name: cell for name, cell in zip(columns, cells, strict=True) if cell
-            }
+            values: dict[str, object] = {name: cell for name, cell in zip(columns, cells, strict=True) if cell}
             if "platforms" in values:
                 values["platforms"] = _platforms_from_csv(str(values["platforms"]), where)
             yield where, _trusted_from_values(values, where)
@@ -277,9 +271,7 @@ def _image_fields(values: Mapping[str, object], where: str) -> tuple[str, str, s
             "e.g. ghcr.io, docker.io or localhost:5000",
         )
     if ":" in repository or "@" in repository:
-        raise _field_error(
-            where, "repository", "must not contain a tag or digest", "put the tag in the tag column"
-        )
+        raise _field_error(where, "repository", "must not contain a tag or digest", "put the tag in the tag column")
     try:
         named = ImageRef.parse(f"{registry}/{repository}")
     except AuditError as exc:
@@ -309,10 +301,7 @@ def _platforms_field(value: object, where: str) -> dict[str, Digest] | None:
         return None
     if not isinstance(value, dict):
         raise _field_error(where, "platforms", "must be an object of platform -> digest")
-    return {
-        str(platform): _digest_field(digest, where, f"platforms[{platform}]")
-        for platform, digest in value.items()
-    }
+    return {str(platform): _digest_field(digest, where, f"platforms[{platform}]") for platform, digest in value.items()}
 
 
 def _timestamp_field(values: Mapping[str, object], where: str) -> datetime:
@@ -324,9 +313,7 @@ def _timestamp_field(values: Mapping[str, object], where: str) -> datetime:
             where, "recorded_at", f"{text!r} is not an ISO 8601 time", "e.g. 2024-05-01T12:00:00Z"
         ) from None
     if moment.tzinfo is None:
-        raise _field_error(
-            where, "recorded_at", f"{text!r} has no time zone", "add Z for UTC: 2024-05-01T12:00:00Z"
-        )
+        raise _field_error(where, "recorded_at", f"{text!r} has no time zone", "add Z for UTC: 2024-05-01T12:00:00Z")
     return moment.astimezone(UTC)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from audit import bootstrap
+from audit.adapters.registry import RegistryClient, RegistryRequestError
 from audit.cli.common import add_registry_options, add_store_options, registry_options_from
 from audit.config import Environment, RegistryOptions, audit_config
 from audit.errors import AuditError, RegistryError, UsageError
@@ -83,16 +84,16 @@ def run_record(args: argparse.Namespace) -> int:
         refs = [_pinned_reference(args.reference)]
 
     recorded_by = args.recorded_by or _default_recorder()
-    for ref in refs:
+    evidence = [Evidence(None, None)] * len(refs) if args.offline else asyncio.run(_evidence(options, refs))
+    for ref, found in zip(refs, evidence, strict=True):
         assert ref.tag is not None and ref.digest is not None  # guaranteed by the parsers above
-        evidence = Evidence(None, None) if args.offline else asyncio.run(_evidence(options, ref))
         item = TrustedImage(
             registry=ref.registry,
             repository=ref.repository,
             tag=ref.tag,
             digest=ref.digest,
-            platforms=evidence.platforms,
-            media_type=evidence.media_type,
+            platforms=found.platforms,
+            media_type=found.media_type,
             source=args.source.strip(),
             commit=args.commit,
             recorded_at=utcnow(),
@@ -171,17 +172,22 @@ async def _resolve(options: RegistryOptions, text: str) -> ImageRef:
     return ImageRef(registry=ref.registry, repository=ref.repository, tag=ref.tag, digest=observation.live_digest)
 
 
-async def _evidence(options: RegistryOptions, ref: ImageRef) -> Evidence:
-    """Media type and child digests of the recorded digest, fetched by digest so the tag cannot mislead."""
-    by_digest = ImageRef(registry=ref.registry, repository=ref.repository, digest=ref.digest)
+async def _evidence(options: RegistryOptions, refs: list[ImageRef]) -> list[Evidence]:
+    """Media type and child digests of each recorded digest, fetched by digest so the tag cannot mislead."""
     async with bootstrap.registry_client(options) as client:
-        try:
-            manifest = await client.fetch_manifest(by_digest)
-        except RegistryError as exc:
-            raise RegistryError(
-                f"cannot read {by_digest.familiar} from the registry to record it: {exc.message}",
-                hint="record only digests the registry serves, or pass --offline to record without checking",
-            ) from None
+        return [await _evidence_of(client, ref) for ref in refs]
+
+
+async def _evidence_of(client: RegistryClient, ref: ImageRef) -> Evidence:
+    by_digest = ImageRef(registry=ref.registry, repository=ref.repository, digest=ref.digest)
+    try:
+        manifest = await client.fetch_manifest(by_digest)
+    except RegistryError as exc:
+        reason = exc.reason if isinstance(exc, RegistryRequestError) else exc.message
+        raise RegistryError(
+            f"cannot read {by_digest.familiar} from the registry to record it: {reason}",
+            hint="record only digests the registry serves, or pass --offline to record without checking",
+        ) from None
     is_index = manifest.media_type in (MediaType.DOCKER_LIST, MediaType.OCI_INDEX)
     return Evidence(manifest.media_type, manifest.platforms if is_index else None)
 

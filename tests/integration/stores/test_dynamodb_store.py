@@ -287,9 +287,7 @@ def test_every_trust_operation_translates_a_missing_table(
 @pytest.mark.parametrize(
     "call", [lambda store: store.load_all(), lambda store: store.save([state()])], ids=["load_all", "save"]
 )
-def test_a_missing_state_table_names_its_variable(
-    aws: AwsClients, call: Callable[[DynamoStateStore], object]
-) -> None:
+def test_a_missing_state_table_names_its_variable(aws: AwsClients, call: Callable[[DynamoStateStore], object]) -> None:
     with pytest.raises(StoreError, match="'absent-state'") as caught:
         call(DynamoStateStore("absent-state", aws.dynamodb()))
     assert "AUDIT_STATE_TABLE" in caught.value.hint
@@ -326,9 +324,7 @@ def test_missing_credentials_become_a_store_error(aws: AwsClients, monkeypatch: 
     assert "AWS_PROFILE" in caught.value.hint
 
 
-def test_a_malformed_item_names_its_key(
-    store: DynamoTrustStore, client: DynamoDBClient, tables: TableNames
-) -> None:
+def test_a_malformed_item_names_its_key(store: DynamoTrustStore, client: DynamoDBClient, tables: TableNames) -> None:
     client.put_item(
         TableName=tables.trust,
         Item={"image": {"S": IMAGE}, "sk": {"S": "tag#1.0"}, "registry": {"S": "ghcr.io"}},

@@ -57,24 +57,18 @@ def test_unprocessed_items_are_retried_alone_with_back_off(client: DynamoDBClien
     stubber.add_response(
         "batch_write_item", {"UnprocessedItems": {TABLE: [put("2.0")]}}, {"RequestItems": {TABLE: first}}
     )
-    stubber.add_response(
-        "batch_write_item", {"UnprocessedItems": {}}, {"RequestItems": {TABLE: [put("2.0")]}}
-    )
+    stubber.add_response("batch_write_item", {"UnprocessedItems": {}}, {"RequestItems": {TABLE: [put("2.0")]}})
     sleeps: list[float] = []
     DynamoStateStore(TABLE, client, sleep=sleeps.append).save([state("1.0"), state("2.0"), state("3.0")])
     assert sleeps == [0.05]
 
 
-def test_items_still_unprocessed_after_the_last_attempt_raise(
-    client: DynamoDBClient, stubber: Stubber
-) -> None:
+def test_items_still_unprocessed_after_the_last_attempt_raise(client: DynamoDBClient, stubber: Stubber) -> None:
     for _ in range(3):
         stubber.add_response("batch_write_item", {"UnprocessedItems": {TABLE: [put("1.0")]}})
     sleeps: list[float] = []
     store = DynamoStateStore(TABLE, client, max_attempts=3, sleep=sleeps.append)
-    with pytest.raises(
-        StoreError, match="1 of 1 state items were still unprocessed after 3 attempts"
-    ) as caught:
+    with pytest.raises(StoreError, match="1 of 1 state items were still unprocessed after 3 attempts") as caught:
         store.save([state("1.0")])
     assert sleeps == [0.05, 0.1]
     assert "throttled" in caught.value.hint
@@ -100,9 +94,7 @@ def test_a_throttled_batch_becomes_a_store_error(client: DynamoDBClient, stubber
 # --- transactions ------------------------------------------------------------------------------------------
 
 
-def test_a_transaction_cancelled_for_another_reason_is_a_store_error(
-    client: DynamoDBClient, stubber: Stubber
-) -> None:
+def test_a_transaction_cancelled_for_another_reason_is_a_store_error(client: DynamoDBClient, stubber: Stubber) -> None:
     current = trusted_image_to_item(trusted("1.0", "a"))
     current["revision"] = {"N": "1"}
     stubber.add_response("get_item", {"Item": current})
@@ -112,15 +104,11 @@ def test_a_transaction_cancelled_for_another_reason_is_a_store_error(
         "cancelled",
         modeled_fields={"CancellationReasons": [{"Code": "None"}, {"Code": "ValidationError"}]},
     )
-    with pytest.raises(
-        StoreError, match="TransactWriteItems on table 'trust' failed: TransactionCanceledException"
-    ):
+    with pytest.raises(StoreError, match="TransactWriteItems on table 'trust' failed: TransactionCanceledException"):
         DynamoTrustStore("trust", client).record(trusted("1.0", "b"), moving=True)
 
 
-def test_a_transaction_cancelled_by_its_condition_is_a_lost_race(
-    client: DynamoDBClient, stubber: Stubber
-) -> None:
+def test_a_transaction_cancelled_by_its_condition_is_a_lost_race(client: DynamoDBClient, stubber: Stubber) -> None:
     current = trusted_image_to_item(trusted("1.0", "a"))
     current["revision"] = {"N": "4"}
     stubber.add_response("get_item", {"Item": current})
@@ -134,9 +122,7 @@ def test_a_transaction_cancelled_by_its_condition_is_a_lost_race(
         DynamoTrustStore("trust", client).record(trusted("1.0", "b"), moving=True)
 
 
-def test_the_transaction_is_conditioned_on_digest_and_revision(
-    client: DynamoDBClient, stubber: Stubber
-) -> None:
+def test_the_transaction_is_conditioned_on_digest_and_revision(client: DynamoDBClient, stubber: Stubber) -> None:
     current = trusted_image_to_item(trusted("1.0", "a"))
     current["revision"] = {"N": "4"}
     stubber.add_response("get_item", {"Item": current})
@@ -196,9 +182,7 @@ def test_throttling_says_to_retry_rather_than_to_check_settings() -> None:
     assert translated.hint == "the table is throttled; retry later or raise its capacity"
 
 
-def test_a_stubbed_missing_table_reaches_the_caller_as_store_error(
-    client: DynamoDBClient, stubber: Stubber
-) -> None:
+def test_a_stubbed_missing_table_reaches_the_caller_as_store_error(client: DynamoDBClient, stubber: Stubber) -> None:
     stubber.add_client_error("get_item", "ResourceNotFoundException", "Requested resource not found")
     with pytest.raises(StoreError, match="GetItem on table 'trust' failed: the table does not exist"):
         DynamoTrustStore("trust", client).get(IMAGE, "1.0")

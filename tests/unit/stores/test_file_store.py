@@ -109,9 +109,7 @@ def test_writes_replace_the_file_and_leave_no_temporary_files(trust_path: Path) 
     assert leftovers(trust_path.parent) == []
 
 
-def test_a_failed_write_keeps_the_old_file_and_cleans_up(
-    trust_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_failed_write_keeps_the_old_file_and_cleans_up(trust_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = FileTrustStore(trust_path)
     store.record(trusted("1.0"))
     original = trust_path.read_bytes()
@@ -157,9 +155,7 @@ def test_a_missing_directory_is_a_store_error(tmp_path: Path) -> None:
         (b'{"schema_version": 1, "trusted": [{"tag": "1.0"}]}', r"is malformed at trusted\.0\.registry"),
     ],
 )
-def test_a_broken_trust_file_is_a_store_error_naming_it(
-    trust_path: Path, content: bytes, expected: str
-) -> None:
+def test_a_broken_trust_file_is_a_store_error_naming_it(trust_path: Path, content: bytes, expected: str) -> None:
     trust_path.write_bytes(content)
     with pytest.raises(StoreError, match=expected) as caught:
         FileTrustStore(trust_path).load_all()
@@ -204,9 +200,7 @@ def test_a_directory_instead_of_a_file_is_a_store_error(tmp_path: Path) -> None:
         (b'{"schema_version": 1, "tags": [{"tag": "1.0"}]}', r"malformed at tags\.0\.registry"),
     ],
 )
-def test_a_broken_state_file_is_a_store_error_naming_it(
-    state_path: Path, content: bytes, expected: str
-) -> None:
+def test_a_broken_state_file_is_a_store_error_naming_it(state_path: Path, content: bytes, expected: str) -> None:
     state_path.write_bytes(content)
     with pytest.raises(StoreError, match=expected) as caught:
         FileStateStore(state_path).load_all()

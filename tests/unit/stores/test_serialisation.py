@@ -155,6 +155,4 @@ def test_the_trust_file_round_trips(records: list[TrustedImage], all_settings: l
 def test_the_state_file_round_trips(states: list[TagState]) -> None:
     with tempfile.TemporaryDirectory() as directory:
         FileStateStore(Path(directory) / "state.json").save(states)
-        assert FileStateStore(Path(directory) / "state.json").load_all() == {
-            state.key: state for state in states
-        }
+        assert FileStateStore(Path(directory) / "state.json").load_all() == {state.key: state for state in states}

@@ -62,9 +62,7 @@ def test_csv_export_has_a_header_and_one_row_per_current_record(store: FileTrust
     assert rows[1]["reason"] == "rebuilt, see TICKET-1"  # a comma, quoted by the writer
 
 
-def test_json_export_adds_the_history_and_is_a_valid_trust_file(
-    store: FileTrustStore, tmp_path: Path
-) -> None:
+def test_json_export_adds_the_history_and_is_a_valid_trust_file(store: FileTrustStore, tmp_path: Path) -> None:
     store.record(trusted("1.0", "a"))
     store.record(trusted("1.0", "b", reason="rebuild"), replace=True)
     text = export_trust(store, "json")
@@ -112,9 +110,7 @@ def test_import_reports_created_unchanged_and_conflicts(store: FileTrustStore) -
     assert imported is not None and imported.platforms == {"linux/amd64": digest("a")}
     description = summary.describe()
     assert "created 1, unchanged 1, conflicts 1" in description
-    assert (
-        f"conflict (line 3): ghcr.io/org/app:2.0 is trusted as {digest('c')}, not {DIGEST_B}" in description
-    )
+    assert f"conflict (line 3): ghcr.io/org/app:2.0 is trusted as {digest('c')}, not {DIGEST_B}" in description
     assert "--replace --reason" in description
 
 
@@ -142,9 +138,7 @@ def test_docker_hub_names_are_normalised(store: FileTrustStore) -> None:
 
 
 def test_quoted_values_with_newlines_and_a_bom(store: FileTrustStore) -> None:
-    text = "\ufeff" + csv_text(
-        csv_row(reason='line one\nline two, "quoted"'), csv_row(tag="2.0", digest="bad")
-    )
+    text = "\ufeff" + csv_text(csv_row(reason='line one\nline two, "quoted"'), csv_row(tag="2.0", digest="bad"))
     with pytest.raises(TrustImportError, match="line 4, field 'digest'"):  # the second row starts on line 4
         import_trust(store, text, "csv")
     summary = import_trust(store, "\ufeff" + csv_text(csv_row(reason="line one\nline two")), "csv")
@@ -221,9 +215,7 @@ def test_csv_header_errors(store: FileTrustStore, text: str, expected: str) -> N
 
 
 def test_a_tag_twice_in_one_import_is_an_error_naming_both_lines(store: FileTrustStore) -> None:
-    with pytest.raises(
-        TrustImportError, match=r"line 3: ghcr.io/org/app:1.0 appears again \(first at line 2\)"
-    ):
+    with pytest.raises(TrustImportError, match=r"line 3: ghcr.io/org/app:1.0 appears again \(first at line 2\)"):
         import_trust(store, csv_text(csv_row(), csv_row(digest=DIGEST_B)), "csv")
     assert store.load_all() == []
 

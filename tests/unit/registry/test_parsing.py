@@ -1,0 +1,109 @@
+"""Pure helpers: Retry-After, back-off, pauses, Link headers, rate-limit headers, error classification."""
+
+from __future__ import annotations
+
+import ssl
+from email.utils import formatdate
+
+import httpx
+import pytest
+
+from audit.adapters.registry.manifest import error_codes, next_link, parse_rate_limit_remaining
+from audit.adapters.registry.retry import Backoff, PauseBoard, classify_transport_error, parse_retry_after
+
+from .fakes import FakeClock
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("0", 0.0), ("120", 120.0), (" 7 ", 7.0), (None, None), ("soon", None), ("-5", None), ("1.5", None)],
+)
+def test_retry_after_seconds(value: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(value, wall_now=1_000_000.0) == seconds
+
+
+def test_retry_after_http_date() -> None:
+    now = 1_750_000_000.0
+    assert parse_retry_after(formatdate(now + 90, usegmt=True), wall_now=now) == pytest.approx(90.0)
+    assert parse_retry_after(formatdate(now - 90, usegmt=True), wall_now=now) == 0.0
+
+
+def test_backoff_doubles_with_jitter_and_a_ceiling() -> None:
+    low, high = Backoff(0.2, lambda: 0.0), Backoff(0.2, lambda: 0.999)
+    assert [low.delay(n) for n in (1, 2, 3)] == pytest.approx([0.1, 0.2, 0.4])
+    assert high.delay(1) == pytest.approx(0.2 * 1.499)
+    assert low.delay(30) == pytest.approx(2.5)  # capped at 5 s before jitter
+
+
+def test_pause_board_is_per_host_and_only_extends() -> None:
+    clock = FakeClock()
+    board = PauseBoard(clock.monotonic)
+    assert board.remaining("a") == 0.0
+    board.pause("a", 10)
+    board.pause("a", 3)
+    assert board.remaining("a") == 10.0
+    assert board.remaining("b") == 0.0
+    clock.advance(10)
+    assert board.remaining("a") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("values", "target"),
+    [
+        (['</v2/a/tags/list?n=10&last=b>; rel="next"'], "/v2/a/tags/list?n=10&last=b"),
+        (["<https://r.example/v2/a/tags/list?next_page=x>;rel=next"], "https://r.example/v2/a/tags/list?next_page=x"),
+        (['<https://x/prev>; rel="prev", <https://x/next>; rel="next"'], "https://x/next"),
+        (['<https://x/first>; rel="first"', '<https://x/2>; title="t"; rel="next last"'], "https://x/2"),
+        (['<https://x/prev>; rel="prev"'], None),
+        ([], None),
+    ],
+)
+def test_next_link(values: list[str], target: str | None) -> None:
+    assert next_link(values) == target
+
+
+@pytest.mark.parametrize(("value", "remaining"), [("20;w=21600", 20), ("0", 0), (None, None), ("x;w=1", None)])
+def test_rate_limit_remaining(value: str | None, remaining: int | None) -> None:
+    assert parse_rate_limit_remaining(value) == remaining
+
+
+@pytest.mark.parametrize(
+    ("body", "codes"),
+    [
+        (b'{"errors":[{"code":"MANIFEST_UNKNOWN"},{"code":"name_unknown"}]}', ["MANIFEST_UNKNOWN", "NAME_UNKNOWN"]),
+        (b"<html>", []),
+        (b'{"errors": "no"}', []),
+        (b"[1]", []),
+    ],
+)
+def test_error_codes(body: bytes, codes: list[str]) -> None:
+    assert error_codes(body) == codes
+
+
+def _chained(outer: Exception, cause: BaseException) -> Exception:
+    outer.__cause__ = cause
+    return outer
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason", "retry"),
+    [
+        (httpx.PoolTimeout("pool"), "timeout", True),
+        (TimeoutError(), "timeout", True),
+        (
+            _chained(httpx.ConnectError("x"), ssl.SSLCertVerificationError(1, "bad cert")),
+            "tls: certificate verify failed",
+            False,
+        ),
+        (
+            httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"),
+            "tls: certificate verify failed",
+            False,
+        ),
+        (_chained(httpx.ConnectError("x"), ssl.SSLError(1, "WRONG_VERSION_NUMBER")), "tls: handshake failed", False),
+        (httpx.ConnectError("[Errno -2] Name or service not known"), "dns lookup failed", True),
+        (httpx.UnsupportedProtocol("ftp"), "http error (UnsupportedProtocol)", False),
+    ],
+)
+def test_classify_transport_error(exc: Exception, reason: str, retry: bool) -> None:
+    assert classify_transport_error(exc) == (reason, retry)
