@@ -3,7 +3,8 @@
 Both formats carry the fields of TrustedImage: registry, repository, tag, digest, platforms (a JSON object
 in CSV), media_type, source, commit, recorded_at (ISO 8601 with a time zone), recorded_by, reason. Empty
 optional values mean "none". CSV holds the current records only; JSON is {"schema_version": 1, "trusted":
-[...], "history": [...]}, a valid `--trust-file`. Import goes through `TrustStore.record` without replace:
+[...], "history": [...], "watch": [...]}, a valid `--trust-file`; watch settings travel with it, so moving
+between backends keeps moving tags and ignore patterns. Import goes through `TrustStore.record` without replace:
 a row whose tag is trusted with another digest is reported as a conflict and never replaces anything.
 Import reads "trusted" only (history in the input is counted, not imported), and validates all input first.
 """
@@ -17,8 +18,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from pydantic import ValidationError
+
 from audit.errors import AuditError, TrustConflictError, UsageError
-from audit.models import Digest, ImageRef, RecordOutcome, TrustedImage
+from audit.models import Digest, ImageRef, RecordOutcome, TrustedImage, WatchSettings
 from audit.ports import TrustStore
 from audit.reference import normalise_registry
 
@@ -66,10 +69,13 @@ class ImportSummary:
     unchanged: tuple[str, ...] = ()
     conflicts: tuple[ImportConflict, ...] = ()
     skipped_history: int = 0  # history entries in a JSON input, which import does not write
+    watch_settings: int = 0  # per-repository watch settings written (JSON input only)
 
     def describe(self) -> str:
         """Counts, then one line per conflict with what to do about it."""
         lines = [f"created {len(self.created)}, unchanged {len(self.unchanged)}, conflicts {len(self.conflicts)}"]
+        if self.watch_settings:
+            lines.append(f"watch settings of {self.watch_settings} repositories imported")
         if self.skipped_history:
             lines.append(f"{self.skipped_history} history entries in the input were not imported")
         for conflict in self.conflicts:
@@ -108,6 +114,10 @@ def export_trust(store: TrustStore, fmt: str) -> str:
             "schema_version": 1,
             "trusted": [_record_fields(record) for record in records],
             "history": [_record_fields(entry) for entry in history],
+            "watch": [
+                settings.model_dump(mode="json")
+                for settings in sorted(store.load_watch_settings(), key=lambda item: item.image)
+            ],
         }
         return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     buffer = io.StringIO()
@@ -126,11 +136,16 @@ def export_trust(store: TrustStore, fmt: str) -> str:
 
 def import_trust(store: TrustStore, text: str, fmt: str) -> ImportSummary:
     """Validate every record, then record each one; conflicts are listed, never replaced."""
+    watch: list[WatchSettings] = []
     if _check_format(fmt) == "csv":
         rows, skipped_history = list(_csv_records(text)), 0
     else:
         rows, skipped_history = _json_records(text)
+        watch = _json_watch_settings(text)
     _check_duplicates(rows)
+    # Settings first: a moving tag's policy must be known before its records are judged.
+    for settings in watch:
+        store.put_watch_settings(settings)
 
     created: list[str] = []
     unchanged: list[str] = []
@@ -144,7 +159,25 @@ def import_trust(store: TrustStore, text: str, fmt: str) -> ImportSummary:
             conflicts.append(ImportConflict(where, reference, current.digest if current else None, record.digest))
             continue
         (created if outcome is RecordOutcome.CREATED else unchanged).append(reference)
-    return ImportSummary(tuple(created), tuple(unchanged), tuple(conflicts), skipped_history)
+    return ImportSummary(tuple(created), tuple(unchanged), tuple(conflicts), skipped_history, len(watch))
+
+
+def _json_watch_settings(text: str) -> list[WatchSettings]:
+    data = json.loads(text)  # already validated by _json_records
+    entries = data.get("watch", []) if isinstance(data, dict) else []
+    if not isinstance(entries, list):
+        raise TrustImportError('"watch" must be a list of watch settings')
+    settings: list[WatchSettings] = []
+    for number, entry in enumerate(entries, start=1):
+        try:
+            settings.append(WatchSettings.model_validate(entry))
+        except ValidationError as exc:
+            problem = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            raise TrustImportError(
+                f"watch entry {number}: {problem}",
+                hint='e.g. {"registry": "ghcr.io", "repository": "org/app", "moving": {"latest": "any-trusted"}}',
+            ) from None
+    return settings
 
 
 def _check_duplicates(rows: list[tuple[str, TrustedImage]]) -> None:

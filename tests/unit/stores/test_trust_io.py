@@ -12,6 +12,7 @@ import pytest
 from audit.adapters.file_store import FileTrustStore
 from audit.adapters.trust_io import TRUST_FIELDS, ImportConflict, TrustImportError, export_trust, import_trust
 from audit.errors import UsageError
+from audit.models import MovingMode, WatchSettings
 from tests.unit.stores.builders import IMAGE, digest, full_record, trusted
 
 HEADER = ",".join(TRUST_FIELDS)
@@ -78,7 +79,38 @@ def test_json_export_adds_the_history_and_is_a_valid_trust_file(store: FileTrust
 
 def test_an_empty_store_exports_a_header_or_an_empty_document(store: FileTrustStore) -> None:
     assert export_trust(store, "csv") == HEADER + "\n"
-    assert json.loads(export_trust(store, "json")) == {"schema_version": 1, "trusted": [], "history": []}
+    assert json.loads(export_trust(store, "json")) == {
+        "schema_version": 1,
+        "trusted": [],
+        "history": [],
+        "watch": [],
+    }
+
+
+def test_watch_settings_travel_with_a_json_export(store: FileTrustStore, tmp_path: Path) -> None:
+    settings = WatchSettings(
+        registry="ghcr.io",
+        repository="org/app",
+        track_new_tags=True,
+        ignore=("sha-*",),
+        moving={"latest": MovingMode.ANY_TRUSTED},
+    )
+    store.put_watch_settings(settings)
+    store.record(trusted("1.0", "a"))
+    text = export_trust(store, "json")
+    target = FileTrustStore(tmp_path / "target.json")
+    summary = import_trust(target, text, "json")
+    assert summary.watch_settings == 1
+    assert "watch settings of 1 repositories imported" in summary.describe()
+    assert target.get_watch_settings("ghcr.io/org/app") == settings
+    assert target.load_all() == store.load_all()
+
+
+def test_a_malformed_watch_entry_names_itself(store: FileTrustStore) -> None:
+    text = json.dumps({"schema_version": 1, "trusted": [], "watch": [{"registry": "ghcr.io", "moving": 3}]})
+    with pytest.raises(TrustImportError, match="watch entry 1"):
+        import_trust(store, text, "json")
+    assert store.load_watch_settings() == []
 
 
 @pytest.mark.parametrize("fmt", ["yaml", "CSV", ""])
