@@ -6,6 +6,7 @@ RUN := $(UV) run --locked
 .PHONY: setup test lint typecheck pytest format
 
 include deploy.mk
+include demo.mk
 
 setup:
 	$(UV) sync --locked

@@ -186,8 +186,15 @@ def reset_lambda_app() -> None:
     """Forget the cached app (tests, or after a configuration change)."""
     global _lambda_app  # noqa: PLW0603
     if _lambda_app is not None:
-        _lambda_app.loop.run_until_complete(_lambda_app.registry.aclose())
-        _lambda_app.loop.close()
+        loop = _lambda_app.loop
+        # An interrupted invocation may have left an audit suspended on this loop: cancel it, never resume it.
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(_lambda_app.registry.aclose())
+        loop.close()
     _lambda_app = None
 
 
