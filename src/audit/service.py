@@ -132,7 +132,7 @@ class AuditService:
         previous = self._state.load_all()
 
         results, report.unreached = await self._check(targets)
-        results = await self._reverify(results, {t.ref: t for t in targets})
+        results = await self._reverify(results, {t.ref: t for t in targets}, previous)
         report.results = results
 
         decisions = self._decide(results, previous)
@@ -202,12 +202,24 @@ class AuditService:
         judgement = drift.judge(target.trusted, observation, policy=policy, ever_trusted=ever)
         return TagResult(target.ref, target.trusted, observation, judgement.verdict, judgement.reason)
 
-    async def _reverify(self, results: list[TagResult], targets: dict[ImageRef, _Target]) -> list[TagResult]:
+    async def _reverify(
+        self,
+        results: list[TagResult],
+        targets: dict[ImageRef, _Target],
+        previous: dict[tuple[str, str], TagState],
+    ) -> list[TagResult]:
         """Before calling drift or missing, wait, re-read the trust record consistently, and ask again.
 
-        A CI job may have pushed and recorded between our trust load and our registry check.
+        A CI job may have pushed and recorded between our trust load and our registry check. A problem that is
+        already alerted with the same live digest was confirmed by an earlier run and is not re-checked.
         """
-        suspects = [i for i, r in enumerate(results) if r.trusted and r.verdict in (Verdict.DRIFT, Verdict.MISSING)]
+        suspects = [
+            index
+            for index, result in enumerate(results)
+            if result.trusted
+            and result.verdict in (Verdict.DRIFT, Verdict.MISSING)
+            and not _already_alerted(result, previous)
+        ]
         if not suspects:
             return results
         await self._sleep(self._reverify_delay)
@@ -310,6 +322,14 @@ def _worth_saving(before: TagState | None, after: TagState) -> bool:
     if before.model_copy(update={"last_seen": after.last_seen}) != after:
         return True
     return after.last_seen - before.last_seen >= LAST_SEEN_REFRESH
+
+
+def _already_alerted(result: TagResult, previous: dict[tuple[str, str], TagState]) -> bool:
+    state = previous.get((result.ref.image, result.ref.tag or ""))
+    if state is None or state.alerted_verdict is not result.verdict:
+        return False
+    live = result.observation.live_digest if result.verdict is Verdict.DRIFT else None
+    return state.alerted_digest == live
 
 
 def _selected(image: str, options: RunOptions) -> bool:

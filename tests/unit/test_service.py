@@ -161,6 +161,7 @@ async def test_drift_is_alerted_once_reminded_then_resolved(world: World) -> Non
 
     world.clock.now += timedelta(hours=1)
     assert await world.run() == (1, [])  # no duplicate
+    assert world.sleeps == [5.0]  # an alerted drift with the same digest is not re-verified every run
 
     world.clock.now += timedelta(hours=24)
     _, findings = await world.run()
