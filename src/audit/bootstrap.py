@@ -99,23 +99,36 @@ def require(value: str | None, *, what: str, variable: str, flag: str | None = N
     raise ConfigError(f"no {what} configured", hint=where)
 
 
-def existing_file(path: Path, *, flag: str) -> Path:
+def store_file(path: Path, *, flag: str, create: bool) -> Path:
+    """A local store file: a reader needs it to exist (an empty audit must not pass for a clean one)."""
     if path.exists() and not path.is_file():
         raise ConfigError(f"{flag} {path} is not a file", hint=f"give {flag} the path of a JSON file")
+    if not path.exists():
+        if not create:
+            raise ConfigError(
+                f"{flag} {path} does not exist",
+                hint="check the path; `digest-audit record` or `trust import` creates a trust file",
+            )
+        if not path.parent.is_dir():
+            raise ConfigError(f"{flag} {path}: directory {path.parent} does not exist", hint="create it first")
     return path
 
 
-def trust_store(trust_file: Path | None, config: AuditConfig) -> TrustStore:
-    """`--trust-file` for people without AWS, else the DynamoDB table named by TRUSTED_DIGESTS_TABLE."""
+def trust_store(trust_file: Path | None, config: AuditConfig, *, create: bool = False) -> TrustStore:
+    """`--trust-file` for people without AWS, else the DynamoDB table named by TRUSTED_DIGESTS_TABLE.
+
+    `create`: a missing file is a new, empty store (recording); otherwise it is an error (auditing).
+    """
     if trust_file is not None:
-        return FileTrustStore(existing_file(trust_file, flag="--trust-file"))
+        return FileTrustStore(store_file(trust_file, flag="--trust-file", create=create))
     table = require(config.trust_table, what="trust store", variable=ENV_TRUST_TABLE, flag="--trust-file FILE")
     return DynamoTrustStore(table, dynamodb_client())
 
 
 def state_store(state_file: Path | None, config: AuditConfig) -> StateStore:
     if state_file is not None:
-        return FileStateStore(existing_file(state_file, flag="--state-file"))
+        # The state file starts empty on a first run; it only needs a directory to live in.
+        return FileStateStore(store_file(state_file, flag="--state-file", create=True))
     table = require(config.state_table, what="audit state store", variable=ENV_STATE_TABLE, flag="--state-file FILE")
     return DynamoStateStore(table, dynamodb_client())
 

@@ -90,6 +90,12 @@ def parse_reference(text: str) -> ParsedReference:
             )
 
     first, sep, rest = name_part.partition("/")
+    if sep and first != first.lower() and not _looks_like_host(first.lower()):
+        # Docker would take an uppercase first component for a host; far more likely it is a mistyped name.
+        raise InvalidReferenceError(
+            f"invalid image reference {original!r}: repository names must be lowercase",
+            hint=f"use {name_part.lower()!r}",
+        )
     if sep and _looks_like_host(first):
         if not _HOST_RE.match(first):
             raise InvalidReferenceError(f"invalid image reference {original!r}: invalid registry host {first!r}")
@@ -104,7 +110,7 @@ def parse_reference(text: str) -> ParsedReference:
     if path != path.lower() and _PATH_RE.match(path.lower()):
         raise InvalidReferenceError(
             f"invalid image reference {original!r}: repository names must be lowercase",
-            hint=f"use {path.lower()!r}",
+            hint=f"use {text.replace(path, path.lower(), 1)!r}",
         )
     if not _PATH_RE.match(path):
         raise InvalidReferenceError(

@@ -72,7 +72,7 @@ def run_record(args: argparse.Namespace) -> int:
         raise UsageError("--source is empty", hint='give the CI run URL, e.g. --source "$CI_JOB_URL"')
     env = Environment()
     options = registry_options_from(args, env)
-    store = bootstrap.trust_store(args.trust_file, audit_config(env, options))
+    store = bootstrap.trust_store(args.trust_file, audit_config(env, options), create=True)
 
     resolved_now = False
     if args.from_buildx_metadata is not None:

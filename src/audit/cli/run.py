@@ -89,6 +89,8 @@ def print_summary(report: RunReport, *, dry_run: bool) -> None:
         f"{len(report.findings)} finding(s) {action} in {report.alerts_published} message(s); "
         f"{report.duration_ms} ms"
     )
+    if report.checked == 0 and not report.unreached:
+        err("  nothing is tracked here: record trusted digests first (`digest-audit record`, `trust import`)")
     if report.unreached:
         err(f"  not reached (time ran out): {len(report.unreached)} tag(s)")
         for ref in report.unreached:

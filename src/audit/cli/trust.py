@@ -45,7 +45,7 @@ def run_import(args: argparse.Namespace) -> int:
         text = args.file.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}", hint="check the path") from None
-    store = bootstrap.trust_store(args.trust_file, audit_config(Environment(), RegistryOptions()))
+    store = bootstrap.trust_store(args.trust_file, audit_config(Environment(), RegistryOptions()), create=True)
     summary = import_trust(store, text, fmt)
     print(summary.describe())
     return 1 if summary.conflicts else 0

@@ -62,7 +62,7 @@ def run_watch(args: argparse.Namespace) -> int:
     ref = ImageRef.parse(args.image)
     if ref.digest is not None or ":" in args.image.rsplit("/", 1)[-1]:
         raise UsageError(f"watch takes a repository without tag or digest, not {args.image!r}")
-    store = bootstrap.trust_store(args.trust_file, audit_config(Environment(), RegistryOptions()))
+    store = bootstrap.trust_store(args.trust_file, audit_config(Environment(), RegistryOptions()), create=True)
     current = store.get_watch_settings(ref.image) or WatchSettings(registry=ref.registry, repository=ref.repository)
     moving = dict(current.moving)
     for text in args.moving:

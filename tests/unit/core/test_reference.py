@@ -62,6 +62,20 @@ def test_invalid_references_name_themselves(text: str, fragment: str) -> None:
     assert info.value.exit_code == 2
 
 
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("Bad/Ref", "use 'bad/ref'"),
+        ("ghcr.io/Org/app:1.0", "use 'ghcr.io/org/app:1.0'"),
+        ("Nginx:1.27", "use 'nginx:1.27'"),
+    ],
+)
+def test_uppercase_names_suggest_the_lowercase_reference(text: str, hint: str) -> None:
+    with pytest.raises(InvalidReferenceError) as info:
+        ImageRef.parse(text)
+    assert info.value.hint == hint
+
+
 def test_familiar_form_is_what_people_type() -> None:
     assert ImageRef.parse("docker.io/library/nginx:1").familiar == "nginx:1"
     assert ImageRef.parse("openzaak/open-zaak:1.3.4").familiar == "openzaak/open-zaak:1.3.4"
