@@ -7,6 +7,7 @@ RUN := $(UV) run --locked
 
 include deploy.mk
 include demo.mk
+include bench.mk
 
 setup:
 	$(UV) sync --locked

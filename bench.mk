@@ -1,0 +1,20 @@
+# Benchmark targets (included by the Makefile). Never part of `make test`: the benchmark measures, tests assert.
+#   make bench          2,000 tags (50 x 40), 3 rounds: docs/benchmarks.md + bench/results.json (about 5 min)
+#   make bench-10k      10,000 tags (250 x 40), 1 round: bench/results-10k.json (about 10 min)
+#   make bench-quick    smoke run with tiny sizes (JSON to the temp directory, docs untouched)
+#   make bench BENCH_ARGS="--experiments"   also time other transports / connection counts
+export UV_PYTHON_DOWNLOADS ?= never
+UV ?= uv
+BENCH_RUN ?= $(UV) run --locked python -m bench.run
+BENCH_ARGS ?=
+
+.PHONY: bench bench-10k bench-quick
+
+bench:
+	$(BENCH_RUN) $(BENCH_ARGS)
+
+bench-10k:
+	$(BENCH_RUN) --repos 250 --tags 40 --rounds 1 --out bench/results-10k.json --markdown "" $(BENCH_ARGS)
+
+bench-quick:
+	$(BENCH_RUN) --quick $(BENCH_ARGS)

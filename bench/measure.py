@@ -1,0 +1,143 @@
+"""Timing, memory and request counting for one benchmark process: wall time, peak RSS, what the registry saw."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.proxy import LoggedRequest
+
+_ACCESS_LINE = re.compile(
+    r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[0-9.]+" (?P<status>\d{3}) \S+ "[^"]*" "(?P<agent>[^"]*)"'
+)
+
+
+@dataclass(frozen=True)
+class ProcessRun:
+    """One finished subprocess: exit code, wall seconds, peak RSS (MiB), and its captured output."""
+
+    returncode: int
+    seconds: float
+    max_rss_mib: float
+    stdout: str
+    stderr: str
+
+
+LAUNCHER = Path(__file__).with_name("launch.py")
+
+
+def run_process(
+    command: Sequence[str], *, env: Mapping[str, str], cwd: Path | None = None, stdout_path: Path | None = None
+) -> ProcessRun:
+    """Run to completion through bench/launch.py, which times it (spawn to reap) and reads its own peak RSS
+    with wait4: forked from this big driver instead, the child would inherit the driver's peak RSS."""
+    out_path = stdout_path or Path(os.devnull)
+    with tempfile.TemporaryDirectory(prefix="bench-launch-") as scratch:
+        result_path = Path(scratch) / "result.json"
+        with out_path.open("wb") as out:
+            done = subprocess.run(
+                [sys.executable, "-S", str(LAUNCHER), str(result_path), *command],
+                env=dict(env),
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        if done.returncode != 0 or not result_path.exists():
+            raise RuntimeError(f"launching {command[0]} failed: {done.stderr.decode(errors='replace')[-500:]}")
+        result = json.loads(result_path.read_text())
+    return ProcessRun(
+        returncode=int(result["exit_code"]),
+        seconds=float(result["seconds"]),
+        max_rss_mib=int(result["max_rss_kib"]) / 1024,  # Linux reports KiB
+        stdout=out_path.read_text(encoding="utf-8", errors="replace") if stdout_path is not None else "",
+        stderr=done.stderr.decode("utf-8", errors="replace"),
+    )
+
+
+class AccessLog:
+    """Requests in the registry's access log written since `mark()` (an independent count from the server)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+
+    def mark(self) -> None:
+        self._offset = self.path.stat().st_size if self.path.exists() else 0
+
+    def since_mark(self) -> list[LoggedRequest]:
+        time.sleep(0.05)  # the registry writes its log line after the response; let the last ones land
+        with self.path.open("rb") as log:
+            log.seek(self._offset)
+            text = log.read().decode("utf-8", errors="replace")
+        return [
+            LoggedRequest(
+                method=match.group("method"),
+                path=match.group("path"),
+                status=int(match.group("status")),
+                operation=None,
+                user_agent=match.group("agent"),
+            )
+            for match in _ACCESS_LINE.finditer(text)
+        ]
+
+
+def _kind(path: str) -> str:
+    if "/manifests/" in path:
+        return "manifest"
+    if "/tags/list" in path:
+        return "tags"
+    return "ping" if path.rstrip("/") == "/v2" else "other"
+
+
+def summarise(entries: Iterable[LoggedRequest], agent_prefix: str) -> Counter[str]:
+    """Keys like "HEAD manifest 200", "GET tags 200", "GET ping 401", for one user agent."""
+    return Counter(
+        f"{entry.method} {_kind(entry.path)} {entry.status}"
+        for entry in entries
+        if entry.user_agent.startswith(agent_prefix)
+    )
+
+
+def manifest_target(path: str) -> tuple[str, str] | None:
+    """(repository, tag or digest) of a `/v2/<name>/manifests/<reference>` path."""
+    name, found, reference = path.removeprefix("/v2/").partition("/manifests/")
+    return (name, reference) if found else None
+
+
+def method_totals(counts: Counter[str]) -> dict[str, int]:
+    totals: Counter[str] = Counter()
+    for key, number in counts.items():
+        totals[key.split(" ")[0]] += number
+    return dict(totals)
+
+
+@dataclass(frozen=True)
+class Spread:
+    """min / median / max of a series (seconds, rates, MiB)."""
+
+    low: float
+    median: float
+    high: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        return cls(min(values), statistics.median(values), max(values))
+
+    def as_dict(self) -> dict[str, float]:
+        return {"min": round(self.low, 4), "median": round(self.median, 4), "max": round(self.high, 4)}
+
+
+def rates(tags: int, seconds: Sequence[float]) -> Spread:
+    return Spread.of([tags / value for value in seconds])

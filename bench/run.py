@@ -1,0 +1,827 @@
+"""`make bench`: seed a real registry, then measure digest-audit against a ceiling and the naive script.
+
+    uv run python -m bench.run                       # 50 repositories x 40 tags = 2,000 (a few minutes)
+    uv run python -m bench.run --repos 250 --tags 40 # 10,000 tags
+    uv run python -m bench.run --quick               # smoke run with tiny sizes
+
+Everything runs on loopback in one invocation: a docker-registry (plain http, and a token-auth one), a
+latency proxy, moto for DynamoDB/SNS. Results go to docs/benchmarks.md (the part above the notes marker is
+regenerated, the notes below it are kept) and to bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from audit.adapters.dynamodb_store import DynamoStateStore
+from audit.adapters.file_store import FileStateStore
+from audit.models import TagState, Verdict
+from bench.environment import STATE_TABLE, TRUST_TABLE, Moto, machine_facts, moto_server, process_environment
+from bench.measure import (
+    AccessLog,
+    ProcessRun,
+    Spread,
+    manifest_target,
+    method_totals,
+    rates,
+    run_process,
+    summarise,
+)
+from bench.proxy import LatencyProxy, LoggedRequest, RequestLog
+from bench.report import write_markdown
+from bench.seed import (
+    BenchImage,
+    Workload,
+    seed_dynamodb,
+    seed_registry,
+    trusted_records,
+    write_references,
+    write_trust_file,
+)
+from tests.support.local_registry import LocalRegistry, local_registry
+
+PROJECT = Path(__file__).resolve().parent.parent
+AUDITOR = Path(sys.executable).parent / "digest-audit"
+RESULTS = PROJECT / "bench" / "results.json"
+REPORT = PROJECT / "docs" / "benchmarks.md"
+AGENT = "digest-audit/"
+OK_EXIT_CODES = frozenset({0, 1, 3})  # fine / drift or missing / unverifiable: all are answers, not crashes
+type Json = dict[str, object]
+
+
+@dataclass(frozen=True)
+class Options:
+    repositories: int
+    tags: int
+    rounds: int
+    latency_ms: float
+    naive_sample: int
+    concurrency_levels: tuple[int, ...]
+    latency_levels: tuple[int, ...]
+    token_repositories: int
+    tamper: int
+    delete: int
+    out: Path
+    markdown: Path | None
+    keep: bool
+    experiments: bool
+    command: str
+
+    @property
+    def latency(self) -> float:
+        return self.latency_ms / 1000
+
+
+@dataclass
+class Bench:
+    """What every phase shares: options, scratch space, the environment for subprocesses, the workload."""
+
+    options: Options
+    workdir: Path
+    env: dict[str, str]
+    workload: Workload
+    registry: LocalRegistry
+    access: AccessLog
+    errors: list[str] = field(default_factory=list)
+
+    def path(self, name: str) -> Path:
+        return self.workdir / name
+
+    def note_failure(self, what: str, run: ProcessRun) -> None:
+        tail = run.stderr.strip().splitlines()[-5:]
+        self.errors.append(f"{what}: exit {run.returncode}: {' | '.join(tail)}")
+
+
+# --- verdict checks ----------------------------------------------------------------------------------------
+
+
+def verify_check_output(run: ProcessRun, workload: Workload) -> tuple[bool, dict[str, int]]:
+    """Every row of `check --json` has the expected verdict (and every seeded tag has a row)."""
+    try:
+        rows = json.loads(run.stdout)
+    except json.JSONDecodeError:
+        return False, {}
+    expected = workload.expected_verdicts()
+    seen = {(row["repository"], row["tag"]): row["status"] for row in rows}
+    counts = dict(Counter(seen.values()))
+    right = len(seen) == len(expected) and all(seen.get(key) == verdict.value for key, verdict in expected.items())
+    return right, counts
+
+
+def verify_states(
+    states: dict[tuple[str, str], TagState], host: str, workload: Workload
+) -> tuple[bool, dict[str, int]]:
+    """After a run, the saved state of every tag holds the expected verdict."""
+    expected = workload.expected_verdicts()
+    counts = dict(Counter(state.last_verdict.value for state in states.values()))
+    right = len(states) == len(expected) and all(
+        (state := states.get((f"{host}/{repository}", tag))) is not None and state.last_verdict is verdict
+        for (repository, tag), verdict in expected.items()
+    )
+    return right, counts
+
+
+# --- counting --------------------------------------------------------------------------------------------
+
+
+class RequestSource(Protocol):
+    """Where requests are counted independently of the client: the registry's access log or a proxy."""
+
+    def mark(self) -> None: ...
+
+    def since_mark(self) -> list[LoggedRequest]: ...
+
+
+class ProxySource:
+    def __init__(self, log: RequestLog) -> None:
+        self._log = log
+
+    def mark(self) -> None:
+        self._log.clear()
+
+    def since_mark(self) -> list[LoggedRequest]:
+        return self._log.entries()
+
+
+def gets_on_matching_tags(entries: Sequence[LoggedRequest], workload: Workload) -> int:
+    """Manifest GETs of the auditor for tags that still serve their trusted digest: these should be zero."""
+    expected = workload.expected_verdicts()
+    count = 0
+    for entry in entries:
+        target = manifest_target(entry.path)
+        if entry.method == "GET" and entry.user_agent.startswith(AGENT) and target is not None:
+            count += expected.get(target) is Verdict.MATCH
+    return count
+
+
+def per_tag(counts: Counter[str], tags: int) -> dict[str, float]:
+    totals = method_totals(counts)
+    return {method: round(number / tags, 4) for method, number in sorted(totals.items())}
+
+
+# --- phases ----------------------------------------------------------------------------------------------
+
+
+def measure_startup(bench: Bench) -> Json:
+    """Cold-start proxies: bare interpreter, `import handler`, and a one-tag `check` process."""
+    python = sys.executable
+    env = {**bench.env, "PYTHONPATH": str(PROJECT / "src"), "POWERTOOLS_SERVICE_NAME": "digest-audit"}
+    rounds = max(bench.options.rounds, 5)
+    run_process([python, "-c", "import handler"], env=env)  # compile .pyc files once, as a deployed package has
+    bare = [run_process([python, "-c", "pass"], env=env).seconds for _ in range(rounds)]
+    handler = [run_process([python, "-c", "import handler"], env=env).seconds for _ in range(rounds)]
+    importtime = subprocess.run(
+        [python, "-X", "importtime", "-c", "import handler"], env=env, capture_output=True, text=True, check=False
+    ).stderr
+    cumulative: dict[str, int] = {}
+    self_time: dict[str, int] = {}
+    for line in importtime.splitlines():
+        parts = line.removeprefix("import time:").split("|")
+        if len(parts) != 3 or not parts[0].strip().isdigit():
+            continue
+        name = parts[2].strip()
+        cumulative.setdefault(name, int(parts[1]))
+        self_time.setdefault(name, int(parts[0]))
+    interesting = (
+        "handler",
+        "audit.bootstrap",
+        "boto3",
+        "botocore.session",
+        "aws_lambda_powertools",
+        "aws_xray_sdk.core",
+        "httpx",
+        "httpx._main",
+        "pydantic",
+        "audit.adapters.registry",
+    )
+    one = bench.workload.images[0].reference(bench.registry.host)
+    check_one = [run_process([str(AUDITOR), "check", "--json", one], env=bench.env).seconds for _ in range(rounds)]
+    bare_spread, handler_spread = Spread.of(bare), Spread.of(handler)
+    return {
+        "python_bare_s": bare_spread.as_dict(),
+        "import_handler_s": handler_spread.as_dict(),
+        "import_handler_added_s": round(handler_spread.median - bare_spread.median, 4),
+        "importtime_cumulative_ms": {
+            name: round(cumulative[name] / 1000, 1) for name in interesting if name in cumulative
+        },
+        "importtime_top_self_ms": {
+            name: round(micro / 1000, 1) for name, micro in sorted(self_time.items(), key=lambda item: -item[1])[:10]
+        },
+        "check_one_tag_s": Spread.of(check_one).as_dict(),
+    }
+
+
+def ceiling_seconds(target: str, refs: Path, levels: Sequence[int], rounds: int) -> dict[int, list[float]]:
+    """Seconds of the raw HEAD loop per concurrency level (run in its own process)."""
+    command = [sys.executable, "-m", "bench.ceiling", "--target", target, "--refs", str(refs)]
+    command += ["--rounds", str(rounds), "--concurrency", *map(str, levels)]
+    done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, check=True)
+    raw = json.loads(done.stdout)
+    return {int(level): list(result["seconds"]) for level, result in raw["by_concurrency"].items()}
+
+
+def _naive_one(host: str, image: BenchImage, env: dict[str, str]) -> Verdict:
+    done = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{image.reference(host, pinned=False)}"],
+        env=env,
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        return Verdict.MISSING if b"manifest unknown" in done.stderr.lower() else Verdict.UNVERIFIABLE
+    live = "sha256:" + hashlib.sha256(done.stdout).hexdigest()
+    return Verdict.MATCH if live == image.trusted_digest else Verdict.DRIFT
+
+
+@dataclass
+class NaiveSeries:
+    """What a user scripts today: `skopeo inspect --raw docker://…` | sha256, one tag after another."""
+
+    bench: Bench
+    host: str
+    sample: list[BenchImage]
+    source: RequestSource
+    seconds: list[float] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    right: bool = True
+
+    def once(self) -> None:
+        self.source.mark()
+        started = time.perf_counter()
+        verdicts = [_naive_one(self.host, image, self.bench.env) for image in self.sample]
+        self.seconds.append(time.perf_counter() - started)
+        self.counts = summarise(self.source.since_mark(), "skopeo")
+        self.right = self.right and all(v is image.expected for v, image in zip(verdicts, self.sample, strict=True))
+
+    def summary(self) -> Json:
+        return {
+            "sample": len(self.sample),
+            "seconds": Spread.of(self.seconds).as_dict(),
+            "tags_per_s": rates(len(self.sample), self.seconds).as_dict(),
+            "requests": dict(self.counts),
+            "requests_per_tag": per_tag(self.counts, len(self.sample)),
+            "verdicts_right": self.right,
+        }
+
+
+@dataclass
+class CheckSeries:
+    """`digest-audit check --json -f FILE` over every tag, default options, as a whole process."""
+
+    bench: Bench
+    refs: Path
+    what: str
+    source: RequestSource
+    seconds: list[float] = field(default_factory=list)
+    rss: list[float] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    verdicts: dict[str, int] = field(default_factory=dict)
+    needless_gets: int = 0
+    right: bool = True
+
+    def once(self) -> None:
+        bench = self.bench
+        self.source.mark()
+        run = run_process(
+            [str(AUDITOR), "check", "--json", "-f", str(self.refs)],
+            env=bench.env,
+            stdout_path=bench.path(f"check-{self.what}-{len(self.seconds)}.json"),
+        )
+        entries = self.source.since_mark()
+        self.counts = summarise(entries, AGENT)
+        self.needless_gets = max(self.needless_gets, gets_on_matching_tags(entries, bench.workload))
+        if run.returncode not in OK_EXIT_CODES:
+            bench.note_failure(f"check ({self.what})", run)
+        ok, self.verdicts = verify_check_output(run, bench.workload)
+        self.right = self.right and ok
+        self.seconds.append(run.seconds)
+        self.rss.append(run.max_rss_mib)
+
+    def summary(self) -> Json:
+        tags = self.bench.workload.size
+        return {
+            "tags": tags,
+            "seconds": Spread.of(self.seconds).as_dict(),
+            "tags_per_s": rates(tags, self.seconds).as_dict(),
+            "max_rss_mib": Spread.of(self.rss).as_dict(),
+            "requests": dict(self.counts),
+            "requests_per_tag": per_tag(self.counts, tags),
+            "gets_on_matching_tags": self.needless_gets,
+            "verdicts": self.verdicts,
+            "verdicts_right": self.right,
+        }
+
+
+def measure_throughput(
+    bench: Bench, host: str, refs: Path, source: RequestSource, *, what: str, levels: Sequence[int], naive_sample: int
+) -> Json:
+    """Ceiling, naive baseline and `check`, interleaved round by round so that load from other processes on
+    the machine hits all three alike; ratios are computed per round, then their median is reported."""
+    tags = bench.workload.size
+    scan = ceiling_seconds(host, refs, levels, 1)  # pick the best connection count once
+    best = min(scan, key=lambda level: scan[level][0])
+    images = bench.workload.images
+    step = max(1, len(images) // naive_sample)
+    naive = NaiveSeries(bench, host, list(images[::step][:naive_sample]), source)
+    check = CheckSeries(bench, refs, what, source)
+    ceiling: list[float] = []
+    for _ in range(bench.options.rounds):
+        ceiling += ceiling_seconds(host, refs, [best], 1)[best]
+        check.once()
+        naive.once()
+    check_rates = [tags / value for value in check.seconds]
+    ceiling_rates = [tags / value for value in ceiling]
+    naive_rates = [len(naive.sample) / value for value in naive.seconds]
+    return {
+        "ceiling": {
+            "scan_tags_per_s": {str(level): round(tags / seconds[0], 1) for level, seconds in scan.items()},
+            "best_concurrency": best,
+            "tags_per_s": rates(tags, ceiling).as_dict(),
+        },
+        "naive": naive.summary(),
+        "check": check.summary()
+        | {
+            "ratio_to_ceiling": Spread.of([c / m for c, m in zip(check_rates, ceiling_rates, strict=True)]).as_dict(),
+            "speedup_over_naive": Spread.of([c / n for c, n in zip(check_rates, naive_rates, strict=True)]).as_dict(),
+        },
+    }
+
+
+@dataclass(frozen=True)
+class RunVariant:
+    """How to invoke `digest-audit run` and how to read back what it saved."""
+
+    name: str
+    arguments: list[str]
+    extra_env: dict[str, str]
+    host: str  # the registry host named in the trust records
+    load_states: Callable[[], dict[tuple[str, str], TagState]]
+    aws_log: RequestLog | None = None
+
+
+def _one_run(bench: Bench, variant: RunVariant, label: str) -> tuple[ProcessRun, bool, dict[str, int], Json]:
+    if variant.aws_log is not None:
+        variant.aws_log.clear()
+    run = run_process(
+        [str(AUDITOR), "run", *variant.arguments],
+        env={**bench.env, **variant.extra_env},
+        stdout_path=bench.path(f"run-{variant.name}-{label}.txt"),
+    )
+    if run.returncode not in OK_EXIT_CODES:
+        bench.note_failure(f"run ({variant.name}, {label})", run)
+    right, verdicts = verify_states(variant.load_states(), variant.host, bench.workload)
+    aws: Json = {}
+    if variant.aws_log is not None:
+        aws = dict(sorted(variant.aws_log.operations().items()))
+    return run, right, verdicts, aws
+
+
+def measure_run(bench: Bench, variant: RunVariant) -> Json:
+    """The full engine: the first run (no state yet), then steady-state rounds (state from the run before)."""
+    tags = bench.workload.size
+    first, first_right, _, first_aws = _one_run(bench, variant, "first")
+    seconds: list[float] = []
+    rss: list[float] = []
+    right = first_right
+    verdicts: dict[str, int] = {}
+    aws: Json = {}
+    for number in range(bench.options.rounds):
+        run, ok, verdicts, aws = _one_run(bench, variant, f"steady-{number}")
+        right = right and ok
+        seconds.append(run.seconds)
+        rss.append(run.max_rss_mib)
+    result: Json = {
+        "tags": tags,
+        "first_run_s": round(first.seconds, 4),
+        "seconds": Spread.of(seconds).as_dict(),
+        "tags_per_s": rates(tags, seconds).as_dict(),
+        "max_rss_mib": Spread.of([first.max_rss_mib, *rss]).as_dict(),
+        "verdicts": verdicts,
+        "verdicts_right": right,
+    }
+    if variant.aws_log is not None:
+        result["aws_calls_first_run"] = first_aws
+        result["aws_calls_steady_run"] = aws
+    return result
+
+
+def measure_in_process(bench: Bench, refs: Path, what: str, *, profile: bool) -> Json:
+    """The client's loop without process start-up: its own rate and `RegistryClient.stats` per tag."""
+    command = [sys.executable, "-m", "bench.inproc", "--refs", str(refs), "--rounds", str(bench.options.rounds)]
+    profile_path = bench.path(f"profile-{what}.txt")
+    if profile:
+        command += ["--profile", str(profile_path)]
+    done = subprocess.run(
+        command, cwd=PROJECT, env=bench.env | {"PYTHONPATH": str(PROJECT)}, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        bench.errors.append(f"in-process ({what}): {done.stderr.strip().splitlines()[-1:]}")
+        return {}
+    raw = json.loads(done.stdout)
+    tags = int(raw["tags"])
+    stats = {name: value for name, value in raw["stats"].items() if value}
+    result: Json = {
+        "tags_per_s": rates(tags, raw["seconds"]).as_dict(),
+        "stats_last_round": stats,
+        "stats_per_tag": {name: round(value / tags, 4) for name, value in stats.items()},
+        "verdicts": raw["verdicts"],
+    }
+    if profile and profile_path.exists():
+        result["profile_top_tottime"] = _profile_top(profile_path.read_text(), 15)
+    return result
+
+
+_INSTALL_PREFIX = re.compile(r"\S*/(?:site-packages|lib/python3\.\d+)/")
+
+
+def _machine_free(location: str) -> str:
+    """A profile location without this machine's directories (results are committed)."""
+    return _INSTALL_PREFIX.sub("", location.replace(f"{PROJECT}/", ""))
+
+
+def _profile_top(report: str, count: int) -> list[str]:
+    """The first `count` rows of a pstats table, squeezed to `tottime cumtime function`."""
+    lines = report.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls")), len(lines))
+    rows: list[str] = []
+    for line in lines[start + 1 : start + 1 + count]:
+        parts = line.split(None, 5)
+        if len(parts) == 6:
+            rows.append(f"{parts[1]:>7} {parts[3]:>7}  {_machine_free(parts[5])}")
+    return rows
+
+
+@dataclass(frozen=True)
+class ClientVariant:
+    transport: str  # bench.inproc --transport
+    concurrency: int
+    loop: str = "asyncio"
+
+    @property
+    def name(self) -> str:
+        return f"{self.transport} transport, {self.concurrency} connections, {self.loop}"
+
+
+def client_variants(*, latency: bool) -> list[ClientVariant]:
+    """The experiments: httpx's pool at several sizes, one single-connection transport per slot, uvloop."""
+    levels = (16, 64) if latency else (8, 16, 64)
+    variants = [ClientVariant(transport, level) for transport in ("default", "sharded") for level in levels]
+    if importlib.util.find_spec("uvloop") is not None:  # `uv run --with uvloop python -m bench.run ...`
+        variants += [ClientVariant("default", 16, "uvloop"), ClientVariant("sharded", 16, "uvloop")]
+    return variants
+
+
+def measure_experiments(bench: Bench, host: str, refs: Path, *, latency: bool, ceiling_level: int) -> Json:
+    """The client loop in-process under each variant, interleaved with the ceiling, ratio per round."""
+    tags = bench.workload.size
+    variants = client_variants(latency=latency)
+    seconds: dict[ClientVariant, list[float]] = {variant: [] for variant in variants}
+    ceiling: list[float] = []
+    for _ in range(bench.options.rounds):
+        ceiling += ceiling_seconds(host, refs, [ceiling_level], 1)[ceiling_level]
+        for variant in variants:
+            command = [sys.executable, "-m", "bench.inproc", "--refs", str(refs), "--rounds", "1"]
+            command += ["--transport", variant.transport, "--concurrency", str(variant.concurrency)]
+            command += ["--loop", variant.loop]
+            done = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                bench.errors.append(f"experiment {variant.name}: {done.stderr.strip().splitlines()[-1:]}")
+                continue
+            seconds[variant] += json.loads(done.stdout)["seconds"]
+    result: Json = {"ceiling_concurrency": ceiling_level, "ceiling_tags_per_s": rates(tags, ceiling).as_dict()}
+    for variant, values in seconds.items():
+        if len(values) != len(ceiling):
+            continue
+        result[variant.name] = {
+            "tags_per_s": rates(tags, values).as_dict(),
+            "ratio_to_ceiling": Spread.of([c / v for v, c in zip(values, ceiling, strict=True)]).as_dict(),
+        }
+    return result
+
+
+def measure_token_registry(bench: Bench, stack: ExitStack) -> Json:
+    """Token auth: how many token requests per repository per run, and what the first request costs."""
+    options = bench.options
+    registry = stack.enter_context(local_registry(bench.path("token-registry"), auth="token"))
+    workload = seed_registry(registry, options.token_repositories, options.tags, tamper=0, delete=0)
+    refs = write_references(bench.path("refs-token.txt"), workload, registry.host)
+    assert registry.credentials is not None and registry.token_server is not None
+    config_dir = bench.path("docker-config-token")
+    config_dir.mkdir(exist_ok=True)
+    secret = base64.b64encode(f"{registry.credentials.username}:{registry.credentials.password}".encode()).decode()
+    (config_dir / "config.json").write_text(json.dumps({"auths": {registry.host: {"auth": secret}}}))
+    access = AccessLog(registry.log_path)
+    env = {**bench.env, "DOCKER_CONFIG": str(config_dir)}
+    seconds: list[float] = []
+    tokens: list[int] = []
+    counts: Counter[str] = Counter()
+    right = True
+    for number in range(options.rounds):
+        registry.token_server.reset()
+        access.mark()
+        run = run_process(
+            [str(AUDITOR), "check", "--json", "-f", str(refs)],
+            env=env,
+            stdout_path=bench.path(f"check-token-{number}.json"),
+        )
+        counts = summarise(access.since_mark(), AGENT)
+        tokens.append(registry.token_server.request_count)
+        ok, _ = verify_check_output(run, workload)
+        right = right and ok
+        seconds.append(run.seconds)
+    return {
+        "repositories": options.token_repositories,
+        "tags": workload.size,
+        "seed_s": round(workload.seed_seconds, 2),
+        "tags_per_s": rates(workload.size, seconds).as_dict(),
+        "token_requests_per_run": Spread.of([float(t) for t in tokens]).as_dict(),
+        "token_requests_per_repository": round(max(tokens) / options.token_repositories, 3),
+        "requests": dict(counts),
+        "requests_per_tag": per_tag(counts, workload.size),
+        "verdicts_right": right,
+    }
+
+
+# --- targets ---------------------------------------------------------------------------------------------
+
+
+def _get(data: Json, *path: str) -> object:
+    node: object = data
+    for key in path:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node
+
+
+def _number(data: Json, *path: str) -> float:
+    value = _get(data, *path)
+    return float(value) if isinstance(value, int | float) else float("nan")
+
+
+def evaluate_targets(results: Json, options: Options) -> list[Json]:
+    """The issue's targets, each with the measured value and whether it is met (medians; ratios per round)."""
+    to_ceiling = _number(results, "loopback", "check", "ratio_to_ceiling", "median")
+    over_naive = _number(results, "loopback", "check", "speedup_over_naive", "median")
+    proxied = _number(results, "latency", "check", "tags_per_s", "median")
+    bound = 16 / options.latency if options.latency > 0 else float("nan")
+    heads = _number(results, "loopback", "check", "requests_per_tag", "HEAD")
+    gets = _number(results, "loopback", "check", "gets_on_matching_tags")
+    token_per_repo = _number(results, "token", "token_requests_per_repository")
+    rss = _number(results, "loopback", "check", "max_rss_mib", "max")
+    added = _number(results, "startup", "import_handler_added_s")
+    tags = int(_number(results, "workload", "tags"))
+    rows: list[tuple[str, str, float, bool]] = [
+        ("check vs ceiling (loopback)", ">= 0.5 x ceiling", to_ceiling, to_ceiling >= 0.5),
+        (f"check vs bound 16/{options.latency_ms:g} ms", ">= 0.8 x bound", proxied / bound, proxied >= 0.8 * bound),
+        ("check vs naive skopeo (loopback)", ">= 20 x", over_naive, over_naive >= 20),
+        ("HEAD per tag (check)", "== 1", heads, abs(heads - 1) < 1e-9),
+        ("GETs for tags that match (check)", "0 (GET only when needed)", gets, gets == 0),
+        ("token requests per repository", "<= 1", token_per_repo, token_per_repo <= 1),
+        (f"peak RSS of check, {tags} tags", "<= 150 MiB at 10,000", rss, rss <= 150),
+        ("import handler over bare python", "<= 0.5 s", added, added <= 0.5),
+        (
+            "every verdict right",
+            "all",
+            1.0 if _all_right(results) else 0.0,
+            _all_right(results),
+        ),
+    ]
+    return [{"target": name, "goal": goal, "value": round(value, 3), "met": met} for name, goal, value, met in rows]
+
+
+def _all_right(results: Json) -> bool:
+    found: list[bool] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "verdicts_right" and isinstance(value, bool):
+                    found.append(value)
+                else:
+                    walk(value)
+
+    walk(results)
+    return bool(found) and all(found)
+
+
+# --- main ------------------------------------------------------------------------------------------------
+
+
+def parse_options(argv: Sequence[str] | None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    parser.add_argument("--repos", type=int, default=50, help="repositories to seed (default 50)")
+    parser.add_argument("--tags", type=int, default=40, help="tags per repository (default 40)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per measurement (default 3)")
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="proxy delay per request (default 50)")
+    parser.add_argument("--naive-sample", type=int, default=40, help="tags the skopeo baseline checks (default 40)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in well under a minute")
+    parser.add_argument("--out", type=Path, help="results JSON (default bench/results.json; --quick: a temp file)")
+    parser.add_argument("--markdown", help="Markdown report, '' for none (default docs/benchmarks.md; --quick: none)")
+    parser.add_argument(
+        "--experiments",
+        action="store_true",
+        help="also time the client loop with other transports/connection counts (and uvloop, when importable)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory (outputs, logs)")
+    args = parser.parse_args(argv)
+    repos, tags, rounds, sample = args.repos, args.tags, args.rounds, args.naive_sample
+    if args.quick:
+        repos, tags, rounds, sample = min(repos, 4), min(tags, 8), 1, min(sample, 4)
+    total = repos * tags
+    return Options(
+        repositories=repos,
+        tags=tags,
+        rounds=max(1, rounds),
+        latency_ms=args.latency_ms,
+        naive_sample=max(1, min(sample, total)),
+        concurrency_levels=(8, 16, 32, 64),
+        latency_levels=(16, 64),
+        token_repositories=min(repos, 10),
+        tamper=max(1, min(6, total // 100)),
+        delete=max(1, min(2, total // 500)),
+        # A smoke run must not overwrite the committed results with tiny-size numbers.
+        out=args.out or (Path(tempfile.gettempdir()) / "digest-audit-bench-quick.json" if args.quick else RESULTS),
+        markdown=Path(args.markdown) if args.markdown else (None if args.quick or args.markdown == "" else REPORT),
+        keep=args.keep,
+        experiments=args.experiments,
+        command="uv run python -m bench.run " + shlex.join(argv if argv is not None else sys.argv[1:]),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_options(argv)
+    started = time.perf_counter()
+    scratch = Path(tempfile.mkdtemp(prefix="digest-audit-bench-"))
+    results: Json = {
+        "meta": {
+            "date": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
+            "command": options.command.strip(),
+            "machine": machine_facts(PROJECT),
+            "options": {
+                "repositories": options.repositories,
+                "tags_per_repository": options.tags,
+                "rounds": options.rounds,
+                "latency_ms": options.latency_ms,
+                "naive_sample": options.naive_sample,
+                "concurrency_levels": list(options.concurrency_levels),
+            },
+        }
+    }
+    with ExitStack() as stack:
+        log(f"seeding {options.repositories} x {options.tags} tags")
+        registry = stack.enter_context(local_registry(scratch / "registry"))
+        workload = seed_registry(
+            registry, options.repositories, options.tags, tamper=options.tamper, delete=options.delete
+        )
+        bench = Bench(options, scratch, process_environment(scratch), workload, registry, AccessLog(registry.log_path))
+        host = registry.host
+        refs = write_references(scratch / "refs.txt", workload, host)
+        trust_file = write_trust_file(scratch / "trust.json", trusted_records(workload, host))
+        latency = stack.enter_context(LatencyProxy("127.0.0.1", registry.process.port, latency=options.latency))
+        refs_proxy = write_references(scratch / "refs-proxy.txt", workload, latency.host)
+        trust_proxy = write_trust_file(scratch / "trust-proxy.json", trusted_records(workload, latency.host))
+        moto: Moto = stack.enter_context(moto_server())
+        moto_port = int(moto.endpoint_url.rpartition(":")[2])
+        aws_proxy = stack.enter_context(LatencyProxy("127.0.0.1", moto_port))
+        dynamo_started = time.perf_counter()
+        seed_dynamodb(moto.dynamodb(), TRUST_TABLE, trusted_records(workload, host))
+        results["workload"] = {
+            "repositories": options.repositories,
+            "tags_per_repository": options.tags,
+            "tags": workload.size,
+            "kinds": "docker v2, OCI manifest, OCI index, Docker list (a quarter each)",
+            "expected": workload.expected_counts(),
+            "seed_registry_s": round(workload.seed_seconds, 2),
+            "seed_dynamodb_s": round(time.perf_counter() - dynamo_started, 2),
+        }
+
+        direct: RequestSource = bench.access
+        through_proxy = ProxySource(latency.log)
+
+        log("start-up and import time")
+        results["startup"] = measure_startup(bench)
+
+        log("loopback: ceiling, naive skopeo baseline and digest-audit check, interleaved")
+        loopback: Json = measure_throughput(
+            bench,
+            host,
+            refs,
+            direct,
+            what="loopback",
+            levels=options.concurrency_levels,
+            naive_sample=options.naive_sample,
+        )
+        results["loopback"] = loopback
+        log("loopback: client loop in-process (stats, profile)")
+        loopback["client_loop"] = measure_in_process(bench, refs, "loopback", profile=True)
+        if options.experiments:
+            log("loopback: client experiments (transport, connections, event loop)")
+            loopback["experiments"] = measure_experiments(
+                bench, host, refs, latency=False, ceiling_level=int(_number(loopback, "ceiling", "best_concurrency"))
+            )
+        log("loopback: digest-audit run (file stores)")
+        state_file = scratch / "state.json"
+        loopback["run_file"] = measure_run(
+            bench,
+            RunVariant(
+                "file",
+                ["--trust-file", str(trust_file), "--state-file", str(state_file)],
+                {},
+                host,
+                lambda: FileStateStore(state_file).load_all(),
+            ),
+        )
+        log("loopback: digest-audit run (DynamoDB + SNS on moto)")
+        loopback["run_dynamodb"] = measure_run(
+            bench,
+            RunVariant(
+                "dynamodb",
+                [],
+                moto.client_environment(aws_proxy.url),
+                host,
+                lambda: DynamoStateStore(STATE_TABLE, moto.dynamodb()).load_all(),
+                aws_proxy.log,
+            ),
+        )
+
+        log(f"latency {options.latency_ms:g} ms: ceiling, naive baseline and check, interleaved")
+        proxied: Json = {"latency_ms": options.latency_ms} | measure_throughput(
+            bench,
+            latency.host,
+            refs_proxy,
+            through_proxy,
+            what="latency",
+            levels=options.latency_levels,
+            naive_sample=max(1, options.naive_sample // 2),
+        )
+        results["latency"] = proxied
+        proxied["concurrency_bound_tags_per_s"] = round(16 / options.latency, 1) if options.latency else None
+        if options.experiments:
+            log(f"latency {options.latency_ms:g} ms: client experiments")
+            proxied["experiments"] = measure_experiments(
+                bench, latency.host, refs_proxy, latency=True, ceiling_level=max(options.latency_levels)
+            )
+        log(f"latency {options.latency_ms:g} ms: digest-audit run (file stores)")
+        state_proxy = scratch / "state-proxy.json"
+        proxied["run_file"] = measure_run(
+            bench,
+            RunVariant(
+                "file-latency",
+                ["--trust-file", str(trust_proxy), "--state-file", str(state_proxy)],
+                {},
+                latency.host,
+                lambda: FileStateStore(state_proxy).load_all(),
+            ),
+        )
+
+        log("token-auth registry")
+        results["token"] = measure_token_registry(bench, stack)
+        results["errors"] = bench.errors
+
+    meta = results["meta"]
+    assert isinstance(meta, dict)
+    meta["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
+    results["targets"] = evaluate_targets(results, options)
+    results["bench_seconds"] = round(time.perf_counter() - started, 1)
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(json.dumps(results, indent=2) + "\n")
+    if options.markdown is not None:
+        write_markdown(options.markdown, results)
+    if not options.keep:
+        subprocess.run(["rm", "-rf", str(scratch)], check=False)
+    else:
+        log(f"scratch kept in {scratch}")
+    for row in results["targets"]:  # type: ignore[attr-defined]
+        log(f"{'MET ' if row['met'] else 'MISS'} {row['target']}: {row['value']} ({row['goal']})")
+    log(f"wrote {options.out}" + (f" and {options.markdown}" if options.markdown else ""))
+    return 0
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
