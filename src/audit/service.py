@@ -150,8 +150,9 @@ class AuditService:
         return report
 
     async def _targets(self, options: RunOptions) -> tuple[list[_Target], dict[str, str]]:
-        trusted = [t for t in self._trust.load_all() if _selected(t.image, options)]
-        settings = {s.image: s for s in self._trust.load_watch_settings() if _selected(s.image, options)}
+        all_trusted, all_settings = self._trust.load_snapshot()
+        trusted = [t for t in all_trusted if _selected(t.image, options)]
+        settings = {s.image: s for s in all_settings if _selected(s.image, options)}
         targets = [_Target(t.ref, t, settings.get(t.image)) for t in trusted]
         unlisted: dict[str, str] = {}
         tracked_tags: dict[str, set[str]] = defaultdict(set)

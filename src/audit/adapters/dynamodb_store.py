@@ -582,6 +582,23 @@ class DynamoTrustStore:
         settings = [watch_settings_from_item(item, table=self.table_name) for item in items]
         return sorted(settings, key=lambda entry: entry.image)
 
+    def load_snapshot(self) -> tuple[list[TrustedImage], list[WatchSettings]]:
+        """One Scan for both: a filter does not lower the read cost, a second pass over the table would double it."""
+        items = self._scan(
+            "begins_with(#sk, :prefix) OR #sk = :watch",
+            {":prefix": {"S": CURRENT_PREFIX}, ":watch": {"S": WATCH_SORT_KEY}},
+        )
+        records: list[TrustedImage] = []
+        settings: list[WatchSettings] = []
+        for item in items:
+            if item[TRUST_SORT_KEY] == {"S": WATCH_SORT_KEY}:
+                settings.append(watch_settings_from_item(item, table=self.table_name))
+            else:
+                records.append(trusted_image_from_item(item, table=self.table_name))
+        records.sort(key=lambda record: (record.image, record.tag))
+        settings.sort(key=lambda entry: entry.image)
+        return records, settings
+
     def get_watch_settings(self, image: str) -> WatchSettings | None:
         item = self._get_item(image, WATCH_SORT_KEY, consistent=True)
         return watch_settings_from_item(item, table=self.table_name) if item is not None else None

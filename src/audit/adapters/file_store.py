@@ -224,6 +224,13 @@ class FileTrustStore:
     def load_watch_settings(self) -> list[WatchSettings]:
         return sorted(self._load().watch, key=lambda settings: settings.image)
 
+    def load_snapshot(self) -> tuple[list[TrustedImage], list[WatchSettings]]:
+        document = self._load()
+        return (
+            sorted(document.trusted, key=lambda record: (record.image, record.tag)),
+            sorted(document.watch, key=lambda settings: settings.image),
+        )
+
     def get_watch_settings(self, image: str) -> WatchSettings | None:
         return next((settings for settings in self._load().watch if settings.image == image), None)
 

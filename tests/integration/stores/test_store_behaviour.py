@@ -191,6 +191,19 @@ def test_load_all_reads_every_page(trust_store: TrustStore) -> None:
     assert len(loaded) == 9
 
 
+def test_a_snapshot_is_load_all_and_load_watch_settings_in_one_read(trust_store: TrustStore) -> None:
+    for minor in range(7):
+        trust_store.record(trusted(f"2.{minor}", "abcdef0"[minor]))
+    trust_store.record(trusted("2.0", "f", reason="rebuild"), replace=True)  # history stays out
+    for index in range(3):
+        trust_store.put_watch_settings(watch(f"org/app{index}", track_new_tags=True))
+    records, settings = trust_store.load_snapshot()
+    assert records == trust_store.load_all()
+    assert settings == trust_store.load_watch_settings()
+    assert len(records) == 7
+    assert [entry.repository for entry in settings] == ["org/app0", "org/app1", "org/app2"]
+
+
 def test_watch_settings_round_trip_and_overwrite(trust_store: TrustStore) -> None:
     settings = moving_watch()
     trust_store.put_watch_settings(settings)
