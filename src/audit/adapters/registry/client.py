@@ -371,18 +371,8 @@ class RegistryClient:
     ) -> Observation:
         endpoint = self._endpoint(ref.registry)
         url = f"{endpoint.base}/v2/{ref.repository}/manifests/{tag}"
-        head = await self._request(
-            endpoint,
-            "HEAD",
-            url,
-            scope=_pull_scope(ref.repository),
-            accept=MANIFEST_ACCEPT,
-            cap=0,
-            check=check,
-        )
+        head, media, header_digest = await self._head_manifest(endpoint, url, ref.repository, check)
         if head.status == 200:
-            media = check_media_type(media_type_of(head.headers.get("content-type")))
-            header_digest = parse_digest_header(head.headers.get("docker-content-digest"))
             if header_digest is not None:
                 check.header_digests.append(header_digest)
                 if (
@@ -409,24 +399,26 @@ class RegistryClient:
             confirmed=True,
         )
 
+    async def _head_manifest(
+        self, endpoint: _Endpoint, url: str, repository: str, check: _Check
+    ) -> tuple[_Reply, MediaType | None, Digest | None]:
+        """HEAD a manifest with the full Accept set: the reply, its media type and its digest header (on a 200)."""
+        head = await self._request(
+            endpoint, "HEAD", url, scope=_pull_scope(repository), accept=MANIFEST_ACCEPT, cap=0, check=check
+        )
+        if head.status != 200:
+            return head, None, None
+        media = check_media_type(media_type_of(head.headers.get("content-type")))
+        return head, media, parse_digest_header(head.headers.get("docker-content-digest"))
+
     async def _observe_digest(self, ref: ImageRef, platforms: bool, check: _Check) -> Observation:
         asked = ref.digest
         if asked is None:
             raise ValueError(f"{ref} has neither a tag nor a digest")
         endpoint = self._endpoint(ref.registry)
         url = f"{endpoint.base}/v2/{ref.repository}/manifests/{asked}"
-        head = await self._request(
-            endpoint,
-            "HEAD",
-            url,
-            scope=_pull_scope(ref.repository),
-            accept=MANIFEST_ACCEPT,
-            cap=0,
-            check=check,
-        )
+        head, media, header_digest = await self._head_manifest(endpoint, url, ref.repository, check)
         if head.status == 200:
-            media = check_media_type(media_type_of(head.headers.get("content-type")))
-            header_digest = parse_digest_header(head.headers.get("docker-content-digest"))
             if header_digest is not None and header_digest != asked:
                 raise RegistryFailure("registry digest header disagrees with requested digest")
             if not platforms or (media is not None and not media.is_index):
