@@ -8,13 +8,18 @@ UV ?= uv
 BENCH_RUN ?= $(UV) run --locked python -m bench.run
 BENCH_ARGS ?=
 
-.PHONY: bench bench-10k bench-quick
+.PHONY: bench bench-10k bench-quick bench-deps
 
-bench:
+# The registry and the naive baseline are Debian packages; say how to get them instead of failing mid-run.
+bench-deps: setup
+	@command -v docker-registry >/dev/null || { echo "make bench needs docker-registry: apt-get install -y docker-registry" >&2; exit 2; }
+	@command -v skopeo >/dev/null || { echo "make bench needs skopeo (the naive baseline): apt-get install -y skopeo" >&2; exit 2; }
+
+bench: bench-deps
 	$(BENCH_RUN) $(BENCH_ARGS)
 
-bench-10k:
+bench-10k: bench-deps
 	$(BENCH_RUN) --repos 250 --tags 40 --rounds 1 --out bench/results-10k.json --markdown "" $(BENCH_ARGS)
 
-bench-quick:
+bench-quick: bench-deps
 	$(BENCH_RUN) --quick $(BENCH_ARGS)
