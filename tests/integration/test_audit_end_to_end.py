@@ -12,7 +12,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from audit.drift import AlertPolicy
 from audit.models import Digest, MediaType, Verdict
 from audit.service import AuditService, RunReport
 from tests.support.aws_fixtures import AwsClients, MotoServer, TableNames
-from tests.support.cli_runner import CliResult, CliRunner, clear_client_caches, set_audit_environment
+from tests.support.cli_runner import CliResult, CliRunner, set_audit_environment
 from tests.support.local_registry import LocalRegistry
 from tests.support.pusher import PushedImage
 from tests.support.sns_capture import (
@@ -50,13 +50,6 @@ def source_of(tag: str) -> str:
 
 def short(digest: str) -> str:
     return Digest.parse(digest).short
-
-
-@pytest.fixture(autouse=True)
-def _fresh_boto_clients() -> Iterator[None]:
-    clear_client_caches()
-    yield
-    clear_client_caches()
 
 
 @pytest.fixture

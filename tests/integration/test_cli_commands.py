@@ -9,7 +9,6 @@ import csv
 import io
 import json
 import secrets
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 from audit.adapters.dynamodb_store import DynamoStateStore, DynamoTrustStore
 from audit.models import Digest
 from tests.support.aws_fixtures import AwsClients, TableNames
-from tests.support.cli_runner import CliResult, CliRunner, clear_client_caches, set_audit_environment
+from tests.support.cli_runner import CliResult, CliRunner, set_audit_environment
 from tests.support.local_registry import LocalRegistry
 from tests.support.pusher import PushedImage
 from tests.support.sns_capture import create_topic
@@ -39,13 +38,6 @@ REPORT_FIELDS = [
     "status",
     "since",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_boto_clients() -> Iterator[None]:
-    clear_client_caches()
-    yield
-    clear_client_caches()
 
 
 @pytest.fixture

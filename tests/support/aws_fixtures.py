@@ -17,6 +17,7 @@ import pytest
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
+from audit import bootstrap
 from audit.adapters.dynamodb_store import create_tables
 from audit.config import ENV_STATE_TABLE, ENV_TRUST_TABLE
 
@@ -158,11 +159,19 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer
 
 
 @pytest.fixture
-def aws(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> AwsClients:
-    """A clean moto (state reset before the test) and client factories; AWS_* re-applied for this test."""
+def aws(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsClients]:
+    """A clean moto (state reset before the test) and client factories; AWS_* re-applied for this test.
+
+    The process-wide boto3 clients that `audit.bootstrap` caches (a Lambda warm cache) are dropped before and
+    after, so code under test always talks to this test's endpoint.
+    """
     _apply(moto_server.environment, monkeypatch)
     moto_server.reset()
-    return AwsClients(moto_server.endpoint_url, moto_server.region)
+    bootstrap.dynamodb_client.cache_clear()
+    bootstrap.sns_client.cache_clear()
+    yield AwsClients(moto_server.endpoint_url, moto_server.region)
+    bootstrap.dynamodb_client.cache_clear()
+    bootstrap.sns_client.cache_clear()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from audit import bootstrap, cli
+from audit import cli
 from audit.config import (
     ALL_VARIABLES,
     ENV_INSECURE_REGISTRIES,
@@ -53,11 +53,6 @@ class CliRunner:
             code = exc.code if isinstance(exc.code, int) else 2
         out, err = self._capsys.readouterr()
         return CliResult(code, out, err)
-
-
-def clear_client_caches() -> None:
-    bootstrap.dynamodb_client.cache_clear()
-    bootstrap.sns_client.cache_clear()
 
 
 def set_audit_environment(

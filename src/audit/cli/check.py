@@ -19,6 +19,7 @@ from audit.cli.common import (
     registry_options_from,
     render_table,
 )
+from audit.config import RegistryOptions
 from audit.drift import check_verdict
 from audit.errors import UsageError
 from audit.models import Digest, ImageRef, Observation, Verdict
@@ -87,7 +88,7 @@ def run_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _observe_all(options: Any, refs: list[ImageRef], platforms: bool) -> list[Observation]:
+async def _observe_all(options: RegistryOptions, refs: list[ImageRef], platforms: bool) -> list[Observation]:
     async with bootstrap.registry_client(options) as client:
         return list(
             await asyncio.gather(
@@ -101,8 +102,6 @@ def _row(typed: str, ref: ImageRef, observation: Observation, platform: str | No
     live: Digest | None = observation.live_digest
     if platform is not None:
         live = (observation.platforms or {}).get(platform)
-    if ref.tag is None and verdict is Verdict.MATCH:
-        live = ref.digest
     return {
         "reference": typed,
         "registry": ref.registry,
