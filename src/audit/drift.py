@@ -25,6 +25,7 @@ from audit.models import (
     Verdict,
     WatchSettings,
 )
+from audit.platforms import Platform, select_platform
 
 # cosign signatures/attestations/SBOMs and the OCI 1.1 referrers fallback tag: `<alg>-<hex>[.sig|.att|.sbom]`.
 _REFERRER_TAG_RE = re.compile(r"^(?:sha256-[0-9a-f]{64}|sha512-[0-9a-f]{128})(?:\.(?:sig|att|sbom))?$")
@@ -229,16 +230,17 @@ def _is_index(media_type: str | None) -> bool | None:
 
 
 def check_verdict(
-    observation: Observation, pinned: Digest | None, platform: str | None = None
+    observation: Observation, pinned: Digest | None, platform: Platform | None = None
 ) -> tuple[Verdict, str | None]:
     """The verdict of `digest-audit check` for one reference.
 
     No pin: RESOLVED when a digest was established. With a pin: MATCH or DRIFT. With a platform, the child
-    digest of that platform is what is resolved or compared; a tag that is not a multi-platform index is
-    UNVERIFIABLE for a platform query (a single manifest does not say which platform it is built for without
-    its config), and a platform absent from the index is MISSING. A pin equal to the index digest itself
-    matches (the index names its children). Without a platform, a pin that is only a child of the live index
-    is a DRIFT whose reason suggests `--platform`.
+    digest of that platform (matched as `docker pull --platform` matches: `arm64` is `arm64/v8`) is what is
+    resolved or compared; a tag that is not a multi-platform index is UNVERIFIABLE for a platform query (a single
+    manifest does not say which platform it is built for without its config), and so is a platform the index
+    does not have (the tag exists, so never MISSING; the caller treats it as a usage problem, see
+    `platform_absent`). A pin equal to the index digest itself matches (the index names its children). Without a
+    platform, a pin that is only a child of the live index is a DRIFT whose reason suggests `--platform`.
     """
     if observation.status is LiveStatus.UNVERIFIABLE:
         return Verdict.UNVERIFIABLE, observation.reason or "the registry did not establish a digest"
@@ -264,16 +266,25 @@ def check_verdict(
         if _is_index(observation.media_type) is False:
             return Verdict.UNVERIFIABLE, f"not a multi-platform index: cannot select {platform}"
         return Verdict.UNVERIFIABLE, f"the platforms of the index were not read: cannot select {platform}"
-    child = observation.platforms.get(platform)
-    if child is None:
-        return Verdict.MISSING, f"platform {platform} not in index"
+    selected = select_platform(observation.platforms, platform)
+    if selected is None:
+        present = ", ".join(observation.platforms) or "no platforms"
+        return Verdict.UNVERIFIABLE, f"platform {platform} is not in the index (it has {present})"
+    entry, child = selected
     if pinned is None:
-        return Verdict.RESOLVED, f"{platform} child of index {top.short}"
+        return Verdict.RESOLVED, f"{entry} child of index {top.short}"
     if child == pinned:
-        return Verdict.MATCH, f"{platform} child of index {top.short}"
+        return Verdict.MATCH, f"{entry} child of index {top.short}"
     if top == pinned:
         return Verdict.MATCH, "the pinned digest is the index itself, which is unchanged"
-    return Verdict.DRIFT, f"the {platform} child is {child.short}, pinned {pinned.short} (index {top.short})"
+    return Verdict.DRIFT, f"the {entry} child is {child.short}, pinned {pinned.short} (index {top.short})"
+
+
+def platform_absent(observation: Observation, platform: Platform | None) -> bool:
+    """True when the tag is an index that was read and has no child for `platform` (a usage problem)."""
+    if platform is None or observation.status is not LiveStatus.FOUND or observation.platforms is None:
+        return False
+    return select_platform(observation.platforms, platform) is None
 
 
 # --------------------------------------------------------------------------------------------------- tags

@@ -405,20 +405,39 @@ def test_platform_compares_the_child_of_an_index(
     assert all(row["platforms"] == index_image.platforms for row in run.rows)
 
 
-def test_platform_absent_from_the_index_is_missing(
+def test_platform_absent_from_the_index_is_a_usage_problem_listing_what_is_there(
     capsys: pytest.CaptureFixture[str], registry: LocalRegistry, index_image: PushedImage, cli_env: object
 ) -> None:
     reference = registry.reference(index_image.repository, "2.0", index_image.digest)
 
     run = check(capsys, "--json", "--platform", "linux/s390x", reference)
 
-    assert run.exit_code == 1
+    assert run.exit_code == 2  # the tag exists: never "missing"
     [row] = run.rows
     assert (row["status"], row["live_digest"], row["reason"]) == (
-        "missing",
+        "unverifiable",
         None,
-        "platform linux/s390x not in index",
+        "platform linux/s390x is not in the index (it has linux/amd64, linux/arm64)",
     )
+    assert f"digest-audit: error: platform linux/s390x is not in the index of {reference}" in run.stderr
+
+
+@pytest.mark.parametrize(("spelled", "asked"), [("linux/arm64/v8", "linux/arm64"), ("linux/arm64", "linux/arm64/v8")])
+def test_platform_spellings_match_as_docker_pull_matches_them(
+    capsys: pytest.CaptureFixture[str], registry: LocalRegistry, cli_env: object, spelled: str, asked: str
+) -> None:
+    # Docker Hub's official images spell arm64 with variant v8, buildx without: both are what a pull takes.
+    image = registry.pusher.push_image(
+        f"cli-tests/spelling-{secrets.token_hex(3)}", "1.0", "docker-list", ["linux/amd64", spelled]
+    )
+    child = image.platforms[spelled]
+
+    run = check(capsys, "--json", "--platform", asked, registry.reference(image.repository, "1.0", child))
+
+    assert run.exit_code == 0
+    [row] = run.rows
+    assert (row["status"], row["live_digest"]) == ("match", child)
+    assert row["reason"] == f"{spelled} child of index {short(image.digest)}"
 
 
 def test_a_child_pinned_without_platform_is_drift_with_a_hint(

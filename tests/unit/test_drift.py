@@ -38,6 +38,7 @@ from audit.models import (
     Verdict,
     WatchSettings,
 )
+from audit.platforms import Platform
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -331,9 +332,13 @@ INDEX = {"linux/amd64": d(10), "linux/arm64": d(11)}
             observed(d(1), platforms=INDEX),
             d(10),
             "linux/s390x",
-            Verdict.MISSING,
-            "platform linux/s390x not in index",
+            Verdict.UNVERIFIABLE,
+            "platform linux/s390x is not in the index (it has linux/amd64, linux/arm64)",
         ),
+        # Docker Hub's official images say arm64 + v8; `docker pull --platform linux/arm64` takes that child.
+        (observed(d(1), platforms={"linux/arm64/v8": d(12)}), d(12), "linux/arm64", Verdict.MATCH, "linux/arm64/v8"),
+        (observed(d(1), platforms=INDEX), d(11), "linux/arm64/v8", Verdict.MATCH, "linux/arm64 child"),
+        (observed(d(1), platforms={"linux/arm/v7": d(13)}), None, "linux/arm", Verdict.RESOLVED, "linux/arm/v7"),
         (
             observed(d(1), media_type=MediaType.OCI_MANIFEST),
             d(1),
@@ -358,7 +363,7 @@ def test_check_verdict(
     verdict: Verdict,
     reason_part: str | None,
 ) -> None:
-    got, reason = check_verdict(observation, pin, platform)
+    got, reason = check_verdict(observation, pin, Platform.parse(platform) if platform else None)
     assert got is verdict
     if reason_part is not None:
         assert reason is not None and reason_part in reason

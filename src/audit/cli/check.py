@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -20,14 +19,14 @@ from audit.cli.common import (
     render_table,
 )
 from audit.config import RegistryOptions
-from audit.drift import check_verdict
+from audit.drift import check_verdict, platform_absent
 from audit.errors import UsageError
 from audit.models import Digest, ImageRef, Observation, Verdict
-
-_PLATFORM_RE = re.compile(r"^[a-z0-9._-]+/[a-z0-9._-]+(/[a-z0-9._-]+)?$")
+from audit.platforms import Platform, select_platform
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
+EXIT_USAGE = 2
 EXIT_UNVERIFIABLE = 3
 
 
@@ -62,18 +61,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    if args.platform is not None and not _PLATFORM_RE.match(args.platform):
-        raise UsageError(
-            f"invalid --platform {args.platform!r}",
-            hint="use OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm64/v8",
-        )
+    platform = _parse_platform(args.platform)
     references = parse_references(args.references, args.file)
     options = registry_options_from(args)
-    want_platforms = bool(args.platforms or args.platform)
+    want_platforms = bool(args.platforms or platform)
     observations = asyncio.run(_observe_all(options, [ref for _, ref in references], want_platforms))
     rows = [
-        _row(typed, ref, observation, args.platform)
+        _row(typed, ref, observation, platform)
         for (typed, ref), observation in zip(references, observations, strict=True)
+    ]
+    absent = [
+        typed
+        for (typed, _), observation in zip(references, observations, strict=True)
+        if platform_absent(observation, platform)
     ]
     if args.json:
         print_json(rows)
@@ -83,6 +83,11 @@ def run_check(args: argparse.Namespace) -> int:
     _summarise(rows, counts)
     if counts[Verdict.DRIFT] or counts[Verdict.MISSING]:
         return EXIT_PROBLEM
+    if absent:
+        # The tag exists; the question named a platform it was never built for. Say which ones it has.
+        err(f"digest-audit: error: platform {platform} is not in the index of {', '.join(absent)}")
+        err("  hint: use one of the platforms the reason lists, e.g. --platform linux/amd64")
+        return EXIT_USAGE
     if counts[Verdict.UNVERIFIABLE]:
         return EXIT_UNVERIFIABLE
     return EXIT_OK
@@ -97,11 +102,21 @@ async def _observe_all(options: RegistryOptions, refs: list[ImageRef], platforms
         )
 
 
-def _row(typed: str, ref: ImageRef, observation: Observation, platform: str | None) -> dict[str, Any]:
+def _parse_platform(text: str | None) -> Platform | None:
+    if text is None:
+        return None
+    try:
+        return Platform.parse(text)
+    except UsageError as exc:
+        raise UsageError(f"invalid --platform {text!r}", hint=exc.hint) from None
+
+
+def _row(typed: str, ref: ImageRef, observation: Observation, platform: Platform | None) -> dict[str, Any]:
     verdict, reason = check_verdict(observation, ref.digest, platform)
     live: Digest | None = observation.live_digest
     if platform is not None:
-        live = (observation.platforms or {}).get(platform)
+        selected = select_platform(observation.platforms or {}, platform)
+        live = selected[1] if selected else None
     return {
         "reference": typed,
         "registry": ref.registry,
@@ -113,7 +128,7 @@ def _row(typed: str, ref: ImageRef, observation: Observation, platform: str | No
         "reason": reason,
         "checked_at": _iso(observation.checked_at),
         "media_type": observation.media_type,
-        "platform": platform,
+        "platform": str(platform) if platform else None,
         "platforms": (
             {name: str(digest) for name, digest in observation.platforms.items()}
             if observation.platforms is not None

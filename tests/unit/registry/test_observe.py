@@ -143,13 +143,30 @@ async def test_head_header_that_disagrees_with_the_body_is_unverifiable(registry
     assert observation.reason == "registry digest header disagrees with content"
 
 
-async def test_content_type_outside_the_accepted_set_is_unverifiable_without_a_get(registry: FakeRegistry) -> None:
-    schema1 = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+@pytest.mark.parametrize(
+    "schema1",
+    [
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        "application/vnd.docker.distribution.manifest.v1+json",
+    ],
+)
+async def test_schema1_is_unverifiable_without_a_get_and_says_to_re_push(registry: FakeRegistry, schema1: str) -> None:
     registry.push(REPO, "1.0", b'{"schemaVersion": 1}', schema1)
     async with make_client(registry) as client:
         observation = await client.observe(ref())
     assert observation.status is LiveStatus.UNVERIFIABLE
-    assert observation.reason == f"unexpected content type {schema1}"
+    assert observation.reason == (
+        "serves a Docker schema 1 manifest, which cannot be verified: re-push the tag as schema 2 or OCI"
+    )
+    assert [r.method for r in registry.requests] == ["HEAD"]
+
+
+async def test_content_type_outside_the_accepted_set_is_unverifiable_without_a_get(registry: FakeRegistry) -> None:
+    registry.push(REPO, "1.0", b'{"schemaVersion": 2}', "application/vnd.example.thing+json")
+    async with make_client(registry) as client:
+        observation = await client.observe(ref())
+    assert observation.status is LiveStatus.UNVERIFIABLE
+    assert observation.reason == "unexpected content type application/vnd.example.thing+json"
     assert [r.method for r in registry.requests] == ["HEAD"]
 
 

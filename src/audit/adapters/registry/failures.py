@@ -35,6 +35,11 @@ def hint_for(reason: str, registry: str) -> str:
         return "wait for the registry's rate limit window, or authenticate to get a higher limit"
     if "tls" in reason:
         return f"give the CA that signed {registry}'s certificate with --ca-file, or fix the certificate"
+    if reason.startswith("serves a Docker schema 1 manifest"):
+        return (
+            "schema 1 is deprecated and cannot be verified by digest; re-push the tag as schema 2 or OCI "
+            "(e.g. `crane copy` or `docker buildx imagetools create` from the trusted source), then record it"
+        )
     if reason.startswith("insecure"):
         return "plain HTTP is used only for hosts listed as insecure registries; list it if that is intended"
     if "timeout" in reason or "connection" in reason or "dns" in reason:

@@ -15,6 +15,17 @@ from audit.models import Digest, MediaType
 # The reference registry's limit; the spec says clients should expect at least 4 MB.
 MAX_MANIFEST_BYTES: Final = 4 * 1024 * 1024
 ACCEPTED_MEDIA_TYPES: Final = frozenset(m.value for m in MediaType)
+# Docker schema 1 (removed from Docker 26): its signed form has no content digest a client can recompute, so a tag
+# that still serves it can never be verified, only re-pushed.
+SCHEMA1_MEDIA_TYPES: Final = frozenset(
+    {
+        "application/vnd.docker.distribution.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    }
+)
+SCHEMA1_REASON: Final = (
+    "serves a Docker schema 1 manifest, which cannot be verified: re-push the tag as schema 2 or OCI"
+)
 # BuildKit marks attestation manifests in an index with this annotation (and an unknown/unknown platform).
 ATTESTATION_ANNOTATION: Final = "vnd.docker.reference.type"
 
@@ -41,6 +52,8 @@ def check_media_type(media: str | None) -> MediaType | None:
     """A served media type must be one we asked for (schema1, HTML login pages and the like are not)."""
     if media is None:
         return None
+    if media in SCHEMA1_MEDIA_TYPES:
+        raise RegistryFailure(SCHEMA1_REASON)
     if media not in ACCEPTED_MEDIA_TYPES:
         raise RegistryFailure(f"unexpected content type {media}")
     return MediaType(media)
