@@ -5,6 +5,7 @@ No I/O and no clock reads (the service passes time in), so every rule is a table
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from audit.models import (
     Verdict,
     WatchSettings,
 )
+from audit.packages import IndexFile, ProjectPage, parse_filename
 from audit.platforms import Platform, select_platform
 
 # cosign signatures/attestations/SBOMs and the OCI 1.1 referrers fallback tag: `<alg>-<hex>[.sig|.att|.sbom]`.
@@ -508,3 +510,78 @@ def finding_for(  # noqa: PLR0917 - the service passes the six facts positionall
         first_seen=first_seen,
         notice=notice,
     )
+
+
+# --------------------------------------------------------------------------------------------------- packages
+
+
+@dataclass(frozen=True, slots=True)
+class PackageCheck:
+    """One package file to judge in a run: a recorded file (with what the index lists for it, if anything),
+    or a file the index lists that nobody recorded (`untracked_reason` says why it is reported)."""
+
+    ref: ImageRef
+    trusted: TrustedImage | None
+    served: IndexFile | None
+    untracked_reason: str | None = None
+
+
+#: A page may list thousands of files nobody recorded; report this many per project, then say how many more.
+MAX_UNTRACKED_PER_PROJECT = 100
+#: Names that fit no wheel/sdist grammar, reported per project (each under a key derived from its hash).
+MAX_INVALID_PER_PROJECT = 10
+
+
+def plan_package_checks(
+    registry: str,
+    project: str,
+    recorded: Sequence[TrustedImage],
+    page: ProjectPage,
+    *,
+    track_new_releases: bool,
+    max_untracked: int = MAX_UNTRACKED_PER_PROJECT,
+) -> tuple[list[PackageCheck], int]:
+    """Pair recorded files with the page's files; pick the unrecorded ones worth reporting.
+
+    A file nobody recorded is reported when it belongs to a recorded release (someone added a wheel to it), or,
+    with new-release tracking, when its release was never recorded. Returns the checks and how many untracked
+    files were left out beyond `max_untracked`.
+    """
+    served = {file.filename: file for file in page.files}
+    recorded_names = {record.tag for record in recorded}
+    releases = {parsed.release for record in recorded if (parsed := parse_filename(record.tag)) is not None}
+    checks = [PackageCheck(record.ref, record, served.get(record.tag)) for record in recorded]
+    base = ImageRef(registry=registry, repository=project)
+    untracked: list[PackageCheck] = []
+    for file in sorted(page.files, key=lambda f: f.filename):
+        if file.filename in recorded_names:
+            continue
+        other = "" if file.name.project == project else f" (its name says project {file.name.project})"
+        if file.name.release in releases:
+            why = f"a file in recorded release {file.name.version} that CI did not record{other}"
+        elif track_new_releases:
+            why = f"release {file.name.version} was never recorded{other}"
+        else:
+            continue
+        untracked.append(PackageCheck(base.with_tag(file.filename), None, file, why))
+    for invalid in page.invalid[:MAX_INVALID_PER_PROJECT]:
+        key = "invalid-filename-" + hashlib.sha256(invalid.encode()).hexdigest()[:16]
+        why = f"the index lists {invalid!r}, which is no wheel or sdist filename"
+        untracked.append(PackageCheck(base.with_tag(key), None, None, why))
+    left_out = max(0, len(untracked) - max_untracked)
+    return [*checks, *untracked[:max_untracked]], left_out
+
+
+def package_verdict(check: PackageCheck, observation: Observation, *, truncated: bool = False) -> Judgement:
+    """The verdict of one package file: recorded files as `judge` (pinned: a filename never moves), unrecorded
+    ones UNTRACKED. A recorded file absent from a truncated page is UNVERIFIABLE, never MISSING."""
+    if check.trusted is None:
+        return Judgement(Verdict.UNTRACKED, check.untracked_reason)
+    if truncated and observation.status is LiveStatus.MISSING:
+        return Judgement(Verdict.UNVERIFIABLE, "the page lists more files than are read: cannot say it is gone")
+    judgement = judge(check.trusted, observation)
+    if check.served is not None and check.served.yanked is not None:
+        yanked = f"release yanked ({check.served.yanked or 'no reason given'})"
+        reason = f"{judgement.reason}; {yanked}" if judgement.reason else yanked
+        return Judgement(judgement.verdict, reason)
+    return judgement

@@ -7,6 +7,8 @@ AuditError
  │    └── ConfigError           a missing or malformed setting (environment or flag)
  ├── CredentialsError           credentials could not be loaded (config.json, helper, ECR, secret)
  ├── RegistryError              a registry answered in a way that prevents establishing a digest
+ │    └── PackageIndexError     a package index page or file could not be read (or was not an index page)
+ │         └── ProjectNotFoundError  the index has no such project (404/410)
  ├── TrustError                 the trust store refused an operation (e.g. silent replace)
  │    └── TrustConflictError    a different digest is already trusted for this tag
  ├── StoreError                 the trust or state store could not be read or written (exit code 4)
@@ -57,6 +59,14 @@ class CredentialsError(AuditError):
 
 class RegistryError(AuditError):
     exit_code = 3
+
+
+class PackageIndexError(RegistryError):
+    default_hint = "check the index URL, the network, and the index credentials (netrc or the credentials secret)"
+
+
+class ProjectNotFoundError(PackageIndexError):
+    default_hint = "check the project name and --index-url"
 
 
 class TrustError(AuditError):

@@ -10,7 +10,7 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from audit.errors import InvalidDigestError, InvalidReferenceError
-from audit.reference import familiar_name, parse_digest, parse_reference
+from audit.reference import PACKAGE_REGISTRY_PREFIX, familiar_name, parse_digest, parse_reference
 
 
 class Frozen(BaseModel):
@@ -107,7 +107,9 @@ class ImageRef(Frozen):
     def familiar(self) -> str:
         """Short human form, e.g. `openzaak/open-zaak:1.3.5`."""
         text = familiar_name(self.registry, self.repository)
-        if self.tag:
+        if self.tag and self.registry.startswith(PACKAGE_REGISTRY_PREFIX):
+            text += f"/{self.tag}"  # a package file: pypi:PROJECT/FILENAME
+        elif self.tag:
             text += f":{self.tag}"
         if self.digest:
             text += f"@{self.digest}"

@@ -15,6 +15,7 @@ from audit.models import (
     TrustedImage,
     WatchSettings,
 )
+from audit.packages import IndexFile, ProjectPage
 
 
 class TrustStore(Protocol):
@@ -78,4 +79,16 @@ class Alerts(Protocol):
 
     def publish(self, run_id: str, findings: Sequence[Finding], *, total_tags: int) -> int:
         """Publish findings; return the number of messages sent."""
+        ...
+
+
+class PackageIndex(Protocol):
+    """The live side of Python packages: what a simple index (PEP 503/691) serves for a project now."""
+
+    async def project_page(self, index_url: str, project: str) -> ProjectPage:
+        """Raises ProjectNotFoundError when the index has no such project, PackageIndexError on anything else."""
+        ...
+
+    async def file_digest(self, index_url: str, file: IndexFile) -> Digest:
+        """sha256 of the bytes the index serves for one file (streamed, size-capped); raises PackageIndexError."""
         ...

@@ -21,6 +21,9 @@ _HOST_RE = re.compile(
 _DIGEST_LENGTHS = {"sha256": 64, "sha512": 128}
 _HEX_RE = re.compile(r"^[0-9a-f]+$")
 MAX_NAME_LENGTH = 255
+#: Package files (audit.packages) are stored beside images with `registry = "pypi:<index URL>"`.
+PACKAGE_REGISTRY_PREFIX = "pypi:"
+DEFAULT_PACKAGE_INDEX = "https://pypi.org/simple"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +131,17 @@ def parse_reference(text: str) -> ParsedReference:
     return ParsedReference(registry=registry, repository=path, tag=tag, digest=digest)
 
 
+def is_valid_host(text: str) -> bool:
+    """`host[:port]` as a registry or an index names it (DNS name, IPv4, or a bracketed IPv6 literal)."""
+    return _HOST_RE.match(text) is not None
+
+
 def familiar_name(registry: str, repository: str) -> str:
-    """The short name people type: `nginx`, `openzaak/open-zaak`, `ghcr.io/org/app`."""
+    """The short name people type: `nginx`, `openzaak/open-zaak`, `ghcr.io/org/app`, `pypi:requests`."""
+    if registry.startswith(PACKAGE_REGISTRY_PREFIX):
+        index = registry.removeprefix(PACKAGE_REGISTRY_PREFIX)
+        where = "" if index == DEFAULT_PACKAGE_INDEX else f"{index}/"
+        return f"{PACKAGE_REGISTRY_PREFIX}{where}{repository}"
     if registry == DOCKER_HUB_API_HOST:
         return repository.removeprefix("library/")
     return f"{registry}/{repository}"

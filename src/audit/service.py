@@ -30,7 +30,8 @@ from audit.models import (
     WatchSettings,
     utcnow,
 )
-from audit.ports import Alerts, Registry, StateStore, TrustStore
+from audit.package_audit import PackageAuditor, PackageResult, PackageSnapshot, split_snapshot
+from audit.ports import Alerts, PackageIndex, Registry, StateStore, TrustStore
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class AuditService:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         should_start: Callable[[], bool] = lambda: True,
         max_in_flight: int = 64,
+        packages: PackageIndex | None = None,
     ) -> None:
         self._trust = trust
         self._state = state
@@ -122,6 +124,10 @@ class AuditService:
         # the registry client bounds requests per host on its own.
         self._max_in_flight = max_in_flight
         self._ever_trusted: dict[str, frozenset[Digest]] = {}
+        self._packages = PackageAuditor(
+            packages, trust, reverify_delay=reverify_delay, sleep=sleep, should_start=should_start
+        )
+        self._package_snapshot = PackageSnapshot()
 
     async def run(self, options: RunOptions | None = None) -> RunReport:
         options = options or RunOptions()
@@ -133,6 +139,16 @@ class AuditService:
 
         results, report.unreached = await self._check(targets)
         results = await self._reverify(results, {t.ref: t for t in targets}, previous)
+        # Package files: their own small path, the same TagResults into the same decide/publish/save flow.
+        package_run = await self._packages.run(
+            self._package_snapshot,
+            selected=lambda image: _selected(image, options),
+            already_alerted=lambda r: _already_alerted(_tag_result(r), previous),
+        )
+        results += [_tag_result(r) for r in package_run.results]
+        targets += [_Target(r.ref, r.trusted, None) for r in package_run.results]
+        report.unlisted.update(package_run.unlisted)
+        report.unreached += package_run.unreached
         report.results = results
 
         decisions = self._decide(results, previous)
@@ -150,7 +166,7 @@ class AuditService:
         return report
 
     async def _targets(self, options: RunOptions) -> tuple[list[_Target], dict[str, str]]:
-        all_trusted, all_settings = self._trust.load_snapshot()
+        all_trusted, all_settings, self._package_snapshot = split_snapshot(*self._trust.load_snapshot())
         trusted = [t for t in all_trusted if _selected(t.image, options)]
         settings = {s.image: s for s in all_settings if _selected(s.image, options)}
         targets = [_Target(t.ref, t, settings.get(t.image)) for t in trusted]
@@ -331,6 +347,10 @@ def _already_alerted(result: TagResult, previous: dict[tuple[str, str], TagState
         return False
     live = result.observation.live_digest if result.verdict is Verdict.DRIFT else None
     return state.alerted_digest == live
+
+
+def _tag_result(result: PackageResult) -> TagResult:
+    return TagResult(result.ref, result.trusted, result.observation, result.verdict, result.reason)
 
 
 def _selected(image: str, options: RunOptions) -> bool:

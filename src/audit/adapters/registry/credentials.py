@@ -90,7 +90,8 @@ def registry_key(text: str) -> str:
 
 def credential_from_entry(entry: Mapping[str, object], *, where: str) -> Credential | None:
     """Read one docker-style entry: `auth` (base64 user:pass), `username`+`password`, or `identitytoken`."""
-    identity_token = entry.get("identitytoken", entry.get("identity_token"))
+    # `token` is how package-index entries of the credentials secret name an API token.
+    identity_token = entry.get("identitytoken", entry.get("identity_token", entry.get("token")))
     username = entry.get("username")
     password = entry.get("password")
     auth = entry.get("auth")
