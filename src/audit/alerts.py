@@ -12,7 +12,9 @@ from datetime import UTC, datetime
 
 from audit.drift import platform_changes
 from audit.models import Digest, Finding, ImageRef, Notice, Verdict
+from audit.packages import index_of, is_package_registry, parse_filename
 from audit.reference import DOCKER_HUB_API_HOST, familiar_name
+from audit.untrusted import shell_word
 
 #: SNS takes 256 KiB per message and per PublishBatch call; stay well under, attributes and subject included.
 MAX_MESSAGE_BYTES = 240_000
@@ -289,8 +291,46 @@ def _image_at(finding: Finding, digest: Digest) -> str:
     return f"{familiar_name(finding.registry, finding.repository)}@{digest}"
 
 
+def _package_release(finding: Finding) -> str:
+    """`PROJECT==VERSION` of a package finding, as pip takes it (the version from the validated filename)."""
+    name = parse_filename(finding.tag or "")
+    return f"{finding.repository}=={name.version}" if name is not None else finding.repository
+
+
+def package_confirm_commands(finding: Finding) -> list[str]:
+    """Download exactly what the index serves and hash it, without trusting this tool."""
+    index = shell_word(index_of(finding.registry))
+    commands = [
+        f"pip download --no-deps --index-url {index} --dest digest-audit-check {shell_word(_package_release(finding))}"
+    ]
+    if parse_filename(finding.tag or "") is not None:
+        commands.append(f"sha256sum digest-audit-check/{shell_word(finding.tag or '')}")
+    return commands
+
+
+def _package_fix_commands(finding: Finding) -> list[str]:
+    if finding.tag is None or finding.notice is Notice.RESOLVED:
+        return []
+    release = shell_word(f"pypi:{_package_release(finding)}")
+    index = shell_word(index_of(finding.registry))
+    if finding.status is Verdict.DRIFT:
+        return [
+            f"restore:  upload the CI-built {shell_word(finding.tag)} again (yank or delete the served one first)",
+            f'accept:   digest-audit record {release} --index-url {index} --dist DIR --replace --reason "WHY" '
+            '--source "CI RUN URL"',
+        ]
+    if finding.status is Verdict.UNTRACKED:
+        return [
+            f"remove:   yank or delete {shell_word(finding.tag)} in the index (PyPI: Manage project > Releases)",
+            f'record:   digest-audit record {release} --index-url {index} --dist DIR --source "CI RUN URL"',
+        ]
+    return []
+
+
 def confirm_commands(finding: Finding) -> list[str]:
     """Commands a person can run to see the live digest without trusting this tool."""
+    if is_package_registry(finding.registry):
+        return package_confirm_commands(finding)
     name = _pull_name(finding)
     commands = [
         f"crane digest {name}",
@@ -316,6 +356,8 @@ def _platform_line(finding: Finding) -> str | None:
 
 def _fix_commands(finding: Finding) -> list[str]:
     """Concrete commands to restore or to accept what the registry serves, for the verdicts that have them."""
+    if is_package_registry(finding.registry):
+        return _package_fix_commands(finding)
     if finding.tag is None or finding.notice is Notice.RESOLVED:
         return []
     commands: list[str] = []
@@ -383,6 +425,59 @@ NEXT_STEPS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: The package section: what a responder does about a package file (an upload token may have leaked).
+PACKAGE_INTRO = {
+    "drift": "The package index serves a file with the same name but other content than CI built. "
+    "Treat this as a possible compromise until it is explained.",
+    "missing": "The package index no longer serves these recorded files.",
+    "unverifiable": "The audit could not establish what the index serves for these files: "
+    "it cannot say they are unchanged.",
+    "untracked": "The package index serves files nobody recorded: an added wheel in a recorded release, "
+    "or a release nobody recorded.",
+    "resolved": "These earlier package alerts are resolved.",
+}
+
+_ROTATE = (
+    "Rotate the index upload token (PyPI: Account settings > API tokens). PyPI trusted publishing removes "
+    "long-lived upload tokens altogether: publish from CI with OIDC instead."
+)
+
+PACKAGE_NEXT_STEPS: dict[str, tuple[str, ...]] = {
+    "drift": (
+        "Do not install this release until it is explained; pin installs by hash (pip --require-hashes) "
+        "to the trusted sha256.",
+        "Confirm by hand: pip download the file and compare its sha256sum with the trusted digest.",
+        "Yank or delete the served file in the index, then upload the CI-built file again.",
+        _ROTATE,
+    ),
+    "missing": (
+        "Find out who deleted the file or release (the index's audit log or project history).",
+        "If it should exist, upload the CI-built file again; if it was retired on purpose, remove its record.",
+    ),
+    "unverifiable": (
+        "Run the confirm commands from a machine with index access: the file may have changed unnoticed.",
+        "Check the index credentials (netrc, the credentials secret, CodeArtifact permissions) and the network.",
+    ),
+    "untracked": (
+        "Find out who uploaded these files and from which pipeline (PyPI: the project's security history).",
+        "If nobody uploaded them knowingly: yank or delete them at once; pip prefers a more specific wheel.",
+        _ROTATE,
+        "If they are legitimate, record them from the CI build (the record command).",
+    ),
+    "resolved": ("No action is needed for these files now.",),
+}
+
+
+def _intro(group: _Group) -> str:
+    table = PACKAGE_INTRO if is_package_registry(group.registry) else _INTRO
+    return table.get(group.verdict, "")
+
+
+def _next_steps(registry: str, verdict: str) -> tuple[str, ...]:
+    table = PACKAGE_NEXT_STEPS if is_package_registry(registry) else NEXT_STEPS
+    return table.get(verdict, ())
+
+
 def _default_text(subject: str, run_id: str, findings: Sequence[Finding]) -> str:
     lines = [subject]
     for finding in findings:
@@ -398,14 +493,14 @@ def _default_text(subject: str, run_id: str, findings: Sequence[Finding]) -> str
 
 
 def _email_text(group: _Group, subject: str, findings: Sequence[Finding], *, part: int, parts: int) -> str:
-    lines = [subject, "", _INTRO.get(group.verdict, ""), ""]
+    lines = [subject, "", _intro(group), ""]
     counts = f"Run {group.run_id}: {len(findings)} finding(s) of {group.total_tags} audited tag(s)"
     lines.append(counts + (f", part {part} of {parts}" if parts > 1 else "") + ".")
     for number, finding in enumerate(findings, start=1):
         lines.extend(["", _RULE, f"[{number}] {finding.reference} ({finding.notice.value})", ""])
         lines.extend(_email_finding(finding))
     lines.extend(["", _RULE, "What to do next:"])
-    lines.extend(f"  {n}. {step}" for n, step in enumerate(NEXT_STEPS.get(group.verdict, ()), start=1))
+    lines.extend(f"  {n}. {step}" for n, step in enumerate(_next_steps(group.registry, group.verdict), start=1))
     lines.extend(["", "-- digest-audit"])
     return "\n".join(lines)
 
@@ -414,9 +509,10 @@ def _email_finding(finding: Finding) -> list[str]:
     def row(label: str, value: object) -> str:
         return f"  {label + ':':<17}{value}"
 
+    package = is_package_registry(finding.registry)
     lines = [
-        row("Image", f"{finding.registry}/{finding.repository}"),
-        row("Tag", finding.tag or "-"),
+        row("Package" if package else "Image", f"{finding.registry}/{finding.repository}"),
+        row("File" if package else "Tag", finding.tag or "-"),
         row("Status", finding.status.value),
     ]
     if finding.reason:
@@ -464,7 +560,7 @@ def _chat_notification(group: _Group, subject: str, findings: Sequence[Finding],
             "textType": "client-markdown",
             "title": subject,
             "description": "\n".join(lines),
-            "nextSteps": _chat_steps(verdict, findings),
+            "nextSteps": _chat_steps(group.registry, verdict, findings),
             "keywords": [verdict, SEVERITY.get(verdict, "medium"), group.image],
         },
         "metadata": {
@@ -476,8 +572,8 @@ def _chat_notification(group: _Group, subject: str, findings: Sequence[Finding],
     }
 
 
-def _chat_steps(verdict: str, findings: Sequence[Finding]) -> list[str]:
-    steps = list(NEXT_STEPS.get(verdict, ()))
+def _chat_steps(registry: str, verdict: str, findings: Sequence[Finding]) -> list[str]:
+    steps = list(_next_steps(registry, verdict))
     if len(findings) == 1 and verdict != "resolved":
         steps.insert(0, f"Confirm by hand: `{confirm_commands(findings[0])[0]}`")
     return steps

@@ -13,6 +13,12 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from audit.adapters.package_index import (
+    CodeArtifactCredentials,
+    IndexSettings,
+    NetrcCredentials,
+    PackageIndexClient,
+)
 from audit.adapters.registry import (
     ChainCredentials,
     CredentialProvider,
@@ -78,6 +84,23 @@ def static_credentials(secret_text: str, *, origin: str) -> StaticCredentials:
 
 def registry_client(options: RegistryOptions, *, secret_text: str | None = None) -> RegistryClient:
     return RegistryClient(registry_settings(options), credentials(options, secret_text=secret_text))
+
+
+def package_index(
+    options: RegistryOptions, *, secret_text: str | None = None, netrc: bool = False
+) -> PackageIndexClient:
+    """Index credentials: the same secret map as registries (host -> username/password or token), `netrc` for
+    the CLI, and CodeArtifact tokens (`codeartifact:GetAuthorizationToken`) for CodeArtifact hosts."""
+    providers: list[CredentialProvider] = []
+    if secret_text is not None:
+        providers.append(static_credentials(secret_text, origin=options.credentials_secret or "secret"))
+    if netrc:
+        providers.append(NetrcCredentials())
+    providers.append(CodeArtifactCredentials())
+    settings = IndexSettings(
+        insecure_hosts=options.insecure_registries, ca_file=options.ca_file, timeout=options.timeout
+    )
+    return PackageIndexClient(settings, ChainCredentials(*providers))
 
 
 @cache
@@ -167,6 +190,7 @@ class LambdaApp:
         self.config = config
         self.loop = asyncio.new_event_loop()
         self.registry = registry_client(config.registry, secret_text=secret_text)
+        self.packages = package_index(config.registry, secret_text=secret_text)
         self.trust = trust_store(None, config)
         self.state = state_store(None, config)
         self.alerts = sns_alerts(config)
@@ -190,6 +214,7 @@ class LambdaApp:
             alert_policy=self.policy,
             reverify_delay=self.config.reverify_delay,
             should_start=should_start,
+            packages=self.packages,
         )
         return self.loop.run_until_complete(service.run(options))
 
@@ -222,6 +247,7 @@ def reset_lambda_app() -> None:
         if pending:
             loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.run_until_complete(_lambda_app.registry.aclose())
+        loop.run_until_complete(_lambda_app.packages.aclose())
         loop.close()
     _lambda_app = None
 

@@ -18,10 +18,12 @@ from audit.cli.common import (
     registry_options_from,
     render_table,
 )
+from audit.cli.packages import run_check_packages
 from audit.config import RegistryOptions
 from audit.drift import check_verdict, platform_absent
 from audit.errors import UsageError
 from audit.models import Digest, ImageRef, Observation, Verdict
+from audit.packages import is_package_spec
 from audit.platforms import Platform, select_platform
 
 EXIT_OK = 0
@@ -37,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Resolve the live digest of each IMAGE[:TAG][@DIGEST]; with @DIGEST, compare. "
         "Exit 0 all fine, 1 drift or missing, 3 unverifiable, 2 usage error.",
     )
-    parser.add_argument("references", nargs="*", metavar="IMAGE[@DIGEST]")
+    parser.add_argument("references", nargs="*", metavar="IMAGE[@DIGEST] | pypi:PROJECT==VERSION")
     parser.add_argument(
         "-f",
         "--file",
@@ -56,11 +58,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--platforms", action="store_true", help="also fetch per-platform child digests of multi-arch tags"
     )
+    parser.add_argument("--index-url", metavar="URL", help="pypi: the simple index (default https://pypi.org/simple)")
     add_registry_options(parser)
     parser.set_defaults(handler=run_check)
 
 
 def run_check(args: argparse.Namespace) -> int:
+    packages = [text for text in args.references if is_package_spec(text)]
+    if packages:
+        if len(packages) != len(args.references) or args.file or args.platform or args.platforms:
+            raise UsageError(
+                "pypi: packages are checked on their own", hint="check images and packages in separate commands"
+            )
+        return run_check_packages(args, registry_options_from(args), packages)
+    if args.index_url is not None:
+        raise UsageError("--index-url is for pypi:PROJECT==VERSION", hint="drop it for images")
     platform = _parse_platform(args.platform)
     references = parse_references(args.references, args.file)
     options = registry_options_from(args)

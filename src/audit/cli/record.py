@@ -13,9 +13,11 @@ from pathlib import Path
 from audit import bootstrap
 from audit.adapters.registry import RegistryClient, RegistryRequestError
 from audit.cli.common import add_registry_options, add_store_options, registry_options_from
+from audit.cli.packages import record_package
 from audit.config import Environment, RegistryOptions, audit_config
 from audit.errors import AuditError, RegistryError, UsageError
 from audit.models import Digest, ImageRef, LiveStatus, MediaType, RecordOutcome, TrustedImage, utcnow
+from audit.packages import is_package_spec
 from audit.ports import TrustStore
 
 
@@ -36,7 +38,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "a moving tag (see `digest-audit watch --moving`). Previous records are kept as history.",
     )
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("reference", nargs="?", metavar="IMAGE:TAG@DIGEST")
+    what.add_argument("reference", nargs="?", metavar="IMAGE:TAG@DIGEST | pypi:PROJECT==VERSION")
     what.add_argument(
         "--from-buildx-metadata",
         type=Path,
@@ -45,9 +47,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     what.add_argument(
         "--resolve",
-        metavar="IMAGE:TAG",
-        help="record what the registry serves now (first adoption of an existing release)",
+        metavar="IMAGE:TAG | pypi:PROJECT==VERSION",
+        help="record what the registry (or index) serves now (first adoption of an existing release)",
     )
+    parser.add_argument(
+        "--dist", type=Path, metavar="DIR", help="pypi: the directory CI built the wheels and sdist into (hashed)"
+    )
+    parser.add_argument("--index-url", metavar="URL", help="pypi: the simple index (default https://pypi.org/simple)")
     parser.add_argument("--source", required=True, help="where the digest came from: CI run URL or free text")
     parser.add_argument("--commit", help="the commit the image was built from")
     parser.add_argument("--recorded-by", help="who records (default: CI actor or the local user)")
@@ -72,7 +78,12 @@ def run_record(args: argparse.Namespace) -> int:
         raise UsageError("--source is empty", hint='give the CI run URL, e.g. --source "$CI_JOB_URL"')
     env = Environment()
     options = registry_options_from(args, env)
+    package = is_package_spec(args.resolve or args.reference or "")
+    if not package and (args.dist is not None or args.index_url is not None):
+        raise UsageError("--dist and --index-url are for pypi:PROJECT==VERSION", hint="images take IMAGE:TAG@DIGEST")
     store = bootstrap.trust_store(args.trust_file, audit_config(env, options), create=True)
+    if package:
+        return record_package(args, options, store, recorded_by=args.recorded_by or _default_recorder())
 
     resolved_now = False
     if args.from_buildx_metadata is not None:

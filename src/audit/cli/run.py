@@ -72,8 +72,13 @@ def run_audit(args: argparse.Namespace) -> int:
     options = RunOptions(repositories=repositories, dry_run=args.dry_run)
 
     async def audit() -> RunReport:
-        async with bootstrap.registry_client(config.registry) as client:
-            service = AuditService(trust, state, client, alerts, alert_policy=policy, reverify_delay=delay)
+        async with (
+            bootstrap.registry_client(config.registry) as client,
+            bootstrap.package_index(config.registry, netrc=True) as packages,
+        ):
+            service = AuditService(
+                trust, state, client, alerts, alert_policy=policy, reverify_delay=delay, packages=packages
+            )
             return await service.run(options)
 
     report = asyncio.run(audit())

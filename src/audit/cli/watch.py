@@ -6,9 +6,11 @@ import argparse
 
 from audit import bootstrap
 from audit.cli.common import add_store_options
-from audit.config import Environment, RegistryOptions, audit_config
+from audit.cli.packages import package_watch_settings
+from audit.config import Environment, RegistryOptions, audit_config, registry_options
 from audit.errors import UsageError
 from audit.models import ImageRef, MovingMode, WatchSettings
+from audit.packages import is_package_registry, is_package_spec
 from audit.reference import familiar_name
 
 
@@ -18,7 +20,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="set how a repository is audited (new tags, ignore patterns, moving tags)",
         description="Without options, show the settings of IMAGE. Options change only what they name.",
     )
-    parser.add_argument("image", metavar="IMAGE", help="a repository, e.g. openzaak/open-zaak (no tag)")
+    parser.add_argument(
+        "image", metavar="IMAGE | pypi:PROJECT", help="a repository, e.g. openzaak/open-zaak (no tag), or pypi:PROJECT"
+    )
     tracking = parser.add_mutually_exclusive_group()
     tracking.add_argument(
         "--track-new-tags",
@@ -28,6 +32,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="report tags the registry has that nobody recorded (untracked)",
     )
     tracking.add_argument("--no-track-new-tags", dest="track", action="store_false")
+    tracking.add_argument(
+        "--track-new-releases",
+        dest="track",
+        action="store_true",
+        default=None,
+        help="pypi:PROJECT: report releases nobody recorded (untracked)",
+    )
+    tracking.add_argument("--no-track-new-releases", dest="track", action="store_false")
+    parser.add_argument("--index-url", metavar="URL", help="pypi: the simple index (default https://pypi.org/simple)")
     parser.add_argument(
         "--ignore", action="append", default=[], metavar="GLOB", help="tags never reported (repeatable)"
     )
@@ -59,6 +72,17 @@ def parse_moving(text: str) -> tuple[str, MovingMode]:
 
 
 def run_watch(args: argparse.Namespace) -> int:
+    if is_package_spec(args.image):
+        env = Environment()
+        options = registry_options(env)
+        store = bootstrap.trust_store(args.trust_file, audit_config(env, options), create=True)
+        current, updated = package_watch_settings(args, options, store.get_watch_settings)
+        if args.track is not None and updated != current:
+            store.put_watch_settings(updated)
+        print(describe(updated))
+        return 0
+    if args.index_url is not None:
+        raise UsageError("--index-url is for pypi:PROJECT", hint="drop it for images")
     ref = ImageRef.parse(args.image)
     if ref.digest is not None or ":" in args.image.rsplit("/", 1)[-1]:
         raise UsageError(f"watch takes a repository without tag or digest, not {args.image!r}")
@@ -91,6 +115,8 @@ def _changes_requested(args: argparse.Namespace) -> bool:
 
 def describe(settings: WatchSettings) -> str:
     name = familiar_name(settings.registry, settings.repository)
+    if is_package_registry(settings.registry):
+        return f"{name}\n  track new releases: {'yes' if settings.track_new_tags else 'no'}"
     moving = ", ".join(f"{tag}={mode.value}" for tag, mode in sorted(settings.moving.items())) or "none"
     return "\n".join(
         [
