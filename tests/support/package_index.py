@@ -1,0 +1,178 @@
+"""Real package indexes on 127.0.0.1 for tests: a `pypiserver` process (overwrite allowed) fed by `twine`, and a
+small HTTP server that serves recorded-format PyPI responses (PEP 691 JSON, error pages, a huge simple page).
+
+Wheels and sdists are written by hand here (a zip with METADATA/WHEEL/RECORD, a tar.gz with PKG-INFO): enough
+for twine and pypiserver, and each build can carry different content under the same filename.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.registry_process import free_port
+
+
+def build_wheel(directory: Path, project: str, version: str, *, tag: str = "py3-none-any", content: str = "1") -> Path:
+    """A minimal valid wheel; `content` changes its bytes (and hash) without changing its name."""
+    dist = project.replace("-", "_")
+    path = directory / f"{dist}-{version}-{tag}.whl"
+    info = f"{dist}-{version}.dist-info"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{dist}/__init__.py", f"VALUE = {content!r}\n")
+        archive.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n")
+        archive.writestr(f"{info}/WHEEL", f"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: {tag}\n")
+        archive.writestr(f"{info}/RECORD", "")
+    return path
+
+
+def build_sdist(directory: Path, project: str, version: str, *, content: str = "1") -> Path:
+    dist = project.replace("-", "_")
+    path = directory / f"{dist}-{version}.tar.gz"
+    files = {
+        f"{dist}-{version}/PKG-INFO": f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n",
+        f"{dist}-{version}/{dist}/__init__.py": f"VALUE = {content!r}\n",
+    }
+    with tarfile.open(path, "w:gz") as archive:
+        for name, text in files.items():
+            data = text.encode()
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            member.mtime = 0
+            archive.addfile(member, io.BytesIO(data))
+    return path
+
+
+class PypiServer:
+    """`pypi-server run --overwrite` on a free port, serving `packages/`; uploads go through `twine`."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.packages = workdir / "packages"
+        self.packages.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.log = workdir / "pypiserver.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def index_url(self) -> str:
+        return f"http://{self.host}/simple"
+
+    def start(self) -> None:
+        command = [
+            sys.executable, "-m", "pypiserver", "run", "-p", str(self.port), "-i", "127.0.0.1",
+            "-a", ".", "-P", ".", "--overwrite", "--backend", "simple-dir", str(self.packages),
+        ]  # fmt: skip
+        with self.log.open("wb") as log:
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"pypiserver exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"http://{self.host}/simple/", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError(f"pypiserver did not start: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+
+    def upload(self, *paths: Path) -> None:
+        command = [
+            sys.executable, "-m", "twine", "upload", "--non-interactive", "--disable-progress-bar",
+            "--repository-url", f"http://{self.host}/", "-u", "ci", "-p", "unused", *map(str, paths),
+        ]  # fmt: skip
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+    def delete(self, filename: str) -> None:
+        (self.packages / filename).unlink()
+
+
+@pytest.fixture
+def pypi_server(tmp_path: Path) -> Iterator[PypiServer]:
+    server = PypiServer(tmp_path / "pypiserver")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class Route:
+    status: int
+    content_type: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class RecordedIndex:
+    """A threaded HTTP server on 127.0.0.1 answering fixed routes (path -> Route); everything else is 404."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        routes, requests = self.routes, self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                requests.append((self.path, dict(self.headers.items())))
+                route = routes.get(self.path.split("?", 1)[0]) or Route(404, "text/plain", b"not found")
+                self.send_response(route.status)
+                self.send_header("Content-Type", route.content_type)
+                self.send_header("Content-Length", str(len(route.body)))
+                for name, value in route.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(route.body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def index_url(self) -> str:
+        return f"http://{self.host}/simple"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def recorded_index() -> Iterator[RecordedIndex]:
+    server = RecordedIndex()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
