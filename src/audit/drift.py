@@ -566,7 +566,7 @@ def plan_package_checks(
         untracked.append(PackageCheck(base.with_tag(file.filename), None, file, why))
     for invalid in page.invalid[:MAX_INVALID_PER_PROJECT]:
         key = "invalid-filename-" + hashlib.sha256(invalid.encode()).hexdigest()[:16]
-        why = f"the index lists {invalid!r}, which is no wheel or sdist filename"
+        why = f"the index lists a file named {invalid}, which is no wheel or sdist filename"
         untracked.append(PackageCheck(base.with_tag(key), None, None, why))
     left_out = max(0, len(untracked) - max_untracked)
     return [*checks, *untracked[:max_untracked]], left_out
