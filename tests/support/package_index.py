@@ -131,12 +131,15 @@ class RecordedIndex:
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
-        routes, requests = self.routes, self.requests
+        self.authorization: str | None = None  # when set, any other Authorization header gets a 401
+        routes, requests, index = self.routes, self.requests, self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 requests.append((self.path, dict(self.headers.items())))
                 route = routes.get(self.path.split("?", 1)[0]) or Route(404, "text/plain", b"not found")
+                if index.authorization is not None and self.headers.get("Authorization") != index.authorization:
+                    route = Route(401, "text/plain", b"login required", {"WWW-Authenticate": 'Basic realm="index"'})
                 self.send_response(route.status)
                 self.send_header("Content-Type", route.content_type)
                 self.send_header("Content-Length", str(len(route.body)))

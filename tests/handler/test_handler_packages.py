@@ -1,0 +1,119 @@
+"""The scheduled Lambda audits recorded package files beside image tags: DynamoDB trust and state, SNS alerts,
+index credentials from the same Secrets Manager map as registries."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+import handler  # noqa: F401 - first import at collection, as in test_handler
+from audit.config import ENV_CREDENTIALS_SECRET
+from audit.models import Digest, TrustedImage
+from audit.packages import registry_key
+from tests.handler.fixtures import (
+    Function,
+    LambdaEnvironment,
+    function,
+    lambda_env,
+    lambda_env_for,
+    load_event,
+    new_container,
+)
+from tests.support.local_registry import LocalRegistry
+from tests.support.package_index import RecordedIndex, Route
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning"),
+]
+__all__ = ["function", "lambda_env", "lambda_env_for", "new_container"]
+
+WHEEL = "demo_pkg-1.0-py3-none-any.whl"
+
+
+def serve_page(index: RecordedIndex, content: bytes) -> str:
+    index.routes[f"/files/{WHEEL}"] = Route(200, "application/octet-stream", content)
+    page = {
+        "meta": {"api-version": "1.1"},
+        "name": "demo-pkg",
+        "files": [
+            {
+                "filename": WHEEL,
+                "url": f"/files/{WHEEL}",
+                "hashes": {"sha256": hashlib.sha256(content).hexdigest()},
+            }
+        ],
+    }
+    index.routes["/simple/demo-pkg/"] = Route(200, "application/vnd.pypi.simple.v1+json", json.dumps(page).encode())
+    return "sha256:" + hashlib.sha256(content).hexdigest()
+
+
+def test_the_scheduled_run_audits_packages_beside_images_with_index_credentials_from_the_secret(
+    function: Function,
+    lambda_env_for: LambdaEnvironment,
+    registry: LocalRegistry,
+    repository: str,
+    recorded_index: RecordedIndex,
+) -> None:
+    env = lambda_env_for
+    env.allow_plain_http(recorded_index.host)
+    recorded_index.authorization = "Basic " + base64.b64encode(b"reader:s3cret").decode()
+    secret = {recorded_index.host: {"username": "reader", "password": "s3cret"}}
+    arn = env.aws.secretsmanager().create_secret(Name="digest-audit/index", SecretString=json.dumps(secret))["ARN"]
+    env.setenv(ENV_CREDENTIALS_SECRET, arn)
+    image = registry.pusher.push_image(repository, "1.0", "oci")
+    env.record(registry.reference_of(image), image.digest)
+    trusted = serve_page(recorded_index, b"the wheel CI built")
+    env.trust.record(
+        TrustedImage(
+            registry=registry_key(recorded_index.index_url),
+            repository="demo-pkg",
+            tag=WHEEL,
+            digest=Digest.parse(trusted),
+            source="https://ci.example/pipelines/9",
+            recorded_at=datetime.now(UTC),
+        )
+    )
+
+    summary = function.invoke(load_event("scheduled.json"))
+    assert summary["by_verdict"] == {"match": 2}
+    assert env.state_keys() == {
+        (f"{registry.host}/{repository}", "1.0"),
+        (f"pypi:{recorded_index.index_url}/demo-pkg", WHEEL),
+    }
+
+    live = serve_page(recorded_index, b"a wheel uploaded with a stolen token")
+    summary = function.invoke(load_event("scheduled.json"))
+    assert summary["by_verdict"] == {"match": 1, "drift": 1}
+    (envelope,) = env.alerts.envelopes()
+    assert envelope["MessageAttributes"]["registry"]["Value"] == f"pypi:{recorded_index.index_url}"
+    (finding,) = json.loads(envelope["Message"])["findings"]
+    assert (finding["tag"], finding["trusted_digest"], finding["live_digest"]) == (WHEEL, trusted, live)
+    # The credentials went to the index and never to a log, an alert or a file URL elsewhere.
+    assert "s3cret" not in json.dumps(envelope)
+
+
+def test_wrong_index_credentials_make_package_files_unverifiable(
+    function: Function, lambda_env_for: LambdaEnvironment, recorded_index: RecordedIndex
+) -> None:
+    env = lambda_env_for
+    env.allow_plain_http(recorded_index.host)
+    recorded_index.authorization = "Basic " + base64.b64encode(b"reader:right").decode()
+    trusted = serve_page(recorded_index, b"wheel")
+    env.trust.record(
+        TrustedImage(
+            registry=registry_key(recorded_index.index_url),
+            repository="demo-pkg",
+            tag=WHEEL,
+            digest=Digest.parse(trusted),
+            source="https://ci.example/pipelines/9",
+            recorded_at=datetime.now(UTC),
+        )
+    )
+    summary = function.invoke(load_event("scheduled.json"))
+    assert summary["by_verdict"] == {"unverifiable": 1}
+    assert "HTTP 401 (access denied)" in summary["unverifiable"][0]["reason"]
