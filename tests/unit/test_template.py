@@ -418,6 +418,31 @@ def test_secret_and_ecr_access_exist_only_under_their_conditions(template: dict[
     assert conditions["EcrEnabled"] == {"Fn::Equals": [{"Ref": "EnableEcr"}, "true"]}
 
 
+def test_codeartifact_access_exists_only_for_the_one_domain_given(template: dict[str, Any]) -> None:
+    grants = [g for g in function_grants(template) if any(a.startswith("codeartifact:") for a in g.actions)]
+    bearer = [g for g in function_grants(template) if "sts:GetServiceBearerToken" in g.actions]
+    assert grants and bearer
+    assert all(grant.condition == "HasCodeArtifact" for grant in [*grants, *bearer])
+    assert set().union(*(g.actions for g in grants)) == {
+        "codeartifact:GetAuthorizationToken",
+        "codeartifact:ReadFromRepository",
+    }
+    for grant in grants:
+        assert all(references(resource) >= {"CodeArtifactDomain"} for resource in grant.resources)
+    statements = [
+        statement
+        for policy in function_properties(template)["Policies"]
+        if isinstance(policy, dict) and "Fn::If" in policy and policy["Fn::If"][0] == "HasCodeArtifact"
+        for statement in policy["Fn::If"][1]["Statement"]
+    ]
+    [sts] = [s for s in statements if s["Action"] == "sts:GetServiceBearerToken"]
+    assert sts["Condition"] == {"StringEquals": {"sts:AWSServiceName": "codeartifact.amazonaws.com"}}
+    assert template["Conditions"]["HasCodeArtifact"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "CodeArtifactDomain"}, ""]}]
+    }
+    assert template["Parameters"]["CodeArtifactDomain"]["Default"] == ""
+
+
 def test_recorder_policy_writes_trust_and_nothing_else(template: dict[str, Any]) -> None:
     policy = resources(template)["RecorderPolicy"]
     assert policy["Type"] == "AWS::IAM::ManagedPolicy"
