@@ -306,3 +306,34 @@ def test_a_huge_simple_page_is_bounded(
     assert (verdicts[WHEEL], verdicts[SDIST]) == (Verdict.UNVERIFIABLE, Verdict.UNVERIFIABLE)
     assert list(verdicts.values()).count(Verdict.UNTRACKED) == 100  # reported per project, the rest counted
     assert "more files than are read (20000)" in err
+
+
+def test_index_credentials_from_netrc_never_go_to_a_file_host_elsewhere(
+    cli: CliRunner, tmp_path: Path, recorded_index: RecordedIndex
+) -> None:
+    files_host = RecordedIndex()
+    files_host.start()
+    try:
+        files_host.routes[f"/files/{WHEEL}"] = Route(200, "application/octet-stream", b"wheel bytes")
+        entry = {"filename": WHEEL, "url": f"http://{files_host.host}/files/{WHEEL}", "hashes": {}}
+        page = {"meta": {"api-version": "1.0"}, "name": "demo-pkg", "files": [entry]}
+        recorded_index.routes["/simple/demo-pkg/"] = Route(
+            200, "application/vnd.pypi.simple.v1+json", json.dumps(page).encode()
+        )
+        recorded_index.authorization = "Basic cmVhZGVyOnMzY3JldA=="  # reader:s3cret
+        netrc = tmp_path / "home" / ".netrc"
+        netrc.write_text("machine 127.0.0.1 login reader password s3cret\n")
+        netrc.chmod(0o600)
+
+        result = cli("check", "--json", "pypi:demo-pkg==1.0", "--index-url", recorded_index.index_url)
+        assert result.code == 0, result.err
+        [row] = json.loads(result.out)
+        assert (row["status"], row["live_digest"]) == (
+            "resolved",
+            "sha256:" + hashlib.sha256(b"wheel bytes").hexdigest(),
+        )
+        assert row["reason"] == "hashed from the served bytes"  # the index listed no hash
+        assert all(headers.get("Authorization") for _, headers in recorded_index.requests)
+        assert files_host.requests and not any("Authorization" in headers for _, headers in files_host.requests)
+    finally:
+        files_host.stop()

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import base64
 import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from audit.adapters.package_index import (
+    CodeArtifactCredentials,
     IndexSettings,
+    NetrcCredentials,
     basic_authorization,
     codeartifact_domain,
     parse_html_page,
     parse_json_page,
 )
 from audit.adapters.registry import Credential
-from audit.errors import PackageIndexError
+from audit.errors import CredentialsError, PackageIndexError
 
 PAGE = "https://pypi.example.com/simple/demo-pkg/"
 HEX = "ab" * 32
@@ -127,3 +133,57 @@ def test_codeartifact_hosts_are_recognised() -> None:
     assert codeartifact_domain(host) == ("my-domain", "111122223333", "eu-west-1")
     assert codeartifact_domain("pypi.org") is None
     assert codeartifact_domain("x-111122223333.d.codeartifact.eu-west-1.amazonaws.com.evil.example") is None
+
+
+class FakeCodeArtifact:
+    """Stands in for the boto3 client: counts token requests, can fail like botocore does."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, object]] = []
+        self.fail = False
+
+    def get_authorization_token(self, **kwargs: object) -> dict[str, object]:
+        self.calls.append(kwargs)
+        if self.fail:
+            raise RuntimeError("AccessDeniedException: not authorized to perform codeartifact:GetAuthorizationToken")
+        return {"authorizationToken": "ca-token", "expiration": datetime.fromtimestamp(2_000, UTC)}
+
+
+async def test_codeartifact_tokens_are_fetched_for_their_domain_and_cached() -> None:
+    fake = FakeCodeArtifact()
+    regions: list[str] = []
+
+    def client_for(region: str) -> Any:
+        regions.append(region)
+        return fake
+
+    provider = CodeArtifactCredentials(client_for, clock=lambda: 1_000.0)
+    host = "team-111122223333.d.codeartifact.eu-west-1.amazonaws.com"
+    first = await provider.get(host)
+    again = await provider.get(host)
+    assert first is not None and again is first
+    assert basic_authorization(first) == "Basic " + base64.b64encode(b"aws:ca-token").decode()
+    assert fake.calls == [{"domain": "team", "domainOwner": "111122223333", "durationSeconds": 900}]
+    assert regions == ["eu-west-1"]
+    assert await provider.get("pypi.org") is None
+    assert "ca-token" not in repr(first)
+
+
+async def test_a_refused_codeartifact_token_is_a_credentials_error_naming_the_permission() -> None:
+    fake = FakeCodeArtifact()
+    fake.fail = True
+    provider = CodeArtifactCredentials(lambda region: fake)  # type: ignore[arg-type,return-value]
+    with pytest.raises(CredentialsError) as error:
+        await provider.get("team-111122223333.d.codeartifact.eu-west-1.amazonaws.com")
+    assert "codeartifact:GetAuthorizationToken" in error.value.hint
+
+
+async def test_netrc_gives_index_credentials_by_host(tmp_path: Path) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine pypi.example.com login reader password s3cret\n")
+    netrc.chmod(0o600)
+    provider = NetrcCredentials(netrc)
+    found = await provider.get("pypi.example.com")
+    assert found is not None and basic_authorization(found) == "Basic " + base64.b64encode(b"reader:s3cret").decode()
+    assert await provider.get("other.example.com") is None
+    assert await NetrcCredentials(tmp_path / "absent").get("pypi.example.com") is None
