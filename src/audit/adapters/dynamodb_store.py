@@ -8,6 +8,11 @@ Trust table, key `image` (S, normalised `registry/repository`) + `sk` (S):
     sk = "history#<tag>#<superseded_at>#<old digest>"   a record that was replaced or moved; never deleted
     sk = "$watch"                                       WatchSettings of the repository
 
+Python package files use the same items (audit.packages): `image` = `pypi:<index URL>/<normalised project>`
+(`registry` = `pypi:<index URL>`, `repository` = the project), tag = the wheel or sdist filename, validated
+against its grammar (letters, digits and `._+!-`: never '#', '$' or '/'); no image name can start with
+`pypi:`, so packages and images cannot collide, and items written before packages existed read as before.
+
 Tags match `[A-Za-z0-9_][A-Za-z0-9._-]*`: they never contain '#' or '$', so the three kinds cannot collide
 and `history#1.0#` never matches the history of `1.0.1`. "All tags of a repository" is one Query on `image`,
 "everything" a paginated Scan. `superseded_at` is a fixed-width ISO 8601 UTC timestamp, so history sorts
