@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from audit.adapters.file_store import FileStateStore, FileTrustStore
 from audit.models import Verdict
 from tests.support.cli_runner import CliRunner, set_audit_environment
-from tests.support.package_index import PypiServer, RecordedIndex, Route, build_sdist, build_wheel
+from tests.support.package_index import DevpiServer, PypiServer, RecordedIndex, Route, build_sdist, build_wheel
 
 pytestmark = pytest.mark.integration
 
@@ -337,3 +338,27 @@ def test_index_credentials_from_netrc_never_go_to_a_file_host_elsewhere(
         assert files_host.requests and not any("Authorization" in headers for _, headers in files_host.requests)
     finally:
         files_host.stop()
+
+
+# --------------------------------------------------------------------------------------------------- devpi
+
+
+def test_devpi_serves_the_json_api_and_a_volatile_overwrite_is_drift(
+    cli: CliRunner, tmp_path: Path, devpi_server: DevpiServer
+) -> None:
+    name = f"dev{secrets.token_hex(3)}"
+    index_url = devpi_server.new_index(name)
+    files = built(tmp_path / "dist")
+    devpi_server.upload(name, *files)
+    audit = Audit(cli, tmp_path, index_url)
+    audit.record(tmp_path / "dist")
+
+    code, out, err = audit.run()
+    assert (code, out) == (0, ""), err
+    assert audit.verdicts() == {WHEEL: Verdict.MATCH, SDIST: Verdict.MATCH}
+
+    [evil, _] = built(tmp_path / "evil", content="stolen token")
+    devpi_server.upload(name, evil)  # a volatile index takes the same filename again
+    code, out, _ = audit.run()
+    assert code == 1
+    assert f"live {sha256(evil)}; trusted {sha256(files[0])}" in out

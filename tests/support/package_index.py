@@ -1,5 +1,6 @@
-"""Real package indexes on 127.0.0.1 for tests: a `pypiserver` process (overwrite allowed) fed by `twine`, and a
-small HTTP server that serves recorded-format PyPI responses (PEP 691 JSON, error pages, a huge simple page).
+"""Real package indexes on 127.0.0.1 for tests: a `pypiserver` process (overwrite allowed) and a `devpi-server`
+(volatile indexes, PEP 691 JSON) fed by `twine`, and a small HTTP server that serves recorded-format PyPI
+responses (PEP 691 JSON, error pages, a huge simple page).
 
 Wheels and sdists are written by hand here (a zip with METADATA/WHEEL/RECORD, a tar.gz with PKG-INFO): enough
 for twine and pypiserver, and each build can carry different content under the same filename.
@@ -7,6 +8,7 @@ for twine and pypiserver, and each build can carry different content under the s
 
 from __future__ import annotations
 
+import base64
 import io
 import subprocess
 import sys
@@ -110,6 +112,86 @@ class PypiServer:
 @pytest.fixture
 def pypi_server(tmp_path: Path) -> Iterator[PypiServer]:
     server = PypiServer(tmp_path / "pypiserver")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class DevpiServer:
+    """`devpi-server --offline-mode` on a free port; `new_index()` creates a volatile (overwritable) index."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.serverdir = workdir / "devpi"
+        self.port = free_port()
+        self.log = workdir / "devpi.log"
+        self.password = "root-password"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._auth = ""
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        bin_dir = Path(sys.executable).parent
+        subprocess.run(
+            [str(bin_dir / "devpi-init"), "--serverdir", str(self.serverdir), "--root-passwd", self.password],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        command = [
+            str(bin_dir / "devpi-server"), "--serverdir", str(self.serverdir), "--host", "127.0.0.1",
+            "--port", str(self.port), "--offline-mode",
+        ]  # fmt: skip
+        with self.log.open("wb") as log:
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 180  # devpi takes its time to import on a busy machine
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"devpi-server exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"http://{self.host}/+api", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        else:
+            raise RuntimeError(f"devpi-server did not start: {self.log.read_text()[-2000:]}")
+        reply = httpx.post(
+            f"http://{self.host}/+login",
+            json={"user": "root", "password": self.password},
+            headers={"Accept": "application/json"},
+        )
+        token = reply.json()["result"]["password"]
+        self._auth = base64.b64encode(f"root:{token}".encode()).decode()
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(timeout=20)
+
+    def new_index(self, name: str) -> str:
+        """A volatile stage index `root/NAME`; returns its simple-API URL."""
+        reply = httpx.put(
+            f"http://{self.host}/root/{name}",
+            json={"type": "stage", "bases": [], "volatile": True},
+            headers={"X-Devpi-Auth": self._auth, "Accept": "application/json"},
+        )
+        reply.raise_for_status()
+        return f"http://{self.host}/root/{name}/+simple"
+
+    def upload(self, name: str, *paths: Path) -> None:
+        command = [
+            sys.executable, "-m", "twine", "upload", "--non-interactive", "--disable-progress-bar",
+            "--repository-url", f"http://{self.host}/root/{name}/", "-u", "root", "-p", self.password,
+            *map(str, paths),
+        ]  # fmt: skip
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def devpi_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevpiServer]:
+    server = DevpiServer(tmp_path_factory.mktemp("devpi"))
     server.start()
     try:
         yield server
