@@ -41,6 +41,7 @@ from audit.config import (
 )
 from audit.errors import ConfigError, CredentialsError
 from audit.models import ImageRef
+from audit.packages import is_package_spec, package_image_name
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -173,7 +174,9 @@ def sns_alerts(config: AuditConfig) -> SnsAlerts:
 
 
 def image_name(text: str) -> str:
-    """`registry/repository` of a repository name as a person types it (`openzaak/open-zaak`)."""
+    """`registry/repository` of a repository name as a person types it (`openzaak/open-zaak`, `pypi:mylib`)."""
+    if is_package_spec(text):
+        return package_image_name(text)
     return ImageRef.parse(text).image
 
 

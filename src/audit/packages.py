@@ -208,3 +208,32 @@ class ProjectPage:
     versions: tuple[str, ...] | None = None  # PEP 700
     api: str = "json"  # "json" (PEP 691) or "html" (PEP 503)
     truncated: bool = False
+
+
+def _any_scheme_index(text: str, *, what: str) -> str:
+    """An index URL as stored in a key: validated, plain http allowed (no request is made from a key)."""
+    host = urlsplit(text).netloc.lower()
+    return parse_index_url(text, insecure_hosts=frozenset({host}), flag=what)
+
+
+def package_key(registry: str, repository: str, tag: str) -> tuple[str, str, str]:
+    """Validate a stored package file key (trust import, hand-edited files); raises UsageError naming the part."""
+    index = _any_scheme_index(index_of(registry), what="registry")
+    if registry_key(index) != registry:
+        raise UsageError(f"package registry {registry!r} is not normalised", hint=f"write {registry_key(index)!r}")
+    project = parse_project(repository, where="repository: ")
+    name = parse_filename(tag)
+    if name is None or name.project != project:
+        raise UsageError(f"tag {tag!r} is no wheel or sdist filename of {project}")
+    return registry, project, tag
+
+
+def package_image_name(text: str) -> str:
+    """`pypi:PROJECT` (PyPI) or `pypi:INDEX_URL/PROJECT` as a person types it, to the key's `image`."""
+    body = text.removeprefix(PACKAGE_PREFIX)
+    if "://" in body:
+        index_text, _, project = body.rstrip("/").rpartition("/")
+        index = _any_scheme_index(index_text, what="index URL")
+    else:
+        index, project = DEFAULT_INDEX_URL, body
+    return f"{registry_key(index)}/{parse_project(project, where=f'{text!r}: ')}"

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from audit.errors import AuditError, TrustConflictError, UsageError
 from audit.models import Digest, ImageRef, RecordOutcome, TrustedImage, WatchSettings
+from audit.packages import is_package_registry, package_key
 from audit.ports import TrustStore
 from audit.reference import normalise_registry
 
@@ -292,6 +293,11 @@ def _image_fields(values: Mapping[str, object], where: str) -> tuple[str, str, s
     registry = _text_field(values, "registry", where) or ""
     repository = _text_field(values, "repository", where) or ""
     tag = _text_field(values, "tag", where) or ""
+    if is_package_registry(registry):  # a Python package file (audit.packages)
+        try:
+            return package_key(registry, repository, tag)
+        except AuditError as exc:
+            raise _field_error(where, "registry", exc.message, exc.hint) from None
     try:
         host_check = ImageRef.parse(f"{registry}/x")
     except AuditError as exc:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+
 import pytest
 
+from audit import bootstrap
+from audit.adapters.file_store import FileTrustStore
+from audit.adapters.trust_io import export_trust, import_trust
 from audit.errors import UsageError
-from audit.models import ImageRef
+from audit.models import Digest, ImageRef, TrustedImage
 from audit.packages import (
     PackageSpec,
     display_name,
     normalise_project,
+    package_key,
     parse_filename,
     parse_index_url,
     registry_key,
@@ -104,3 +111,45 @@ def test_package_files_are_keyed_beside_images_without_colliding() -> None:
     # No image reference can produce a registry starting with "pypi:" (hosts have no ':' before a port).
     with pytest.raises(UsageError):
         ImageRef.parse("pypi:https://pypi.org/simple/demo-pkg:1.0")
+
+
+def test_people_name_package_projects_for_run_repository_and_the_lambda_event() -> None:
+    assert bootstrap.image_name("pypi:Demo_Pkg") == "pypi:https://pypi.org/simple/demo-pkg"
+    assert bootstrap.image_name("pypi:http://127.0.0.1:8080/root/dev/+simple/demo-pkg") == (
+        "pypi:http://127.0.0.1:8080/root/dev/+simple/demo-pkg"
+    )
+    with pytest.raises(UsageError):
+        bootstrap.image_name("pypi:demo pkg")
+
+
+def test_package_records_survive_a_trust_export_and_import(tmp_path: Path) -> None:
+    source = FileTrustStore(tmp_path / "a.json")
+    record = TrustedImage(
+        registry=registry_key("https://pypi.example.com/simple"),
+        repository="demo-pkg",
+        tag="demo_pkg-1.0-py3-none-any.whl",
+        digest=Digest.parse("sha256:" + "a" * 64),
+        source="https://ci.example/runs/1",
+        recorded_at=datetime(2026, 11, 1, tzinfo=UTC),
+    )
+    source.record(record)
+    for fmt in ("csv", "json"):
+        target = FileTrustStore(tmp_path / f"b-{fmt}.json")
+        import_trust(target, export_trust(source, fmt), fmt)
+        assert target.load_all() == [record]
+
+
+@pytest.mark.parametrize(
+    ("registry", "repository", "tag", "problem"),
+    [
+        ("pypi:https://pypi.example.com/simple/", "demo-pkg", "demo_pkg-1.0.tar.gz", "not normalised"),
+        ("pypi:ftp://pypi.example.com/simple", "demo-pkg", "demo_pkg-1.0.tar.gz", "http(s) scheme"),
+        ("pypi:https://pypi.example.com/simple", "demo pkg", "demo_pkg-1.0.tar.gz", "invalid project name"),
+        ("pypi:https://pypi.example.com/simple", "demo-pkg", "other-1.0.tar.gz", "no wheel or sdist filename of"),
+        ("pypi:https://pypi.example.com/simple", "demo-pkg", "tag#1", "no wheel or sdist filename of"),
+    ],
+)
+def test_an_imported_package_key_is_validated(registry: str, repository: str, tag: str, problem: str) -> None:
+    with pytest.raises(UsageError) as error:
+        package_key(registry, repository, tag)
+    assert problem in error.value.message
