@@ -267,6 +267,19 @@ def test_a_drift_is_confirmed_by_the_served_bytes_and_a_lying_index_is_unverifia
     assert audit.verdicts()[SDIST] is Verdict.UNVERIFIABLE
 
 
+def test_a_download_cut_short_is_unverifiable_and_the_run_goes_on(
+    json_index: tuple[Audit, dict[str, bytes]], recorded_index: RecordedIndex
+) -> None:
+    audit, files = json_index
+    body = pep691_page(recorded_index, {**files, WHEEL: b"other bytes"})
+    recorded_index.routes["/simple/demo-pkg/"] = Route(200, "application/vnd.pypi.simple.v1+json", body)
+    recorded_index.routes[f"/files/{WHEEL}"] = Route(200, "application/octet-stream", b"other", declared_length=10_000)
+    code, _, err = audit.run()
+    assert code == 3
+    assert audit.verdicts() == {WHEEL: Verdict.UNVERIFIABLE, SDIST: Verdict.MATCH}
+    assert "RemoteProtocolError while reading" in err
+
+
 @pytest.mark.parametrize(
     ("route", "reason"),
     [

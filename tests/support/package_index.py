@@ -205,6 +205,7 @@ class Route:
     content_type: str
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    declared_length: int | None = None  # a Content-Length that lies: the connection closes short of it
 
 
 class RecordedIndex:
@@ -224,7 +225,7 @@ class RecordedIndex:
                     route = Route(401, "text/plain", b"login required", {"WWW-Authenticate": 'Basic realm="index"'})
                 self.send_response(route.status)
                 self.send_header("Content-Type", route.content_type)
-                self.send_header("Content-Length", str(len(route.body)))
+                self.send_header("Content-Length", str(route.declared_length or len(route.body)))
                 for name, value in route.headers.items():
                     self.send_header(name, value)
                 self.end_headers()

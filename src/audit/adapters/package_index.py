@@ -209,9 +209,17 @@ class _StreamContext:
             raise _status_error(response.status_code, self._what, page=self._page)
         raise PackageIndexError(f"{self._what}: more than {MAX_REDIRECTS} redirects")
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._response is not None:
             await self._response.aclose()
+        # Reading the body can fail too (a cut connection, a stalled read): a finding, never the end of the run.
+        if isinstance(exc, httpx.TimeoutException):
+            raise PackageIndexError(f"{self._what}: timed out while reading") from None
+        if isinstance(exc, httpx.HTTPError):
+            reason = printable(str(exc), max_chars=200)
+            raise PackageIndexError(f"{self._what}: {type(exc).__name__} while reading: {reason}") from None
 
 
 def _status_error(status: int, what: str, *, page: bool) -> PackageIndexError:
@@ -285,7 +293,7 @@ def parse_json_page(
     """PEP 691 (with PEP 592 `yanked` and PEP 700 `versions`, `size`, `upload-time`)."""
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise PackageIndexError(f"{what} is not valid JSON") from None
     meta = data.get("meta") if isinstance(data, dict) else None
     api_version = meta.get("api-version") if isinstance(meta, dict) else None
