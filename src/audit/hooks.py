@@ -290,7 +290,7 @@ def receive(
     if result.status >= 400:
         log.warning("push event refused (%d): %s", result.status, printable(result.reason))
     elif result.status == 204:
-        log.info("push event ignored: %s", printable(result.reason))
+        log.debug("push event ignored: %s", printable(result.reason))
     else:
         for request in result.requests:
             log.info("push event accepted: %s", request.display)

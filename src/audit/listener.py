@@ -155,7 +155,14 @@ class Listener:
                 self.pending.add(result.requests)
                 for request in result.requests:
                     log.info("queued check: %s (grace %g s)", request.display, self.pending.grace)
-            log.info("%s %s %s -> %d", printable(str(peer)), printable(method), _redacted(path), result.status)
+            log.log(
+                logging.DEBUG if result.status == 204 else logging.INFO,
+                "%s %s %s -> %d",
+                printable(str(peer)),
+                printable(method),
+                _redacted(path),
+                result.status,
+            )
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError) as exc:
             log.info("connection from %s dropped: %s", printable(str(peer)), type(exc).__name__)
         finally:
