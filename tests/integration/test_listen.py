@@ -247,3 +247,44 @@ def test_hostile_input_gets_a_clear_4xx_and_nothing_is_queued_or_logged_raw(tmp_
     assert "1 pending check(s) dropped" in logged
     assert "Traceback" not in logged
     assert listen.stdout_text() == ""
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "message"),
+    [
+        ({}, [], "no webhook secret is set"),
+        ({"DIGEST_AUDIT_WEBHOOK_TOKEN": "short"}, [], "DIGEST_AUDIT_WEBHOOK_TOKEN is shorter than"),
+        ({"DIGEST_AUDIT_WEBHOOK_TOKEN": TOKEN}, ["--registry-alias", "nohost"], "invalid --registry-alias 'nohost'"),
+        (
+            {"DIGEST_AUDIT_WEBHOOK_TOKEN": TOKEN},
+            ["--trust-file", "missing.json"],
+            "--trust-file and --state-file go together",
+        ),
+    ],
+)
+def test_listen_usage_errors_are_clear(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], argv: list[str], message: str
+) -> None:
+    monkeypatch.delenv("DIGEST_AUDIT_WEBHOOK_TOKEN", raising=False)
+    monkeypatch.delenv("DIGEST_AUDIT_GITHUB_WEBHOOK_SECRET", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = cli("listen", "--port", "0", *argv)
+    assert result.code == 2
+    assert message in result.err
+    assert "Traceback" not in result.err
+
+
+def test_listen_on_a_busy_port_is_a_usage_error(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DIGEST_AUDIT_WEBHOOK_TOKEN", TOKEN)
+    trust = tmp_path / "trust.json"
+    assert cli("watch", "ghcr.io/org/app", "--track-new-tags", "--trust-file", trust).code == 0
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = cli("listen", "--port", str(port), "--trust-file", trust, "--state-file", tmp_path / "state.json")
+    assert result.code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.err
