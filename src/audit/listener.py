@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 MAX_HEADER_BYTES = 16 * 1024
 MAX_HEADERS = 100
 READ_DEADLINE_SECONDS = 10.0
+#: Connections served at once; more are closed unanswered, so slow clients cannot exhaust file descriptors.
+MAX_CONNECTIONS = 64
 
 _REASONS = {
     100: "Continue",
@@ -125,6 +127,7 @@ class Listener:
         self._max_attempts = max_attempts
         self.pending = PendingChecks(grace)
         self._stopping = False
+        self._connections = 0
 
     # --- HTTP ---------------------------------------------------------------------------------------------------
 
@@ -132,6 +135,11 @@ class Listener:
         """One request per connection; never raises (a broken client only loses its own connection)."""
         peer = writer.get_extra_info("peername")
         method, path = "-", "-"
+        if self._connections >= MAX_CONNECTIONS:
+            log.warning("connection from %s refused: %d connections open", printable(str(peer)), self._connections)
+            writer.close()
+            return
+        self._connections += 1
         try:
             try:
                 async with asyncio.timeout(READ_DEADLINE_SECONDS):
@@ -166,6 +174,7 @@ class Listener:
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError) as exc:
             log.info("connection from %s dropped: %s", printable(str(peer)), type(exc).__name__)
         finally:
+            self._connections -= 1
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()

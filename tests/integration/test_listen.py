@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from audit.listener import MAX_CONNECTIONS
 from tests.support.cli_runner import CliRunner, set_audit_environment
 from tests.support.listen_process import ListenProcess
 from tests.support.local_registry import LocalRegistry, local_registry
@@ -142,6 +143,24 @@ def raw_exchange(port: int, data: bytes) -> bytes:
     return b"".join(chunks)
 
 
+def flood(listen: ListenProcess, port: int, count: int) -> int:
+    """Open `count` idle connections, then send a request on each; return how many got an HTTP answer."""
+    sockets = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(count)]
+    try:
+        listen.wait_for_err(r"connection from .* refused", count=count - MAX_CONNECTIONS)
+        answered = 0
+        for sock in sockets:
+            try:
+                sock.sendall(b"POST /nowhere HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+                answered += sock.recv(100).startswith(b"HTTP/1.1 404 ")
+            except OSError:
+                pass  # closed by the server
+        return answered
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def github(
     body: bytes, delivery: str, *, secret: str = GITHUB_SECRET, event: str = "registry_package"
 ) -> dict[str, str]:
@@ -214,6 +233,7 @@ def test_hostile_input_gets_a_clear_4xx_and_nothing_is_queued_or_logged_raw(tmp_
             port, b"POST /hooks/distribution HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
         )
         wrong_method = raw_exchange(port, b"GET /hooks/distribution HTTP/1.1\r\nHost: x\r\n\r\n")
+        answered = flood(listen, port, MAX_CONNECTIONS + 6)
     finally:
         code = listen.stop(signal.SIGINT)
 
@@ -238,6 +258,7 @@ def test_hostile_input_gets_a_clear_4xx_and_nothing_is_queued_or_logged_raw(tmp_
     for response in (huge, header_bomb, chunked, wrong_method):
         assert b"evil" not in response
 
+    assert answered == MAX_CONNECTIONS  # idle connections beyond the cap were closed unanswered
     assert code == 0
     logged = listen.stderr_text()
     assert len(listen.wait_for_err("queued check:")) == 1  # only the one signed, new GitHub delivery
