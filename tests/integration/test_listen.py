@@ -1,7 +1,8 @@
 """`digest-audit listen` end to end: a real docker-registry sends its push notifications to a real listen process.
 
 The registry is configured with `notifications.endpoints` pointing at listen; images are pushed with the test
-pusher; CI records with the CLI. Alerts are printed (`--trust-file`/`--state-file`), then the hourly `run` is
+pusher; CI records with the CLI. Alerts are printed (`--trust-file`/`--state-file`) or published to SNS on moto
+and received by an SQS subscriber; then the hourly `run` is
 asked whether it has anything new to say.
 """
 
@@ -20,10 +21,12 @@ import httpx
 import pytest
 
 from audit.listener import MAX_CONNECTIONS
+from tests.support.aws_fixtures import AwsClients, MotoServer, TableNames
 from tests.support.cli_runner import CliRunner, set_audit_environment
 from tests.support.listen_process import ListenProcess
 from tests.support.local_registry import LocalRegistry, local_registry
 from tests.support.registry_process import Notifications, free_port
+from tests.support.sns_capture import AlertQueue, create_topic
 
 pytestmark = pytest.mark.integration
 
@@ -127,6 +130,65 @@ def test_push_events_drive_targeted_audits(
     assert result.code == 1, result.err
     assert result.out == ""
     assert "2 finding" not in result.err and "0 finding(s) published" in result.err
+
+
+def test_push_events_with_dynamodb_and_sns(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    moto_server: MotoServer,
+    aws: AwsClients,
+    tables: TableNames,
+    notifying: tuple[LocalRegistry, int],
+) -> None:
+    """The same flow against the AWS stores: the alert reaches an SQS subscriber of the topic exactly once."""
+    registry, port = notifying
+    topic_arn = create_topic(aws, "listen-alerts")
+    inbox = AlertQueue(aws, topic_arn)
+    docker_config = tmp_path / "docker-config"
+    docker_config.mkdir(exist_ok=True)
+    set_audit_environment(
+        monkeypatch,
+        docker_config=docker_config,
+        insecure_registry="127.0.0.1",
+        trust_table=tables.trust,
+        state_table=tables.state,
+        topic_arn=topic_arn,
+    )
+    cli = CliRunner(capsys)
+    repo = f"team/aws{secrets.token_hex(3)}"
+    image = f"{registry.host}/{repo}"
+    listen = ListenProcess(
+        ["--port", str(port), "--grace", GRACE, "--insecure-registry", "127.0.0.1", "--reverify-delay", "0"],
+        env={
+            **moto_server.environment,
+            "TRUSTED_DIGESTS_TABLE": tables.trust,
+            "AUDIT_STATE_TABLE": tables.state,
+            "ALERT_TOPIC_ARN": topic_arn,
+            "DOCKER_CONFIG": str(docker_config),
+            "DIGEST_AUDIT_WEBHOOK_TOKEN": TOKEN,
+        },
+        cwd=tmp_path,
+    ).start()
+    try:
+        release = registry.pusher.push_image(repo, "1.0")
+        assert cli("record", f"{image}:1.0@{release.digest}", "--source", "https://ci.example/1").code == 0
+        assert "1 match; 0 finding(s)" in runs(listen, 1)[0]
+        assert inbox.receive() == []
+
+        registry.pusher.tamper(repo, "1.0")
+        assert "1 drift; 1 finding(s) published in 1 message(s)" in runs(listen, 2)[1]
+        (alert,) = inbox.receive()
+        assert alert.subject == f"DRIFT: {image}:1.0 (1 of 1 tags)"
+        assert alert.attributes["verdict"] == "drift"
+    finally:
+        code = listen.stop()
+    assert code == 0, listen.stderr_text()
+    assert listen.stdout_text() == ""  # alerts went to SNS
+
+    hourly = cli("run", "--reverify-delay", "0")
+    assert hourly.code == 1
+    assert inbox.receive() == []  # same dedup key: the hourly run has nothing new to say
 
 
 def post(port: int, path: str, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
