@@ -2,8 +2,7 @@
 
 The registry is configured with `notifications.endpoints` pointing at listen; images are pushed with the test
 pusher; CI records with the CLI. Alerts are printed (`--trust-file`/`--state-file`) or published to SNS on moto
-and received by an SQS subscriber; then the hourly `run` is
-asked whether it has anything new to say.
+and received by an SQS subscriber; then the hourly `run` is asked whether it has anything new to say.
 """
 
 from __future__ import annotations
@@ -115,6 +114,18 @@ def test_push_events_drive_targeted_audits(
         # A tag nobody recorded, in a repository that tracks new tags: untracked.
         stray = registry.pusher.push_image(repo, "2.0-stray")
         assert "checked 1 tag(s): 1 untracked; 1 finding(s)" in runs(listen, 3)[2]
+
+        # A recorded release deleted (distribution deletes by digest): the tags that trusted it are missing.
+        doomed = registry.pusher.push_image(repo, "3.0")
+        assert (
+            cli(
+                "record", f"{image}:3.0@{doomed.digest}", "--source", "https://ci.example/3", "--trust-file", trust
+            ).code
+            == 0
+        )
+        assert "checked 1 tag(s): 1 match" in runs(listen, 4)[3]
+        registry.pusher.delete_manifest(repo, doomed.digest)
+        assert "checked 1 tag(s): 1 missing; 1 finding(s)" in runs(listen, 5)[4]
     finally:
         code = listen.stop()
     assert code == 0, listen.stderr_text()
@@ -122,7 +133,11 @@ def test_push_events_drive_targeted_audits(
 
     alerts = listen.stdout_text()
     subjects = [line for line in alerts.splitlines() if line.isupper() or line.split(":")[0].isupper()]
-    assert subjects == [f"DRIFT: {image}:1.0 (1 of 1 tags)", f"UNTRACKED: {image}:2.0-stray (1 of 1 tags)"]
+    assert subjects == [
+        f"DRIFT: {image}:1.0 (1 of 1 tags)",
+        f"UNTRACKED: {image}:2.0-stray (1 of 1 tags)",
+        f"MISSING: {image}:3.0 (1 of 1 tags)",
+    ]
     assert swapped.digest in alerts and stray.digest in alerts
 
     # The hourly run sees the same problems: same dedup keys, nothing new to publish.
