@@ -21,6 +21,9 @@ ENV_UNVERIFIABLE_AFTER = "DIGEST_AUDIT_UNVERIFIABLE_AFTER"
 ENV_INSECURE_REGISTRIES = "DIGEST_AUDIT_INSECURE_REGISTRIES"
 ENV_CONCURRENCY = "DIGEST_AUDIT_CONCURRENCY"
 ENV_TIMEOUT = "DIGEST_AUDIT_TIMEOUT"
+# Read by `digest-audit trust backfill` only (never by the Lambda, so not in ALL_VARIABLES).
+ENV_GITHUB_TOKEN = "GITHUB_TOKEN"  # noqa: S105 - a variable name, not a secret
+ENV_GITLAB_TOKEN = "GITLAB_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 #: Every variable the code reads (besides AWS_* and POWERTOOLS_* which their libraries read), for docs and tests.
 ALL_VARIABLES = (
