@@ -121,7 +121,8 @@ def _note(message: str) -> None:
 def run_backfill(args: argparse.Namespace) -> int:
     _check_options(args)
     env = Environment()
-    store = bootstrap.trust_store(args.trust_file, audit_config(env, RegistryOptions()), create=args.apply)
+    # A first back-fill plans against an empty store; planning never writes, so a missing file is fine.
+    store = bootstrap.trust_store(args.trust_file, audit_config(env, RegistryOptions()), create=True)
     source, http = _source(args, env)
     try:
         plan = plan_backfill(store, source, progress=_progress)
