@@ -337,8 +337,9 @@ def _md_link(url: str | None, label: str) -> str:
     target = safe_link(url)
     if target is None:
         return _md(label)
-    # Inside <...> a URL may hold anything but <, > and spaces; safe_link refused spaces, quote the rest.
-    return f"[{_md(label)}](<{target.replace('<', '%3C').replace('>', '%3E')}>)"
+    # Inside <...> a URL may hold anything but <, > and spaces (safe_link refused spaces); `|` would end the cell.
+    encoded = target.replace("<", "%3C").replace(">", "%3E").replace("|", "%7C")
+    return f"[{_md(label)}](<{encoded}>)"
 
 
 def render_markdown(report: IncidentReport) -> str:

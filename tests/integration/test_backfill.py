@@ -19,7 +19,7 @@ from audit.adapters.file_store import FileTrustStore
 from tests.support import ci_log_samples as samples
 from tests.support.aws_fixtures import AwsClients, TableNames
 from tests.support.ci_log_samples import digest, github, gitlab
-from tests.support.ci_servers import CiServers, zip_archive
+from tests.support.ci_servers import Answer, CiServers, zip_archive
 from tests.support.cli_runner import CliRunner, set_audit_environment
 
 pytestmark = pytest.mark.integration
@@ -344,3 +344,17 @@ def test_bad_input_is_a_usage_error_naming_the_input(
     assert result.code == 2
     assert message in result.err
     assert "Traceback" not in result.err
+
+
+def test_a_redirect_to_plain_http_elsewhere_is_refused_for_that_run(
+    cli: CliRunner, ci_servers: CiServers, tmp_path: Path
+) -> None:
+    ci_servers.github.add_run(301, "2021-01-01T00:00:00Z", SHA[1], release_archive(github(samples.DOCKER_PUSH)))
+    ci_servers.github.logs[301] = Answer(302, headers={"Location": "http://storage.example.com/301.zip"})
+
+    plan = plan_of(cli, "--github", "org/app", "--api-url", ci_servers.github.url, "--trust-file", tmp_path / "t.json")
+
+    assert [(entry["status"], entry["source"]) for entry in plan] == [
+        ("log-unreadable", "https://github.com/org/app/actions/runs/301")
+    ]
+    assert "redirect target 'http://storage.example.com/301.zip' uses plain http" in plan[0]["evidence"]
