@@ -350,7 +350,7 @@ def test_a_redirect_to_plain_http_elsewhere_is_refused_for_that_run(
     cli: CliRunner, ci_servers: CiServers, tmp_path: Path
 ) -> None:
     ci_servers.github.add_run(301, "2021-01-01T00:00:00Z", SHA[1], release_archive(github(samples.DOCKER_PUSH)))
-    ci_servers.github.logs[301] = Answer(302, headers={"Location": "http://storage.example.com/301.zip"})
+    ci_servers.github.logs[301] = Answer(302, headers={"Location": "http://storage.example.com/301.zip?sig=s3cr3t"})
 
     plan = plan_of(cli, "--github", "org/app", "--api-url", ci_servers.github.url, "--trust-file", tmp_path / "t.json")
 
@@ -358,3 +358,20 @@ def test_a_redirect_to_plain_http_elsewhere_is_refused_for_that_run(
         ("log-unreadable", "https://github.com/org/app/actions/runs/301")
     ]
     assert "redirect target 'http://storage.example.com/301.zip' uses plain http" in plan[0]["evidence"]
+    assert "s3cr3t" not in json.dumps(plan)  # a signed URL's query is a credential: never printed
+
+
+def test_workflow_branch_window_and_run_cap_reach_the_api(cli: CliRunner, history: CiServers, tmp_path: Path) -> None:
+    plan = plan_of(
+        cli, "--github", "org/app", "--api-url", history.github.url, "--trust-file", tmp_path / "t.json",
+        "--workflow", "release.yml", "--branch", "main", "--since", "2021-01-01", "--until", "2021-12-31",
+        "--max-runs", "2",
+    )  # fmt: skip
+
+    (listing, *_) = [seen for seen in history.github.seen if seen.path.endswith("/runs")]
+    assert listing.path == "/repos/org/app/actions/workflows/release.yml/runs"
+    assert (listing.query["branch"], listing.query["created"]) == (
+        ["main"],
+        ["2021-01-01T00:00:00Z..2021-12-31T23:59:59Z"],
+    )
+    assert [entry["source"].rsplit("/", 1)[-1] for entry in plan] == ["104", "104", "105"]  # the two newest runs

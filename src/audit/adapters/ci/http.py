@@ -55,11 +55,12 @@ def is_loopback(host: str) -> bool:
 def check_url(url: str, *, what: str) -> str:
     """https, or plain http to a loopback address only; no credentials or fragments in the URL."""
     parts = urlsplit(url)
+    shown = printable(parts._replace(query="", fragment="").geturl())  # a signed storage URL's query is a secret
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ConfigError(f"{what} {printable(url)!r} is not an http(s) URL", hint="e.g. https://api.github.com")
+        raise ConfigError(f"{what} {shown!r} is not an http(s) URL", hint="e.g. https://api.github.com")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ConfigError(
-            f"{what} {printable(url)!r} uses plain http",
+            f"{what} {shown!r} uses plain http",
             hint="use https; plain http is accepted for loopback addresses (127.0.0.1, ::1, localhost) only",
         )
     if parts.username or parts.password:
