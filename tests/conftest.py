@@ -1,3 +1,3 @@
 """Fixtures shared by all tests live in tests/support; this file only registers them."""
 
-pytest_plugins = ["tests.support.registry_fixtures", "tests.support.aws_fixtures"]
+pytest_plugins = ["tests.support.registry_fixtures", "tests.support.aws_fixtures", "tests.support.ci_servers"]

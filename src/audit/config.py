@@ -21,6 +21,9 @@ ENV_UNVERIFIABLE_AFTER = "DIGEST_AUDIT_UNVERIFIABLE_AFTER"
 ENV_INSECURE_REGISTRIES = "DIGEST_AUDIT_INSECURE_REGISTRIES"
 ENV_CONCURRENCY = "DIGEST_AUDIT_CONCURRENCY"
 ENV_TIMEOUT = "DIGEST_AUDIT_TIMEOUT"
+# Read by `digest-audit trust backfill` only (never by the Lambda, so not in ALL_VARIABLES).
+ENV_GITHUB_TOKEN = "GITHUB_TOKEN"  # noqa: S105 - a variable name, not a secret
+ENV_GITLAB_TOKEN = "GITLAB_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 #: Webhook secrets of the push-event receiver (`listen` and the receiver function), never of the audit function.
 ENV_WEBHOOK_TOKEN = "DIGEST_AUDIT_WEBHOOK_TOKEN"  # noqa: S105 - a variable name, not a secret

@@ -6,11 +6,13 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from audit.models import (
+    CiRun,
     Digest,
     Finding,
     ImageRef,
     Observation,
     RecordOutcome,
+    RunLogs,
     TagState,
     TrustedImage,
     WatchSettings,
@@ -78,4 +80,16 @@ class Alerts(Protocol):
 
     def publish(self, run_id: str, findings: Sequence[Finding], *, total_tags: int) -> int:
         """Publish findings; return the number of messages sent."""
+        ...
+
+
+class CiLogSource(Protocol):
+    """Where back-filled trust comes from: CI runs (oldest first) and the job logs of each run."""
+
+    def runs(self) -> list[CiRun]:
+        """Every run to read, oldest first; raises AuditError when the list itself cannot be read."""
+        ...
+
+    def logs(self, run: CiRun) -> RunLogs:
+        """The run's job logs, or why they cannot be had (expired, refused); never raises for one run."""
         ...
