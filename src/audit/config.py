@@ -21,6 +21,17 @@ ENV_UNVERIFIABLE_AFTER = "DIGEST_AUDIT_UNVERIFIABLE_AFTER"
 ENV_INSECURE_REGISTRIES = "DIGEST_AUDIT_INSECURE_REGISTRIES"
 ENV_CONCURRENCY = "DIGEST_AUDIT_CONCURRENCY"
 ENV_TIMEOUT = "DIGEST_AUDIT_TIMEOUT"
+# Read by `digest-audit trust backfill` only (never by the Lambda, so not in ALL_VARIABLES).
+ENV_GITHUB_TOKEN = "GITHUB_TOKEN"  # noqa: S105 - a variable name, not a secret
+ENV_GITLAB_TOKEN = "GITLAB_TOKEN"  # noqa: S105 - a variable name, not a secret
+
+#: Webhook secrets of the push-event receiver (`listen` and the receiver function), never of the audit function.
+ENV_WEBHOOK_TOKEN = "DIGEST_AUDIT_WEBHOOK_TOKEN"  # noqa: S105 - a variable name, not a secret
+ENV_GITHUB_WEBHOOK_SECRET = "DIGEST_AUDIT_GITHUB_WEBHOOK_SECRET"  # noqa: S105 - a variable name, not a secret
+RECEIVER_VARIABLES = (ENV_WEBHOOK_TOKEN, ENV_GITHUB_WEBHOOK_SECRET)
+#: Shortest webhook token accepted: it is the only credential of the Docker Hub route (a URL), so it must be
+#: long and random (`openssl rand -hex 32`).
+MIN_WEBHOOK_TOKEN_LENGTH = 24
 
 #: Every variable the code reads (besides AWS_* and POWERTOOLS_* which their libraries read), for docs and tests.
 ALL_VARIABLES = (
@@ -180,3 +191,14 @@ def audit_config(env: Environment, registry: RegistryOptions) -> AuditConfig:
         unverifiable_after=env.integer(ENV_UNVERIFIABLE_AFTER, 3, minimum=1),
         registry=registry,
     )
+
+
+def webhook_secrets(env: Environment) -> tuple[str | None, str | None]:
+    """`(webhook token, GitHub secret)` of the receiver; each None when unset. A short token is refused."""
+    token = env.text(ENV_WEBHOOK_TOKEN)
+    if token is not None and len(token) < MIN_WEBHOOK_TOKEN_LENGTH:
+        raise ConfigError(
+            f"{ENV_WEBHOOK_TOKEN} is shorter than {MIN_WEBHOOK_TOKEN_LENGTH} characters",
+            hint="use a long random value, e.g. `openssl rand -hex 32`; it is the Docker Hub route's only credential",
+        )
+    return token, env.text(ENV_GITHUB_WEBHOOK_SECRET)

@@ -4,7 +4,8 @@ AuditError
  ├── UsageError                 bad input from the user (exit code 2)
  │    ├── InvalidReferenceError an image reference that cannot be parsed
  │    ├── InvalidDigestError    a digest that is not `sha256:<64 hex>` / `sha512:<128 hex>`
- │    └── ConfigError           a missing or malformed setting (environment or flag)
+ │    ├── ConfigError           a missing or malformed setting (environment or flag)
+ │    └── InvalidEventError     a push event or queue message outside its grammar
  ├── CredentialsError           credentials could not be loaded (config.json, helper, ECR, secret)
  ├── RegistryError              a registry answered in a way that prevents establishing a digest
  │    └── PackageIndexError     a package index page or file could not be read (or was not an index page)
@@ -50,6 +51,10 @@ class InvalidDigestError(UsageError):
 
 class ConfigError(UsageError):
     pass
+
+
+class InvalidEventError(UsageError):
+    default_hint = "a push event is only a hint to check a tag; this one was dropped, the scheduled run still audits"
 
 
 class CredentialsError(AuditError):

@@ -281,3 +281,31 @@ class Finding(Frozen):
     def alert_verdict(self) -> str:
         """The verdict a message is grouped and filtered by: resolved notices travel as `resolved`."""
         return "resolved" if self.notice is Notice.RESOLVED else self.status.value
+
+
+class CiRun(Frozen):
+    """One CI run (GitHub workflow run, GitLab job, or a saved log) whose logs may show pushed digests."""
+
+    source: str  # the run's web URL: what a person opens to check the evidence
+    commit: str | None = None
+    started_at: datetime | None = None
+    handle: str = ""  # what the adapter needs to fetch the logs (run id, job id, file path)
+
+
+class JobLog(Frozen):
+    """The log of one job, split into steps where the CI says where steps begin (name None: unknown)."""
+
+    job: str
+    steps: tuple[tuple[str | None, str], ...]
+
+
+class LogStatus(StrEnum):
+    READ = "read"
+    EXPIRED = "log-expired"  # past retention (GitHub 410/404, GitLab erased trace)
+    UNREADABLE = "log-unreadable"  # refused (too big, zip bomb, bad entry names) or the download failed
+
+
+class RunLogs(Frozen):
+    status: LogStatus
+    jobs: tuple[JobLog, ...] = ()
+    reason: str | None = None

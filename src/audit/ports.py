@@ -6,11 +6,13 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from audit.models import (
+    CiRun,
     Digest,
     Finding,
     ImageRef,
     Observation,
     RecordOutcome,
+    RunLogs,
     TagState,
     TrustedImage,
     WatchSettings,
@@ -91,4 +93,16 @@ class PackageIndex(Protocol):
 
     async def file_digest(self, index_url: str, file: IndexFile) -> Digest:
         """sha256 of the bytes the index serves for one file (streamed, size-capped); raises PackageIndexError."""
+        ...
+
+
+class CiLogSource(Protocol):
+    """Where back-filled trust comes from: CI runs (oldest first) and the job logs of each run."""
+
+    def runs(self) -> list[CiRun]:
+        """Every run to read, oldest first; raises AuditError when the list itself cannot be read."""
+        ...
+
+    def logs(self, run: CiRun) -> RunLogs:
+        """The run's job logs, or why they cannot be had (expired, refused); never raises for one run."""
         ...

@@ -58,6 +58,32 @@ def normalise_registry(host: str) -> str:
     return DOCKER_HUB_API_HOST if host.lower() in DOCKER_HUB_ALIASES else host.lower()
 
 
+def is_valid_tag(tag: str) -> bool:
+    """A tag as the distribution spec allows it: 1-128 of `[A-Za-z0-9_.-]`, not starting with `.` or `-`."""
+    return _TAG_RE.fullmatch(tag) is not None
+
+
+def parse_image_name(host: str, repository: str) -> tuple[str, str]:
+    """Validate and normalise a registry host and a repository path given separately (as events name them).
+
+    Returns `(registry, repository)` the way the trust table stores them: Docker Hub's aliases folded, its
+    official images under `library/`. Raises InvalidReferenceError for anything outside the grammar.
+    """
+    if not _HOST_RE.fullmatch(host):
+        raise InvalidReferenceError(f"invalid registry host {host!r}")
+    if not _PATH_RE.fullmatch(repository):
+        raise InvalidReferenceError(
+            f"invalid repository name {repository!r}",
+            hint="path components are lowercase letters and digits separated by '.', '_', '__', '-' or '/'",
+        )
+    registry = normalise_registry(host)
+    if registry == DOCKER_HUB_API_HOST and "/" not in repository:
+        repository = f"library/{repository}"
+    if len(f"{registry}/{repository}") > MAX_NAME_LENGTH:
+        raise InvalidReferenceError(f"invalid image name {registry}/{repository}: longer than {MAX_NAME_LENGTH}")
+    return registry, repository
+
+
 def parse_reference(text: str) -> ParsedReference:
     """Parse `[host[:port]/]path[:tag][@alg:hex]` the way Docker does, with clear errors."""
     original = text

@@ -40,6 +40,13 @@ log = logging.getLogger(__name__)
 class RunOptions:
     repositories: frozenset[str] | None = None  # only these `registry/repository` images; None = all
     dry_run: bool = False  # decide and report, but publish and save nothing
+    # A targeted run (push events): only these (image, tag) pairs, with the same engine, state and dedup.
+    # A named tag nobody recorded is checked as untracked where its repository tracks new tags, else ignored.
+    tags: frozenset[tuple[str, str]] | None = None
+
+    @property
+    def targeted(self) -> bool:
+        return self.tags is not None
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,7 @@ class AuditService:
         previous = self._state.load_all()
 
         results, report.unreached = await self._check(targets)
+        targets, results = _without_vanished_untracked(targets, results, options)
         results = await self._reverify(results, {t.ref: t for t in targets}, previous)
         # Package files: their own small path, the same TagResults into the same decide/publish/save flow.
         package_run = await self._packages.run(
@@ -151,7 +159,7 @@ class AuditService:
         report.unreached += package_run.unreached
         report.results = results
 
-        decisions = self._decide(results, previous)
+        decisions = self._decide(results, previous, targeted=options.targeted)
         decisions += self._close_vanished(previous, targets, report, options)
         report.findings = [finding for finding, _ in decisions if finding is not None]
         changed = [state for _, state in decisions if state is not None]
@@ -167,13 +175,23 @@ class AuditService:
 
     async def _targets(self, options: RunOptions) -> tuple[list[_Target], dict[str, str]]:
         all_trusted, all_settings, self._package_snapshot = split_snapshot(*self._trust.load_snapshot())
-        trusted = [t for t in all_trusted if _selected(t.image, options)]
+        trusted = [t for t in all_trusted if _selected(t.image, options, t.tag)]
         settings = {s.image: s for s in all_settings if _selected(s.image, options)}
         targets = [_Target(t.ref, t, settings.get(t.image)) for t in trusted]
         unlisted: dict[str, str] = {}
         tracked_tags: dict[str, set[str]] = defaultdict(set)
         for item in trusted:
             tracked_tags[item.image].add(item.tag)
+        if options.tags is not None:
+            # Named tags only: no listing; an unrecorded one is checked where its repository tracks new tags.
+            for image, tag in sorted(options.tags):
+                watch = settings.get(image)
+                if watch is None or not watch.track_new_tags:
+                    continue
+                base = ImageRef(registry=watch.registry, repository=watch.repository, tag="latest")
+                for untracked in drift.untracked_tags([tag], tracked_tags[image], watch):
+                    targets.append(_Target(base.with_tag(untracked), None, watch))
+            return targets, unlisted
         for image, watch in settings.items():
             if not watch.track_new_tags:
                 continue
@@ -258,10 +276,11 @@ class AuditService:
         return merged
 
     def _decide(
-        self, results: Sequence[TagResult], previous: dict[tuple[str, str], TagState]
+        self, results: Sequence[TagResult], previous: dict[tuple[str, str], TagState], *, targeted: bool = False
     ) -> list[tuple[Finding | None, TagState | None]]:
         now = self._clock()
-        failed_registries = _registries_all_unverifiable(results)
+        # A few named tags failing say nothing about the whole registry: that shortcut is for full runs.
+        failed_registries = set() if targeted else _registries_all_unverifiable(results)
         decisions: list[tuple[Finding | None, TagState | None]] = []
         for result in results:
             key = (result.ref.image, result.ref.tag or "")
@@ -308,7 +327,7 @@ class AuditService:
         for key, state in previous.items():
             if state.alerted_verdict is None or key in audited or key in unreached:
                 continue
-            if not _selected(state.image, options) or state.image in report.unlisted:
+            if not _selected(state.image, options, state.tag) or state.image in report.unlisted:
                 continue
             ref = ImageRef(registry=state.registry, repository=state.repository, tag=state.tag)
             decision = drift.decide(state, Verdict.RESOLVED, None, ref=ref, now=now, policy=self._policy)
@@ -353,8 +372,35 @@ def _tag_result(result: PackageResult) -> TagResult:
     return TagResult(result.ref, result.trusted, result.observation, result.verdict, result.reason)
 
 
-def _selected(image: str, options: RunOptions) -> bool:
-    return options.repositories is None or image in options.repositories
+def _selected(image: str, options: RunOptions, tag: str | None = None) -> bool:
+    """In this run's scope: the repository filter, and for a targeted run the named (image, tag) pairs."""
+    if options.repositories is not None and image not in options.repositories:
+        return False
+    if options.tags is None:
+        return True
+    if tag is None:
+        return any(named_image == image for named_image, _ in options.tags)
+    return (image, tag) in options.tags
+
+
+def _without_vanished_untracked(
+    targets: list[_Target], results: list[TagResult], options: RunOptions
+) -> tuple[list[_Target], list[TagResult]]:
+    """A targeted check of an unrecorded tag that is gone (a delete event) is no finding: the tag left the audit.
+
+    Dropping it from the targets lets `_close_vanished` resolve an open `untracked` alert for it. A full run
+    never gets here with such a tag: it only checks tags the registry listed.
+    """
+    if not options.targeted:
+        return targets, results
+    gone = {
+        (r.ref.image, r.ref.tag) for r in results if r.trusted is None and r.observation.status is LiveStatus.MISSING
+    }
+    if not gone:
+        return targets, results
+    kept_targets = [t for t in targets if (t.ref.image, t.ref.tag) not in gone]
+    kept_results = [r for r in results if (r.ref.image, r.ref.tag) not in gone]
+    return kept_targets, kept_results
 
 
 def _untracked_verdict(observation: Observation) -> tuple[Verdict, str | None]:

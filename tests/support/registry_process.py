@@ -42,6 +42,18 @@ class TokenAuth:
 
 
 @dataclass(frozen=True)
+class Notifications:
+    """`notifications.endpoints`: the registry POSTs event envelopes to `url` with `Authorization: Bearer`."""
+
+    url: str
+    token: str
+    name: str = "digest-audit"
+    timeout: str = "2s"
+    threshold: int = 3
+    backoff: str = "1s"
+
+
+@dataclass(frozen=True)
 class RegistryTls:
     cert_file: Path
     key_file: Path
@@ -80,10 +92,12 @@ class RegistryProcess:
         tls: RegistryTls | None = None,
         binary: Path = DEFAULT_BINARY,
         startup_timeout: float = 15.0,
+        notifications: Notifications | None = None,
     ) -> None:
         self.workdir = workdir
         self.auth = auth
         self.tls = tls
+        self.notifications = notifications
         self.binary = binary
         self.startup_timeout = startup_timeout
         self.storage_dir = workdir / "storage"
@@ -224,6 +238,20 @@ class RegistryProcess:
             "http": http,
             "health": {"storagedriver": {"enabled": False}},
         }
+        if self.notifications is not None:
+            endpoint = self.notifications
+            config["notifications"] = {
+                "endpoints": [
+                    {
+                        "name": endpoint.name,
+                        "url": endpoint.url,
+                        "headers": {"Authorization": [f"Bearer {endpoint.token}"]},
+                        "timeout": endpoint.timeout,
+                        "threshold": endpoint.threshold,
+                        "backoff": endpoint.backoff,
+                    }
+                ]
+            }
         match self.auth:
             case HtpasswdAuth(path=path, realm=realm):
                 config["auth"] = {"htpasswd": {"realm": realm, "path": str(path)}}

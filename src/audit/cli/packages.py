@@ -30,6 +30,7 @@ from audit.packages import (
     registry_key,
 )
 from audit.ports import PackageIndex, TrustStore
+from audit.recording import record_trusted
 from audit.untrusted import printable
 
 #: A dist/ directory holds a handful of files; more than this is the wrong directory.
@@ -133,7 +134,7 @@ def record_package(args: argparse.Namespace, options: RegistryOptions, store: Tr
             recorded_by=recorded_by,
             reason=args.reason,
         )
-        outcome = store.record(item, replace=args.replace)
+        outcome = record_trusted(store, item, replace=args.replace)
         print(f"{outcome.value}: {item.ref.familiar} {digest}{note}")
     return 0
 

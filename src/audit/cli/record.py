@@ -16,9 +16,9 @@ from audit.cli.common import add_registry_options, add_store_options, registry_o
 from audit.cli.packages import record_package
 from audit.config import Environment, RegistryOptions, audit_config
 from audit.errors import AuditError, RegistryError, UsageError
-from audit.models import Digest, ImageRef, LiveStatus, MediaType, RecordOutcome, TrustedImage, utcnow
+from audit.models import Digest, ImageRef, LiveStatus, MediaType, TrustedImage, utcnow
 from audit.packages import is_package_spec
-from audit.ports import TrustStore
+from audit.recording import record_trusted
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def run_record(args: argparse.Namespace) -> int:
         raise UsageError("--dist and --index-url are for pypi:PROJECT==VERSION", hint="images take IMAGE:TAG@DIGEST")
     store = bootstrap.trust_store(args.trust_file, audit_config(env, options), create=True)
     if package:
-        return record_package(args, options, store, recorded_by=args.recorded_by or _default_recorder())
+        return record_package(args, options, store, recorded_by=args.recorded_by or default_recorder())
 
     resolved_now = False
     if args.from_buildx_metadata is not None:
@@ -94,7 +94,7 @@ def run_record(args: argparse.Namespace) -> int:
     else:
         refs = [_pinned_reference(args.reference)]
 
-    recorded_by = args.recorded_by or _default_recorder()
+    recorded_by = args.recorded_by or default_recorder()
     evidence = [Evidence(None, None)] * len(refs) if args.offline else asyncio.run(_evidence(options, refs))
     for ref, found in zip(refs, evidence, strict=True):
         assert ref.tag is not None and ref.digest is not None  # guaranteed by the parsers above
@@ -111,16 +111,10 @@ def run_record(args: argparse.Namespace) -> int:
             recorded_by=recorded_by,
             reason=args.reason,
         )
-        outcome = _record(store, item, replace=args.replace)
+        outcome = record_trusted(store, item, replace=args.replace)
         note = " (resolved from the registry now, not from a CI build)" if resolved_now else ""
         print(f"{outcome.value}: {ref.familiar}{note}")
     return 0
-
-
-def _record(store: TrustStore, item: TrustedImage, *, replace: bool) -> RecordOutcome:
-    settings = store.get_watch_settings(item.image)
-    moving = settings is not None and item.tag in settings.moving
-    return store.record(item, replace=replace, moving=moving)
 
 
 def _pinned_reference(text: str) -> ImageRef:
@@ -203,7 +197,7 @@ async def _evidence_of(client: RegistryClient, ref: ImageRef) -> Evidence:
     return Evidence(manifest.media_type, manifest.platforms if is_index else None)
 
 
-def _default_recorder() -> str:
+def default_recorder() -> str:
     for variable in ("GITHUB_ACTOR", "GITLAB_USER_LOGIN", "BUILDKITE_BUILD_CREATOR", "USER"):
         value = os.environ.get(variable)
         if value:

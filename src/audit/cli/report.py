@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import io
 import json
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 
 from audit import bootstrap
-from audit.cli.common import add_store_options, render_table
+from audit.cli.common import add_registry_options, add_store_options, registry_options_from, render_table
 from audit.config import Environment, RegistryOptions, audit_config
 from audit.errors import UsageError
-from audit.models import TagState, TrustedImage
+from audit.incident_report import build_report, observe_releases, render_html, render_markdown
+from audit.models import Observation, TagState, TrustedImage, Verdict, utcnow
+from audit.ports import TrustStore
 from audit.reference import familiar_name
 
 FIELDS = (
@@ -29,6 +33,7 @@ FIELDS = (
     "since",
 )
 NOT_AUDITED = "unchecked"
+INCIDENT_FORMATS = ("html", "markdown")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,11 +43,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Join the trusted digests with the last audit state. --recorded-since/--recorded-until narrow "
         "it to releases recorded in an exposure window (dates are UTC; a bare date covers the whole day).",
     )
-    parser.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table")
+    parser.add_argument(
+        "--format",
+        choices=("table", "markdown", "csv", "json", "html"),
+        default="table",
+        help="html: the one-page incident report; markdown: its summary and table as a section to paste",
+    )
     parser.add_argument("--recorded-since", type=parse_moment, metavar="DATE")
     parser.add_argument("--recorded-until", type=parse_moment_end, metavar="DATE")
     parser.add_argument("--repository", action="append", default=[], metavar="IMAGE", help="only this repository")
+    parser.add_argument(
+        "--live", action="store_true", help="html/markdown: ask the registries now instead of using the last audit"
+    )
+    parser.add_argument("-o", "--output", type=Path, metavar="FILE", help="write to FILE instead of stdout")
     add_store_options(parser, state=True)
+    add_registry_options(parser)
     parser.set_defaults(handler=run_report)
 
 
@@ -80,9 +95,39 @@ def run_report(args: argparse.Namespace) -> int:
         and (args.recorded_until is None or item.recorded_at <= args.recorded_until)
     ]
     records.sort(key=lambda item: (item.image, item.recorded_at, item.tag))
-    rows = [evidence_row(item, states.get((item.image, item.tag))) for item in records]
-    print(render(rows, args.format))
+    if args.format in INCIDENT_FORMATS:
+        text = _incident_report(args, trust, records, states)
+    else:
+        if args.live:
+            raise UsageError("--live goes with --format html or markdown", hint="use `check` for a live table")
+        rows = [evidence_row(item, states.get((item.image, item.tag))) for item in records]
+        text = render(rows, args.format)
+    if args.output is not None:
+        try:
+            args.output.write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}", hint="check the path") from None
+    else:
+        print(text)
     return 0
+
+
+def _incident_report(
+    args: argparse.Namespace, trust: TrustStore, records: list[TrustedImage], states: dict[tuple[str, str], TagState]
+) -> str:
+    live = None
+    if args.live:
+        settings = trust.load_watch_settings()
+
+        async def observe() -> dict[tuple[str, str], tuple[Observation, Verdict, str | None]]:
+            async with bootstrap.registry_client(registry_options_from(args)) as client:
+                return await observe_releases(client, trust, records, settings)
+
+        live = asyncio.run(observe())
+    report = build_report(
+        records, states, since=args.recorded_since, until=args.recorded_until, generated_at=utcnow(), live=live
+    )
+    return render_html(report) if args.format == "html" else render_markdown(report)
 
 
 def evidence_row(item: TrustedImage, state: TagState | None) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`digest-audit trust import|export`: back-fill digests from CI history, or move between backends."""
+"""`digest-audit trust import|export|backfill`: back-fill digests from CI history, or move between backends."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from audit import bootstrap
 from audit.adapters.trust_io import export_trust, import_trust
+from audit.cli import backfill
 from audit.cli.common import add_store_options
 from audit.config import Environment, RegistryOptions, audit_config
 from audit.errors import UsageError
@@ -28,6 +29,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     exporting.add_argument("-o", "--output", type=Path, metavar="FILE", help="write to FILE instead of stdout")
     add_store_options(exporting)
     exporting.set_defaults(handler=run_export)
+    backfill.register(actions)
 
 
 def _format_of(path: Path, explicit: str | None) -> str:

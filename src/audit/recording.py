@@ -1,0 +1,20 @@
+"""The record rules every writer of trusted digests follows (`record`, `trust backfill`): one place decides.
+
+A moving tag (declared with `watch --moving`) appends a new digest; a pinned tag with another trusted digest is
+a conflict unless replaced with a reason. The store enforces the conditional write.
+"""
+
+from __future__ import annotations
+
+from audit.models import RecordOutcome, TrustedImage
+from audit.ports import TrustStore
+
+
+def is_moving(store: TrustStore, image: str, tag: str) -> bool:
+    settings = store.get_watch_settings(image)
+    return settings is not None and tag in settings.moving
+
+
+def record_trusted(store: TrustStore, item: TrustedImage, *, replace: bool) -> RecordOutcome:
+    """Record through the store's conditional write, appending when the tag is declared moving."""
+    return store.record(item, replace=replace, moving=is_moving(store, item.image, item.tag))
