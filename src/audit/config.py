@@ -21,6 +21,7 @@ ENV_UNVERIFIABLE_AFTER = "DIGEST_AUDIT_UNVERIFIABLE_AFTER"
 ENV_INSECURE_REGISTRIES = "DIGEST_AUDIT_INSECURE_REGISTRIES"
 ENV_CONCURRENCY = "DIGEST_AUDIT_CONCURRENCY"
 ENV_TIMEOUT = "DIGEST_AUDIT_TIMEOUT"
+ENV_LEASE_SECONDS = "DIGEST_AUDIT_LEASE_SECONDS"
 
 #: Every variable the code reads (besides AWS_* and POWERTOOLS_* which their libraries read), for docs and tests.
 ALL_VARIABLES = (
@@ -35,6 +36,7 @@ ALL_VARIABLES = (
     ENV_INSECURE_REGISTRIES,
     ENV_CONCURRENCY,
     ENV_TIMEOUT,
+    ENV_LEASE_SECONDS,
 )
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -83,6 +85,9 @@ class AuditConfig:
     reverify_delay: float = 5.0
     reminder_interval: timedelta = timedelta(hours=24)
     unverifiable_after: int = 3
+    # How long a run lease lasts before another run may take it over: longer than the Lambda timeout (900 s
+    # is Lambda's maximum), so a live run never loses it and a killed one blocks the schedule for one slot.
+    lease_duration: timedelta = timedelta(seconds=900)
     registry: RegistryOptions = field(default_factory=RegistryOptions)
 
 
@@ -178,5 +183,6 @@ def audit_config(env: Environment, registry: RegistryOptions) -> AuditConfig:
         reverify_delay=env.number(ENV_REVERIFY_DELAY, 5.0),
         reminder_interval=timedelta(seconds=env.number(ENV_REMINDER_INTERVAL, 86400.0, minimum=1.0)),
         unverifiable_after=env.integer(ENV_UNVERIFIABLE_AFTER, 3, minimum=1),
+        lease_duration=timedelta(seconds=env.number(ENV_LEASE_SECONDS, 900.0, minimum=1.0)),
         registry=registry,
     )

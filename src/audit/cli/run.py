@@ -21,6 +21,7 @@ from audit.config import Environment, audit_config
 from audit.errors import UsageError
 from audit.ports import Alerts
 from audit.service import AuditService, RunOptions, RunReport
+from audit.untrusted import printable
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,7 +30,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="audit every tracked tag, alert on problems, remember what was alerted",
         description="Audit every tracked tag against its trusted digest. With --trust-file/--state-file it runs "
         "locally and prints alerts; otherwise it uses TRUSTED_DIGESTS_TABLE, AUDIT_STATE_TABLE and "
-        "ALERT_TOPIC_ARN. Exit 0 all fine, 1 drift or missing, 3 unverifiable, 4 a store or the topic failed.",
+        "ALERT_TOPIC_ARN. Exit 0 all fine, 1 drift or missing, 3 unverifiable, 4 a store or the topic failed, "
+        "5 another run was auditing (this one stepped aside and did nothing).",
     )
     add_store_options(parser, state=True)
     parser.add_argument("--dry-run", action="store_true", help="decide and report, publish and save nothing")
@@ -58,6 +60,8 @@ def run_audit(args: argparse.Namespace) -> int:
         raise UsageError("--trust-file and --state-file go together", hint="give both for a local run")
     trust = bootstrap.trust_store(args.trust_file, config)
     state = bootstrap.state_store(args.state_file, config)
+    # A dry run publishes and saves nothing, so it may run beside another run: no lease.
+    lease = None if args.dry_run else bootstrap.run_lease(args.state_file, config)
     # A dry run publishes nothing, so it needs no topic.
     printing = local or args.print_alerts or args.dry_run
     alerts: Alerts = PrintAlerts(sys.stdout) if printing else bootstrap.sns_alerts(config)
@@ -73,7 +77,7 @@ def run_audit(args: argparse.Namespace) -> int:
 
     async def audit() -> RunReport:
         async with bootstrap.registry_client(config.registry) as client:
-            service = AuditService(trust, state, client, alerts, alert_policy=policy, reverify_delay=delay)
+            service = AuditService(trust, state, client, alerts, alert_policy=policy, reverify_delay=delay, lease=lease)
             return await service.run(options)
 
     report = asyncio.run(audit())
@@ -82,6 +86,14 @@ def run_audit(args: argparse.Namespace) -> int:
 
 
 def print_summary(report: RunReport, *, dry_run: bool) -> None:
+    if report.stepped_aside is not None:
+        claim = report.stepped_aside
+        until = f" until {claim.expires_at:%Y-%m-%dT%H:%M:%SZ} at the latest" if claim.expires_at else ""
+        err(
+            f"run {report.run_id}: stepped aside: {printable(claim.holder, max_chars=200)} is auditing now{until}; "
+            "nothing was checked, published or saved (exit 5). Try again when it has finished."
+        )
+        return
     verdicts = ", ".join(f"{n} {v}" for v, n in sorted(report.by_verdict.items())) or "nothing"
     action = "would alert" if dry_run else "published"
     err(
