@@ -736,14 +736,16 @@ class DynamoRunLease:
             except ClientError as exc:
                 if _error_code(exc) != "ConditionalCheckFailedException":
                     raise
-                return self._held()
+                return self._held(owner, expires_at)
         return LeaseClaim(acquired=True, holder=owner, expires_at=expires_at)
 
-    def _held(self) -> LeaseClaim:
+    def _held(self, owner: str, expires_at: datetime) -> LeaseClaim:
         with self._call("GetItem"):
             item = self._client.get_item(TableName=self.table_name, Key=self._key(), ConsistentRead=True).get("Item")
         if item is None:  # released between our put and our read: say so rather than guess
             return LeaseClaim(acquired=False, holder="another run (it has just finished)")
+        if _text(item, "owner") == owner:  # our put succeeded, its response was lost, botocore's retry failed
+            return LeaseClaim(acquired=True, holder=owner, expires_at=expires_at)
         expires = _number(item, "expires_at")
         holder = _text(item, "holder") or _text(item, "owner") or "another run"
         return LeaseClaim(
