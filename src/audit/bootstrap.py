@@ -91,7 +91,7 @@ AWS_RETRY_MODE: Final = "standard"
 DYNAMODB_MAX_ATTEMPTS = 8
 #: SNS: 4 attempts per PublishBatch call; failed entries are re-sent by SnsAlerts with the same back-off.
 SNS_MAX_ATTEMPTS = 4
-SNS_ENTRY_ATTEMPTS = 4
+SNS_ENTRY_ATTEMPTS = 3
 _BACKOFF_CAP_SECONDS = 20.0
 
 
