@@ -24,6 +24,7 @@ from audit.models import (
     Verdict,
     WatchSettings,
 )
+from audit.ports import LeaseClaim
 from audit.service import EXIT_STEPPED_ASIDE, AuditService, RunOptions
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
@@ -439,3 +440,30 @@ async def test_a_run_steps_aside_while_another_holds_the_lease(world: World, tmp
     report = await world.service(lease=lease).run()
     assert report.worst_exit_code() == 1 and len(world.alerts.runs) == 1
     assert lease.acquire("next-run").acquired  # released at the end of the run
+
+
+class ExpiringLease:
+    """A lease that is granted, then found taken over when the run renews it before publishing."""
+
+    def __init__(self) -> None:
+        self.released: list[str] = []
+
+    def acquire(self, owner: str) -> LeaseClaim:
+        return LeaseClaim(acquired=True, holder=owner)
+
+    def renew(self, owner: str) -> bool:
+        return False
+
+    def release(self, owner: str) -> None:
+        self.released.append(owner)
+
+
+async def test_a_run_whose_lease_was_taken_over_publishes_and_saves_nothing(world: World) -> None:
+    world.record("1.0", "a")
+    world.serve("1.0", "e")
+    lease = ExpiringLease()
+    report = await world.service(lease=lease).run()
+    assert report.worst_exit_code() == EXIT_STEPPED_ASIDE
+    assert [f.status for f in report.findings] == [Verdict.DRIFT]  # decided, but the lease holder sends it
+    assert world.alerts.runs == [] and world.state.load_all() == {}
+    assert lease.released == [report.run_id]
