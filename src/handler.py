@@ -79,8 +79,15 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     except AuditError as exc:
         logger.error("audit failed", extra={"error": exc.message, "hint": exc.hint})  # noqa: TRY400
         raise
-    _emit_metrics(report)
     summary = summarise(report, dry_run=request.dry_run)
+    if report.stepped_aside is not None:
+        # Not an error: the run that holds the lease audits and alerts. Raising would make the schedule
+        # retry into the same lease and raise the error alarm for a run that did exactly what it should.
+        # AuditCompleted is not emitted, so a lease that stays held beyond a slot trips the heartbeat alarm.
+        metrics.add_metric(name="RunSteppedAside", unit=MetricUnit.Count, value=1)
+        logger.warning("stepped aside: another run holds the lease", extra=summary)
+        return summary
+    _emit_metrics(report)
     logger.info("audit finished", extra=summary)
     return summary
 
@@ -100,6 +107,18 @@ def _emit_metrics(report: RunReport) -> None:
 
 
 def summarise(report: RunReport, *, dry_run: bool) -> dict[str, Any]:
+    if report.stepped_aside is not None:
+        claim = report.stepped_aside
+        return {
+            "run_id": report.run_id,
+            "stepped_aside": True,
+            "lease_holder": claim.holder,
+            "lease_expires_at": claim.expires_at.isoformat() if claim.expires_at else None,
+            "checked": 0,
+            "alerts_published": 0,
+            "dry_run": dry_run,
+            "duration_ms": report.duration_ms,
+        }
     return {
         "run_id": report.run_id,
         "checked": report.checked,
@@ -108,6 +127,7 @@ def summarise(report: RunReport, *, dry_run: bool) -> dict[str, Any]:
         "findings": len(report.findings),
         "unreached": [str(ref) for ref in report.unreached],
         "unverifiable": [{"reference": str(r.ref), "reason": r.reason} for r in report.unverifiable],
+        "stepped_aside": False,
         "dry_run": dry_run,
         "duration_ms": report.duration_ms,
     }

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 
 import handler  # noqa: F401 - first import at collection, so Powertools' logger writes to a stable stream
 from audit import bootstrap
+from audit.adapters.dynamodb_store import DynamoRunLease
 from audit.config import ENV_CREDENTIALS_SECRET, ENV_TIMEOUT, ENV_TRUST_TABLE, AuditConfig
 from audit.errors import ConfigError, CredentialsError, StoreError
 from tests.handler.fixtures import (
@@ -393,3 +395,37 @@ def test_an_unreadable_secret_fails_the_invocation_with_a_credentials_error(
         function.invoke(load_event("scheduled.json"))
 
     assert ENV_CREDENTIALS_SECRET in raised.value.hint
+
+
+def test_the_function_steps_aside_while_another_run_holds_the_lease(
+    function: Function,
+    lambda_env_for: LambdaEnvironment,
+    registry: LocalRegistry,
+    repository: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An operator's CLI run holds the lease: the scheduled run returns a summary, not an error (no retries,
+    no error alarm), sends nothing, and does not count as a completed audit (the heartbeat notices a stuck lease)."""
+    env = lambda_env_for
+    pushed = registry.pusher.push_image(repository, "1.0", "docker")
+    env.record(registry.reference_of(pushed), pushed.digest)
+    registry.pusher.tamper(repository, "1.0")
+    lease = DynamoRunLease(env.tables.state, env.dynamodb, duration=timedelta(minutes=15))
+    assert lease.acquire("operator-run").acquired
+    capsys.readouterr()
+
+    summary = function.invoke(load_event("scheduled.json"))
+
+    assert summary["stepped_aside"] is True
+    assert "operator-run" in summary["lease_holder"]
+    assert (summary["checked"], summary["alerts_published"]) == (0, 0)
+    assert env.alerts.envelopes() == []
+    metrics = emitted_metrics(capsys.readouterr().out)
+    assert metrics.values["RunSteppedAside"] == 1
+    assert "AuditCompleted" not in metrics.values
+
+    lease.release("operator-run")
+    summary = function.invoke(load_event("scheduled.json"))
+    assert summary["stepped_aside"] is False
+    assert summary["by_verdict"] == {"drift": 1}
+    assert len(env.alerts.envelopes()) == 1

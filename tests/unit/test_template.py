@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from audit.adapters.dynamodb_store import LEASE_KEY
 from audit.config import ALL_VARIABLES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -197,6 +198,7 @@ class Grant:
     actions: frozenset[str]
     resources: tuple[Any, ...]
     condition: str | None  # the template Condition guarding it, None when unconditional
+    iam_condition: Any = None  # the statement's own IAM `Condition` block
 
     def touches(self, logical_id: str) -> bool:
         """Whether the grant can apply to a resource: by reference, or through a wildcard."""
@@ -226,6 +228,7 @@ def _statement_grants(statements: Any, condition: str | None) -> Iterator[Grant]
             actions=frozenset(_as_list(statement["Action"])),
             resources=tuple(_as_list(statement["Resource"])),
             condition=condition,
+            iam_condition=statement.get("Condition"),
         )
 
 
@@ -304,6 +307,8 @@ def test_environment_has_every_variable_the_code_reads(template: dict[str, Any])
     assert references(variables["TRUSTED_DIGESTS_TABLE"]) == {TRUST}
     assert references(variables["AUDIT_STATE_TABLE"]) == {STATE}
     assert references(variables["ALERT_TOPIC_ARN"]) == {"AlertTopic"}
+    # A run lease that expired during a live run would let a second run publish the same alerts.
+    assert int(variables["DIGEST_AUDIT_LEASE_SECONDS"]) > int(function_properties(template)["Timeout"])
     assert variables["POWERTOOLS_SERVICE_NAME"] == SERVICE
     assert references(variables["POWERTOOLS_METRICS_NAMESPACE"]) == {"MetricsNamespace"}
     assert parameter_default(template, "MetricsNamespace") == "DigestAudit"
@@ -388,9 +393,23 @@ def test_trust_write_check_catches_a_write_grant(template: dict[str, Any], tempt
 def test_state_table_access_is_minimal(template: dict[str, Any]) -> None:
     state_grants = [grant for grant in function_grants(template) if grant.touches(STATE)]
     granted = {action for grant in state_grants for action in grant.actions if action.startswith("dynamodb:")}
-    assert granted <= STATE_TABLE_ACTIONS
+    assert granted <= STATE_TABLE_ACTIONS | {"dynamodb:DeleteItem"}
     # What the state store does on every run: load everything, then write what changed.
     assert {"dynamodb:Scan", "dynamodb:BatchWriteItem"} <= granted
+    # The run lease: a conditional put, a conditional update (renew) and a delete (release).
+    assert {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem"} <= granted
+
+
+def test_the_only_state_delete_is_of_the_run_lease_item(template: dict[str, Any]) -> None:
+    deletes = [
+        grant
+        for grant in function_grants(template)
+        if grant.touches(STATE) and ({"dynamodb:DeleteItem", "dynamodb:*"} & grant.actions)
+    ]
+    assert deletes, "the run lease must be releasable"
+    for grant in deletes:
+        assert grant.actions == {"dynamodb:DeleteItem"}
+        assert grant.iam_condition == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [LEASE_KEY["image"]]}}
 
 
 def test_function_publishes_only_to_the_alert_topic_with_its_key(template: dict[str, Any]) -> None:

@@ -11,6 +11,8 @@ live here too, so that both backends say exactly the same thing.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import stat
@@ -18,12 +20,14 @@ import tempfile
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Final, Literal
+from typing import IO, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from audit.errors import AuditError, StoreError, TrustConflictError, UsageError
 from audit.models import Digest, RecordOutcome, TagState, TrustedImage, WatchSettings, utcnow
+from audit.ports import LeaseClaim
+from audit.untrusted import printable
 
 SCHEMA_VERSION: Final = 1
 
@@ -272,3 +276,49 @@ class FileStateStore:
             states[state.key] = state
         ordered = tuple(states[key] for key in sorted(states))
         write_atomically(self.path, _dump(StateDocument(schema_version=SCHEMA_VERSION, tags=ordered)))
+
+
+class FileRunLease:
+    """ports.RunLease for a local state file: an exclusive `flock` on `<state file>.lease`, held for the run.
+
+    The kernel drops the lock when the holding process ends, however it ends, so a file lease never goes
+    stale and needs no expiry; the file itself only tells the next run who holds it.
+    """
+
+    def __init__(self, state_path: Path) -> None:
+        self.path = state_path.with_name(state_path.name + ".lease")
+        self._handle: IO[str] | None = None
+        self._owner: str | None = None
+
+    def acquire(self, owner: str) -> LeaseClaim:
+        try:
+            handle = self.path.open("a+", encoding="utf-8")
+        except OSError as exc:
+            raise StoreError(
+                f"cannot open the run lease {self.path}: {exc.strerror or exc}",
+                hint="the directory of --state-file must be writable",
+            ) from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read(512).strip() or "another run"
+            handle.close()
+            return LeaseClaim(acquired=False, holder=printable(holder, max_chars=200))
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"run {owner} (pid {os.getpid()}) since {utcnow():%Y-%m-%dT%H:%M:%SZ}\n")
+        handle.flush()
+        self._handle, self._owner = handle, owner
+        return LeaseClaim(acquired=True, holder=owner)
+
+    def renew(self, owner: str) -> bool:
+        return self._handle is not None and self._owner == owner
+
+    def release(self, owner: str) -> None:
+        if self._handle is None or self._owner != owner:
+            return
+        handle, self._handle, self._owner = self._handle, None, None
+        with contextlib.suppress(OSError):
+            handle.truncate(0)
+        handle.close()  # closing the descriptor drops the lock
