@@ -10,11 +10,12 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from audit import bootstrap
-from audit.cli.common import add_store_options, render_table
+from audit.cli.common import add_store_options, markdown_cell, render_table
 from audit.config import Environment, RegistryOptions, audit_config
 from audit.errors import UsageError
 from audit.models import TagState, TrustedImage
 from audit.reference import familiar_name
+from audit.untrusted import csv_cell, printable
 
 FIELDS = (
     "registry",
@@ -107,7 +108,10 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        # Every cell is text for a spreadsheet: a source like `=HYPERLINK(...)` must never run as a formula.
+        writer.writerows(
+            {name: csv_cell("" if value is None else str(value)) for name, value in row.items()} for row in rows
+        )
         return buffer.getvalue().rstrip("\n")
     headers = ["IMAGE", "TAG", "TRUSTED DIGEST", "SOURCE", "RECORDED AT", "LIVE DIGEST", "VERDICT", "SINCE"]
     body = [
@@ -125,9 +129,9 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
     ]
     if fmt == "markdown":
         lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        lines.extend("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in body)
+        lines.extend("| " + " | ".join(markdown_cell(cell) for cell in row) + " |" for row in body)
         return "\n".join(lines)
-    return render_table(headers, body)
+    return render_table(headers, [[printable(cell) for cell in row] for row in body])
 
 
 def _iso(moment: datetime) -> str:
