@@ -45,7 +45,7 @@ def hostile_trust_file(tmp_path: Path) -> Path:
                 registry="ghcr.io",
                 repository="org/app",
                 tag=tag,
-                digest=DIGEST,  # type: ignore[arg-type]  # validated into a Digest
+                digest=DIGEST,
                 source=source,
                 commit="-cmd|' /C calc'!A0" if tag == "2.0" else None,
                 recorded_at=utcnow(),
@@ -134,7 +134,7 @@ def test_trust_export_csv_neutralises_formulas_and_escapes_controls(
 )
 def test_record_refuses_control_characters(cli: CliRunner, tmp_path: Path, flag: str, value: str) -> None:
     trust_file = tmp_path / "trusted.json"
-    args = ["record", f"ghcr.io/org/app:1.0@{DIGEST}", "--offline", "--trust-file", trust_file]
+    args: list[str | Path] = ["record", f"ghcr.io/org/app:1.0@{DIGEST}", "--offline", "--trust-file", trust_file]
     if flag != "--source":
         args += ["--source", "https://ci.example/run/1"]
     result = cli(*args, flag, value)
