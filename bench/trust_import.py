@@ -29,6 +29,7 @@ HEADER = "registry,repository,tag,digest,platforms,media_type,source,commit,reco
 class Outcome:
     case: str
     seconds: float
+    cpu_seconds: float
     peak_rss_mb: float
     exit_code: int | None  # None: killed at the timeout
     records_written: int
@@ -80,7 +81,8 @@ def run_import(case: str, source: Path, trust_file: Path, timeout: float, extra:
     if trust_file.exists():
         written = len(json.loads(trust_file.read_text(encoding="utf-8")).get("trusted", []))
     lines = [line for line in output.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return Outcome(case, seconds, usage.ru_maxrss / 1024, exit_code, written, lines[0][:150] if lines else "")
+    cpu = usage.ru_utime + usage.ru_stime
+    return Outcome(case, seconds, cpu, usage.ru_maxrss / 1024, exit_code, written, lines[0][:150] if lines else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,12 +111,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     print(f"python {sys.version.split()[0]}, PYTHONPATH={os.environ.get('PYTHONPATH', '')!r}")
-    print("| case | seconds | peak RSS (MB) | exit | records written | first output line |")
-    print("|---|---|---|---|---|---|")
+    print("| case | wall s | CPU s | peak RSS (MB) | exit | records written | first output line |")
+    print("|---|---|---|---|---|---|---|")
     for result in results:
         code = "killed" if result.exit_code is None else str(result.exit_code)
         print(
-            f"| {result.case} | {result.seconds:.1f} | {result.peak_rss_mb:.0f} | {code} | "
+            f"| {result.case} | {result.seconds:.1f} | {result.cpu_seconds:.1f} | {result.peak_rss_mb:.0f} | {code} | "
             f"{result.records_written} | {result.last_line} |"
         )
     return 0

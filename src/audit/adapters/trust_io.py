@@ -290,15 +290,16 @@ def _json_watch_settings(text: str) -> list[WatchSettings]:
 
 
 def _check_duplicates(rows: Iterable[tuple[str, TrustedImage]]) -> None:
-    first_seen: dict[tuple[str, str], str] = {}
+    # Only the tag names are kept (per repository, so each repository name is held once): a streamed pass 1.
+    first_seen: dict[str, dict[str, str]] = {}
     for where, record in rows:
-        key = (record.image, record.tag)
-        if key in first_seen:
+        tags = first_seen.setdefault(record.image, {})
+        if record.tag in tags:
             raise TrustImportError(
-                f"{where}: {record.ref.familiar} appears again (first at {first_seen[key]})",
+                f"{where}: {record.ref.familiar} appears again (first at {tags[record.tag]})",
                 hint="keep one record per tag; older digests belong in the history, not in the import",
             )
-        first_seen[key] = where
+        tags[record.tag] = where
 
 
 def _bounded_lines(handle: BinaryIO) -> Iterator[str]:
@@ -438,7 +439,7 @@ def _text_field(values: Mapping[str, object], name: str, where: str) -> str | No
         raise _field_error(where, name, f"must be a string, not {type(value).__name__}")
     if name in REQUIRED_FIELDS and not value.strip():
         raise _field_error(where, name, "is required")
-    if has_unsafe_characters(value):
+    if not value.isprintable() and has_unsafe_characters(value):  # isprintable: a fast "nothing unsafe"
         raise _field_error(
             where,
             name,
