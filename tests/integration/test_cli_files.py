@@ -120,6 +120,16 @@ def test_trust_export_csv_neutralises_formulas_and_escapes_controls(
     assert imported["1.0"].source == FORGING_SOURCE.encode("unicode_escape").decode("ascii").replace("\\n", "\\x0a")
 
 
+def test_trust_export_json_escapes_every_control_and_stays_exact(
+    cli: CliRunner, hostile_trust_file: Path, tmp_path: Path
+) -> None:
+    result = cli("trust", "export", "--format", "json", "--trust-file", hostile_trust_file)
+    assert result.code == 0
+    assert_no_raw_controls(result.out)
+    assert result.out.isascii()
+    assert [entry["source"] for entry in json.loads(result.out)["trusted"]] == [FORGING_SOURCE, FORMULA_SOURCE]
+
+
 # --- input: control characters refused ----------------------------------------------------------------------
 
 

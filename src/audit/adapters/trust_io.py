@@ -139,7 +139,8 @@ def export_trust(store: TrustStore, fmt: str) -> str:
                 for settings in sorted(store.load_watch_settings(), key=lambda item: item.image)
             ],
         }
-        return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+        # ASCII only: a C1 control or bidi override in a record must not reach a terminal raw (\u009b instead).
+        return json.dumps(document, indent=2) + "\n"
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=TRUST_FIELDS, lineterminator="\n")
     writer.writeheader()

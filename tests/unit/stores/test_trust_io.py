@@ -479,3 +479,20 @@ def test_a_partial_import_into_a_table_says_what_stays_and_running_it_again_is_s
     assert [record.tag for record in store.load_all()] == ["1.0", "1.1"]
     again = import_trust(OneRecordAtATime(store, fail_at=0), text, "csv")
     assert (len(again.created), len(again.unchanged), again.conflicts) == (3, 2, ())
+
+
+def test_an_unreadable_import_file_is_named(
+    store: FileTrustStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tests run as root in CI, where chmod cannot make a file unreadable; the error is raised at open instead."""
+    path = tmp_path / "secret.csv"
+    path.write_text(csv_text(csv_row()), encoding="utf-8")
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> object:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(UsageError, match=rf"^cannot read {path}: Permission denied$") as caught:
+        import_trust_file(store, path, "csv")
+    assert caught.value.exit_code == 2
+    assert not store.path.exists()
