@@ -8,13 +8,14 @@ between backends keeps moving tags and ignore patterns. Import goes through `Tru
 a row whose tag is trusted with another digest is reported as a conflict and never replaces anything.
 Import reads "trusted" only (history in the input is counted, not imported), and validates all input first.
 
-Input is untrusted: a CSV is streamed twice (validate every row, then write), with at most `max_rows` records
-and lines of at most MAX_LINE_BYTES, so a huge or hostile file is refused at its first bad line with flat
-memory. A store that can batch (the trust file) is written once, all or nothing; DynamoDB is written record by
-record, so an import that stops half-way leaves the records before the failure, and running it again is safe
-(the same digest again is "unchanged"). CSV cells are written with `untrusted.csv_cell`, so a spreadsheet never
-runs a formula; import reads that form back (a leading `'` before `= + - @ '`, tab or CR is dropped; `\\`
-is one backslash). Text with control characters is refused on import.
+Input is untrusted: a CSV is streamed twice (validate every row keeping only tag names, then write), with at
+most `max_rows` records on lines of at most MAX_LINE_BYTES, so a huge or hostile file is refused at its first
+bad line with memory bounded by `max_rows`; a JSON file is read whole, at most JSON_BYTES_PER_RECORD per record.
+A store that can batch (the trust file) is written once, all or nothing; DynamoDB is written record by record,
+so an import that stops half-way leaves the records before the failure, and running it again is safe (the same
+digest again is "unchanged"). CSV cells are written with `untrusted.csv_cell`, so a spreadsheet never runs a
+formula; import reads that form back (one leading `'` before `= + - @ '`, tab, CR or LF is dropped; `\\\\` is
+one backslash). Text with control or format characters is refused on import.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ _JSON_KEYS = frozenset({"schema_version", "trusted", "history", "watch"})
 DEFAULT_MAX_ROWS = 200_000
 #: Longest physical CSV line; a record is a few hundred bytes, platforms of a large index a few thousand.
 MAX_LINE_BYTES = 64 * 1024
+#: Bytes a JSON import may use per allowed record (an index with dozens of platforms stays well below).
+JSON_BYTES_PER_RECORD = 4096
 #: What `csv_cell` puts before a cell a spreadsheet would read as a formula; import takes it off again.
 _NEUTRALISED = re.compile(r"^'(?=['=+\-@\t\r\n])")
 
@@ -213,7 +216,7 @@ def _import(store: TrustStore, open_input: Opener, fmt: str, *, max_rows: int) -
         total = None
     else:
         with open_input() as handle:
-            text = _read_json_text(handle)
+            text = _read_json_text(handle, max_bytes=max_rows * JSON_BYTES_PER_RECORD)
         parsed, skipped_history = _json_records(text, max_rows)
         _check_duplicates(parsed)
         watch = _json_watch_settings(text)
@@ -263,9 +266,16 @@ def _stopped(exc: AuditError, where: str, done: int, total: int | None, *, batch
     return type(exc)(f"import stopped at {where}: {exc.message}; {left}", hint=hint)
 
 
-def _read_json_text(handle: BinaryIO) -> str:
+def _read_json_text(handle: BinaryIO, *, max_bytes: int) -> str:
+    """The whole document (JSON cannot be validated in pieces), bounded by what `max_rows` records can need."""
+    data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise TrustImportError(
+            f"larger than {max_bytes} bytes ({JSON_BYTES_PER_RECORD} per record of --max-rows)",
+            hint="split the file, import it as CSV (streamed), or raise --max-rows N",
+        )
     try:
-        return handle.read().decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise TrustImportError(
             f"not UTF-8 text (byte {exc.start})", hint="save the file as UTF-8 (e.g. `iconv -f WINDOWS-1252 -t UTF-8`)"

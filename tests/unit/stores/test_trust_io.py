@@ -345,6 +345,8 @@ def test_more_rows_than_the_limit_are_refused_at_the_first_extra_row(store: File
     records = [trusted(f"2.{number}").model_dump(mode="json") for number in range(3)]
     with pytest.raises(TrustImportError, match="3 records, more than 2"):
         import_trust(store, json.dumps(records), "json", max_rows=2)
+    with pytest.raises(TrustImportError, match=r"larger than 8192 bytes \(4096 per record of --max-rows\)"):
+        import_trust(store, json.dumps(records) + " " * 8192, "json", max_rows=2)
 
 
 def test_an_overlong_line_is_refused_without_reading_on(store: FileTrustStore) -> None:
