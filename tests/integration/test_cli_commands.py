@@ -593,6 +593,10 @@ def test_trust_import_reports_conflicts_and_never_replaces(
     store = DynamoTrustStore(tables.trust, aws.dynamodb())
     assert [(r.tag, str(r.digest)) for r in store.load_all()] == [("1.0", release.digest), ("1.1", other)]
     assert store.history(f"{registry.host}/{repo}", "1.0") == []
+    # The table is written record by record; running the same import again (e.g. after it stopped half-way)
+    # is safe: what is already trusted is unchanged.
+    assert cli("trust", "import", rows).out.startswith("created 0, unchanged 1, conflicts 1\n")
+    assert [(r.tag, str(r.digest)) for r in store.load_all()] == [("1.0", release.digest), ("1.1", other)]
 
 
 @pytest.mark.parametrize("flags", [(), ("--platforms",)], ids=["plain", "with-platforms"])

@@ -23,6 +23,7 @@ from audit.drift import check_verdict, platform_absent
 from audit.errors import UsageError
 from audit.models import Digest, ImageRef, Observation, Verdict
 from audit.platforms import Platform, select_platform
+from audit.untrusted import printable
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -144,10 +145,10 @@ def _iso(moment: datetime) -> str:
 def _table(rows: list[dict[str, Any]]) -> str:
     body = [
         [
-            str(row["reference"]),
+            printable(str(row["reference"])),
             str(row["status"]).upper(),
-            str(row["live_digest"] or "-"),
-            str(row["reason"] or ""),
+            printable(str(row["live_digest"] or "-")),
+            printable(str(row["reason"] or "")),
         ]
         for row in rows
     ]
@@ -159,4 +160,4 @@ def _summarise(rows: list[dict[str, Any]], counts: Counter[str]) -> None:
     err(f"checked {len(rows)} reference(s): {parts}")
     for row in rows:
         if row["status"] == Verdict.UNVERIFIABLE:
-            err(f"  unverifiable: {row['reference']}: {row['reason']}")
+            err(f"  unverifiable: {printable(str(row['reference']))}: {printable(str(row['reason']))}")
