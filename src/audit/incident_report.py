@@ -322,6 +322,7 @@ registry did not establish a digest (access, rate limit, never audited); it is n
 
 # --------------------------------------------------------------------------------------------------- Markdown
 
+
 def _md(value: str | None, *, max_chars: int = 300) -> str:
     """A table cell: printable, Markdown punctuation escaped, HTML-significant characters as entities."""
     if not value:
@@ -357,7 +358,7 @@ def render_markdown(report: IncidentReport) -> str:
         page = registry_page(record)
         cells = [
             _md(row.reference),
-            _md_link(record.source, printable(record.source, max_chars=300)),
+            _md_link(record.source, record.source),
             _md(record.commit, max_chars=64),
             f"`{record.digest}`",
             served,

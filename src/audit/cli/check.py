@@ -115,9 +115,12 @@ def _parse_platform(text: str | None) -> Platform | None:
 def _row(typed: str, ref: ImageRef, observation: Observation, platform: Platform | None) -> dict[str, Any]:
     verdict, reason = check_verdict(observation, ref.digest, platform)
     live: Digest | None = observation.live_digest
+    shown_platform = str(platform) if platform else None
     if platform is not None:
         selected = select_platform(observation.platforms or {}, platform)
         live = selected[1] if selected else None
+        if selected is not None:
+            shown_platform = selected[0]  # as the index spells it (linux/arm64/v8 for linux/arm64)
     return {
         "reference": typed,
         "registry": ref.registry,
@@ -129,7 +132,7 @@ def _row(typed: str, ref: ImageRef, observation: Observation, platform: Platform
         "reason": reason,
         "checked_at": _iso(observation.checked_at),
         "media_type": observation.media_type,
-        "platform": str(platform) if platform else None,
+        "platform": shown_platform,
         "platforms": (
             {name: str(digest) for name, digest in observation.platforms.items()}
             if observation.platforms is not None
