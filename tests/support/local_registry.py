@@ -19,6 +19,7 @@ from tests.support.pusher import Credentials, PushedImage, Pusher, RegistryAuth
 from tests.support.registry_process import (
     DEFAULT_BINARY,
     HtpasswdAuth,
+    Notifications,
     RegistryProcess,
     RegistryTls,
     TokenAuth,
@@ -125,12 +126,14 @@ def local_registry(
     expires_in: int | None = 300,
     accounts: Mapping[str, Account] | None = None,
     binary: Path = DEFAULT_BINARY,
+    notifications: Notifications | None = None,
 ) -> Iterator[LocalRegistry]:
     """Start a registry (and its token server) under `workdir`; everything stops when the block exits.
 
     `token_server_tls` defaults to `tls`. `accounts` adds token-server users (with per-repository grants) to
     the default reader and pusher accounts. `anonymous_pull` lets the token server issue pull tokens without
-    credentials; otherwise anonymous token requests get 401.
+    credentials; otherwise anonymous token requests get 401. `notifications` makes the registry POST its events
+    to an endpoint (see `Notifications`).
     """
     realm_tls = tls if token_server_tls is None else token_server_tls
     workdir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +180,9 @@ def local_registry(
                 rootcertbundle=token_server.write_rootcertbundle(workdir / "token-rootcertbundle.pem"),
             )
 
-        process = RegistryProcess(workdir / "registry", auth=registry_auth, tls=registry_tls, binary=binary)
+        process = RegistryProcess(
+            workdir / "registry", auth=registry_auth, tls=registry_tls, binary=binary, notifications=notifications
+        )
         stack.enter_context(process)
         registry = LocalRegistry(
             process=process,

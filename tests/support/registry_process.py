@@ -42,6 +42,19 @@ class TokenAuth:
 
 
 @dataclass(frozen=True)
+class Notifications:
+    """`notifications.endpoints`: the registry POSTs event envelopes to `url` with `Authorization: Bearer token`.
+
+    Blob events are left out by media type (as a production config would), so the receiver sees manifests.
+    """
+
+    url: str
+    token: str
+    #: Retry quickly in tests: the registry queues events per endpoint and retries until a 2xx.
+    backoff: str = "200ms"
+
+
+@dataclass(frozen=True)
 class RegistryTls:
     cert_file: Path
     key_file: Path
@@ -80,8 +93,10 @@ class RegistryProcess:
         tls: RegistryTls | None = None,
         binary: Path = DEFAULT_BINARY,
         startup_timeout: float = 15.0,
+        notifications: Notifications | None = None,
     ) -> None:
         self.workdir = workdir
+        self.notifications = notifications
         self.auth = auth
         self.tls = tls
         self.binary = binary
@@ -224,6 +239,20 @@ class RegistryProcess:
             "http": http,
             "health": {"storagedriver": {"enabled": False}},
         }
+        if self.notifications is not None:
+            config["notifications"] = {
+                "endpoints": [
+                    {
+                        "name": "digest-audit",
+                        "url": self.notifications.url,
+                        "headers": {"Authorization": [f"Bearer {self.notifications.token}"]},
+                        "timeout": "5s",
+                        "threshold": 5,
+                        "backoff": self.notifications.backoff,
+                        "ignoredmediatypes": ["application/octet-stream"],
+                    }
+                ]
+            }
         match self.auth:
             case HtpasswdAuth(path=path, realm=realm):
                 config["auth"] = {"htpasswd": {"realm": realm, "path": str(path)}}
