@@ -246,7 +246,8 @@ def test_a_failed_audit_returns_every_valid_message_and_drops_the_malformed(
 
 def test_the_scheduler_input_is_not_mistaken_for_a_batch() -> None:
     assert handler.is_sqs_batch(load_event("sqs-batch.json"))
-    for event in (load_event("scheduled.json"), {}, {"Records": []}, {"Records": [{"eventSource": "aws:s3"}]}):
+    others: list[Any] = [load_event("scheduled.json"), {}, {"Records": []}, {"Records": [{"eventSource": "aws:s3"}]}]
+    for event in others:
         assert not handler.is_sqs_batch(event)
     # A scheduler input with a Records key is refused by the scheduled path, never consumed as a batch.
     assert not handler.is_sqs_batch({"Records": [{"eventSource": "aws:sqs"}], "dry_run": True})
