@@ -12,7 +12,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from audit import bootstrap, push_events
+from audit import bootstrap, hooks, push_events
 from audit.errors import AuditError, ConfigError, InvalidEventError, InvalidReferenceError
 from audit.hooks import CheckRequest
 from audit.service import RunOptions, RunReport
@@ -130,8 +130,7 @@ def consume_push_events(event: dict[str, Any], context: LambdaContext) -> dict[s
         return context.get_remaining_time_in_millis() > margin_ms
 
     try:
-        trusted = app.trust.load_all() if push_events.needs_trust_records(requests.values()) else []
-        tags = push_events.targeted_tags(requests.values(), trusted)
+        tags = hooks.tags_to_check(list(requests.values()), app.trust.load_all)
         if not tags:  # only deletes by digest of digests nobody trusted: nothing to check
             return {"batchItemFailures": []}
         report = app.run(RunOptions(tags=tags), should_start=should_start)

@@ -22,6 +22,14 @@ ENV_INSECURE_REGISTRIES = "DIGEST_AUDIT_INSECURE_REGISTRIES"
 ENV_CONCURRENCY = "DIGEST_AUDIT_CONCURRENCY"
 ENV_TIMEOUT = "DIGEST_AUDIT_TIMEOUT"
 
+#: Webhook secrets of the push-event receiver (`listen` and the receiver function), never of the audit function.
+ENV_WEBHOOK_TOKEN = "DIGEST_AUDIT_WEBHOOK_TOKEN"  # noqa: S105 - a variable name, not a secret
+ENV_GITHUB_WEBHOOK_SECRET = "DIGEST_AUDIT_GITHUB_WEBHOOK_SECRET"  # noqa: S105 - a variable name, not a secret
+RECEIVER_VARIABLES = (ENV_WEBHOOK_TOKEN, ENV_GITHUB_WEBHOOK_SECRET)
+#: Shortest webhook token accepted: it is the only credential of the Docker Hub route (a URL), so it must be
+#: long and random (`openssl rand -hex 32`).
+MIN_WEBHOOK_TOKEN_LENGTH = 24
+
 #: Every variable the code reads (besides AWS_* and POWERTOOLS_* which their libraries read), for docs and tests.
 ALL_VARIABLES = (
     ENV_TRUST_TABLE,
@@ -180,3 +188,14 @@ def audit_config(env: Environment, registry: RegistryOptions) -> AuditConfig:
         unverifiable_after=env.integer(ENV_UNVERIFIABLE_AFTER, 3, minimum=1),
         registry=registry,
     )
+
+
+def webhook_secrets(env: Environment) -> tuple[str | None, str | None]:
+    """`(webhook token, GitHub secret)` of the receiver; each None when unset. A short token is refused."""
+    token = env.text(ENV_WEBHOOK_TOKEN)
+    if token is not None and len(token) < MIN_WEBHOOK_TOKEN_LENGTH:
+        raise ConfigError(
+            f"{ENV_WEBHOOK_TOKEN} is shorter than {MIN_WEBHOOK_TOKEN_LENGTH} characters",
+            hint="use a long random value, e.g. `openssl rand -hex 32`; it is the Docker Hub route's only credential",
+        )
+    return token, env.text(ENV_GITHUB_WEBHOOK_SECRET)

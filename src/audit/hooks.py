@@ -16,7 +16,7 @@ import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError, ValidationInfo, field_validator
 
 from audit.errors import AuditError, InvalidEventError
-from audit.models import Digest, Frozen
+from audit.models import Digest, Frozen, TrustedImage
 from audit.reference import DOCKER_HUB_API_HOST, is_valid_tag, parse_image_name
 from audit.untrusted import printable
 
@@ -222,7 +222,9 @@ _RESPONSE_TEXT = {
     401: "missing or invalid credentials",
     404: "not found",
     405: "method not allowed",
+    411: "length required",
     413: "request body too large",
+    431: "request header fields too large",
 }
 
 
@@ -288,7 +290,7 @@ def receive(
     if result.status >= 400:
         log.warning("push event refused (%d): %s", result.status, printable(result.reason))
     elif result.status == 204:
-        log.info("push event ignored: %s", printable(result.reason))
+        log.debug("push event ignored: %s", printable(result.reason))
     else:
         for request in result.requests:
             log.info("push event accepted: %s", request.display)
@@ -612,6 +614,25 @@ def _ecr_request(event: Mapping[str, Any], detail: Mapping[str, Any], action: Ho
         event_time=_parse_time(event.get("time")),
         delivery_id=_optional_text(event.get("id"), "id"),
     )
+
+
+def tags_to_check(
+    requests: Sequence[CheckRequest], load_trusted: Callable[[], Iterable[TrustedImage]]
+) -> frozenset[tuple[str, str]]:
+    """The (image, tag) pairs a batch of requests asks to check, for `RunOptions(tags=...)`.
+
+    A delete by digest names no tag: it concerns every recorded tag of that repository that trusted the digest
+    (`load_trusted` is only called when such a request is in the batch).
+    """
+    tags: set[tuple[str, str]] = set()
+    by_digest = [request for request in requests if request.tag is None]
+    for request in requests:
+        if request.tag is not None:
+            tags.add((request.image, request.tag))
+    if by_digest:
+        wanted = {(request.image, request.digest) for request in by_digest if request.digest is not None}
+        tags.update((item.image, item.tag) for item in load_trusted() if (item.image, item.digest) in wanted)
+    return frozenset(tags)
 
 
 def describe(requests: Sequence[CheckRequest]) -> str:

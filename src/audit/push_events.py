@@ -2,7 +2,8 @@
 
 The queue holds two kinds of bodies: `CheckRequest` messages from the webhook receiver, and raw EventBridge
 "ECR Image Action" events (the ECR rule sends them unchanged). Both become (image, tag) pairs for
-`RunOptions.tags`, so a push is judged by the same engine, state and dedup as the scheduled run.
+`RunOptions.tags` (through `hooks.tags_to_check`), so a push is judged by the same engine, state and dedup as
+the scheduled run.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import datetime
 
 from audit.errors import InvalidEventError
 from audit.hooks import MAX_MESSAGE_BYTES, CheckRequest, from_ecr_event
-from audit.models import Finding, Notice, TrustedImage
+from audit.models import Finding, Notice
 
 
 def parse_queue_message(body: object) -> CheckRequest | None:
@@ -34,29 +35,6 @@ def parse_queue_message(body: object) -> CheckRequest | None:
             raise InvalidEventError("push event message is an EventBridge event of another kind")
         return from_ecr_event(data)
     return CheckRequest.from_message(body)
-
-
-def targeted_tags(requests: Iterable[CheckRequest], trusted: Iterable[TrustedImage] = ()) -> frozenset[tuple[str, str]]:
-    """The (image, tag) pairs a batch names. A delete by digest (no tag) names the tags trusted with that digest.
-
-    `trusted` is only read for such deletes; pass the trust table's records when there are any.
-    """
-    pairs: set[tuple[str, str]] = set()
-    by_digest: list[CheckRequest] = []
-    for request in requests:
-        if request.tag is not None:
-            pairs.add((request.image, request.tag))
-        elif request.digest is not None:
-            by_digest.append(request)
-    if by_digest:
-        wanted = {(request.image, str(request.digest)) for request in by_digest}
-        pairs.update((item.image, item.tag) for item in trusted if (item.image, str(item.digest)) in wanted)
-    return frozenset(pairs)
-
-
-def needs_trust_records(requests: Iterable[CheckRequest]) -> bool:
-    """Whether `targeted_tags` needs the trust records (some request is a delete by digest)."""
-    return any(request.tag is None for request in requests)
 
 
 def time_to_detect(

@@ -132,8 +132,8 @@ def local_registry(
 
     `token_server_tls` defaults to `tls`. `accounts` adds token-server users (with per-repository grants) to
     the default reader and pusher accounts. `anonymous_pull` lets the token server issue pull tokens without
-    credentials; otherwise anonymous token requests get 401. `notifications` makes the registry POST its events
-    to an endpoint (see `Notifications`).
+    credentials; otherwise anonymous token requests get 401. `notifications` makes the registry send its push
+    events to a receiver (`digest-audit listen`).
     """
     realm_tls = tls if token_server_tls is None else token_server_tls
     workdir.mkdir(parents=True, exist_ok=True)

@@ -43,15 +43,14 @@ class TokenAuth:
 
 @dataclass(frozen=True)
 class Notifications:
-    """`notifications.endpoints`: the registry POSTs event envelopes to `url` with `Authorization: Bearer token`.
-
-    Blob events are left out by media type (as a production config would), so the receiver sees manifests.
-    """
+    """`notifications.endpoints`: the registry POSTs event envelopes to `url` with `Authorization: Bearer`."""
 
     url: str
     token: str
-    #: Retry quickly in tests: the registry queues events per endpoint and retries until a 2xx.
-    backoff: str = "200ms"
+    name: str = "digest-audit"
+    timeout: str = "2s"
+    threshold: int = 3
+    backoff: str = "1s"
 
 
 @dataclass(frozen=True)
@@ -96,9 +95,9 @@ class RegistryProcess:
         notifications: Notifications | None = None,
     ) -> None:
         self.workdir = workdir
-        self.notifications = notifications
         self.auth = auth
         self.tls = tls
+        self.notifications = notifications
         self.binary = binary
         self.startup_timeout = startup_timeout
         self.storage_dir = workdir / "storage"
@@ -240,16 +239,16 @@ class RegistryProcess:
             "health": {"storagedriver": {"enabled": False}},
         }
         if self.notifications is not None:
+            endpoint = self.notifications
             config["notifications"] = {
                 "endpoints": [
                     {
-                        "name": "digest-audit",
-                        "url": self.notifications.url,
-                        "headers": {"Authorization": [f"Bearer {self.notifications.token}"]},
-                        "timeout": "5s",
-                        "threshold": 5,
-                        "backoff": self.notifications.backoff,
-                        "ignoredmediatypes": ["application/octet-stream"],
+                        "name": endpoint.name,
+                        "url": endpoint.url,
+                        "headers": {"Authorization": [f"Bearer {endpoint.token}"]},
+                        "timeout": endpoint.timeout,
+                        "threshold": endpoint.threshold,
+                        "backoff": endpoint.backoff,
                     }
                 ]
             }

@@ -7,10 +7,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from audit.cli import check, init, record, report, run, trust, watch
+from audit.cli import check, init, listen, record, report, run, trust, watch
 from audit.errors import AuditError
 
-_COMMANDS = (check, record, watch, trust, run, report, init)
+_COMMANDS = (check, record, watch, trust, run, listen, report, init)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from dataclasses import dataclass
 from datetime import timedelta
 
 from audit import bootstrap, drift
@@ -17,9 +18,9 @@ from audit.cli.common import (
     positive_int,
     registry_options_from,
 )
-from audit.config import Environment, audit_config
+from audit.config import AuditConfig, Environment, audit_config
 from audit.errors import UsageError
-from audit.ports import Alerts
+from audit.ports import Alerts, Registry, StateStore, TrustStore
 from audit.service import AuditService, RunOptions, RunReport
 
 
@@ -40,17 +41,45 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="IMAGE",
         help="audit only this repository (repeatable)",
     )
+    add_audit_options(parser)
+    add_registry_options(parser)
+    parser.set_defaults(handler=run_audit)
+
+
+def add_audit_options(parser: argparse.ArgumentParser) -> None:
+    """Alerting and re-verification options shared by `run` and `listen`."""
     parser.add_argument(
         "--print-alerts", action="store_true", help="print alerts on stdout instead of publishing them to SNS"
     )
     parser.add_argument("--reverify-delay", type=float, metavar="SECONDS", help="wait before re-checking a drift")
     parser.add_argument("--reminder-interval", type=positive_float, metavar="SECONDS")
     parser.add_argument("--unverifiable-after", type=positive_int, metavar="RUNS")
-    add_registry_options(parser)
-    parser.set_defaults(handler=run_audit)
 
 
-def run_audit(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class AuditSetup:
+    """The stores, alert channel and policy of an audit, built from flags and the environment."""
+
+    config: AuditConfig
+    trust: TrustStore
+    state: StateStore
+    alerts: Alerts
+    policy: drift.AlertPolicy
+    reverify_delay: float
+
+    def service(self, registry: Registry) -> AuditService:
+        return AuditService(
+            self.trust,
+            self.state,
+            registry,
+            self.alerts,
+            alert_policy=self.policy,
+            reverify_delay=self.reverify_delay,
+        )
+
+
+def audit_setup(args: argparse.Namespace, *, dry_run: bool = False) -> AuditSetup:
+    """Local files (`--trust-file` and `--state-file`, alerts printed) or DynamoDB and SNS from the environment."""
     env = Environment()
     config = audit_config(env, registry_options_from(args, env))
     local = args.trust_file is not None or args.state_file is not None
@@ -59,9 +88,8 @@ def run_audit(args: argparse.Namespace) -> int:
     trust = bootstrap.trust_store(args.trust_file, config)
     state = bootstrap.state_store(args.state_file, config)
     # A dry run publishes nothing, so it needs no topic.
-    printing = local or args.print_alerts or args.dry_run
+    printing = local or args.print_alerts or dry_run
     alerts: Alerts = PrintAlerts(sys.stdout) if printing else bootstrap.sns_alerts(config)
-    repositories = frozenset(bootstrap.image_name(name) for name in args.repository) or None
     policy = drift.AlertPolicy(
         reminder_interval=timedelta(seconds=args.reminder_interval)
         if args.reminder_interval
@@ -69,12 +97,17 @@ def run_audit(args: argparse.Namespace) -> int:
         unverifiable_after=args.unverifiable_after or config.unverifiable_after,
     )
     delay = args.reverify_delay if args.reverify_delay is not None else config.reverify_delay
+    return AuditSetup(config, trust, state, alerts, policy, delay)
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    setup = audit_setup(args, dry_run=args.dry_run)
+    repositories = frozenset(bootstrap.image_name(name) for name in args.repository) or None
     options = RunOptions(repositories=repositories, dry_run=args.dry_run)
 
     async def audit() -> RunReport:
-        async with bootstrap.registry_client(config.registry) as client:
-            service = AuditService(trust, state, client, alerts, alert_policy=policy, reverify_delay=delay)
-            return await service.run(options)
+        async with bootstrap.registry_client(setup.config.registry) as client:
+            return await setup.service(client).run(options)
 
     report = asyncio.run(audit())
     print_summary(report, dry_run=args.dry_run)
