@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from audit.config import Environment
+from audit.config import MIN_WEBHOOK_TOKEN_LENGTH, Environment
 from audit.errors import ConfigError
 from audit.hooks import MAX_BODY_BYTES, CheckRequest, HookResult, HookSecrets, MemorySeen, receive
 
@@ -144,7 +144,13 @@ def hook_secrets(config: ReceiverConfig, path: str) -> HookSecrets:
         path.startswith(_ROUTES["dockerhub"]) and "dockerhub" in config.sources
     )
     if token_route and config.token_secret:
-        return HookSecrets(webhook_token=_secrets.get(config.token_secret))
+        token = _secrets.get(config.token_secret)
+        if len(token) < MIN_WEBHOOK_TOKEN_LENGTH:  # the same floor as `listen`: the Docker Hub URL's only credential
+            raise ConfigError(
+                f"the webhook token is shorter than {MIN_WEBHOOK_TOKEN_LENGTH} characters",
+                hint="store a long random value in the secret (the stack generates 48 characters)",
+            )
+        return HookSecrets(webhook_token=token)
     return HookSecrets()
 
 
@@ -231,6 +237,9 @@ def lambda_handler(event: dict[str, Any], context: object) -> dict[str, Any]:
     method, path, headers, body = parts
     try:
         secrets = hook_secrets(config, path)
+    except ConfigError as exc:
+        log.error("webhook secret unusable: %s (%s)", exc.message, exc.hint)  # noqa: TRY400
+        return _response(503, "unavailable")
     except Exception as exc:  # botocore's error types; the message may name the secret, never its value
         log.error("cannot read a webhook secret: %s", type(exc).__name__)  # noqa: TRY400
         return _response(503, "unavailable")  # the registry retries later

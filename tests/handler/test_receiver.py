@@ -257,6 +257,18 @@ def test_an_unreadable_secret_gives_503_without_naming_it(
     assert "cannot read a webhook secret" in caplog.text
 
 
+def test_a_short_webhook_token_is_refused_as_misconfiguration(
+    receiver_env: ReceiverEnvironment, aws: AwsClients, caplog: pytest.LogCaptureFixture
+) -> None:
+    aws.secretsmanager().put_secret_value(SecretId=receiver_env.token_secret_arn, SecretString="short")
+    short = load_event("dockerhub-push.json")
+    short["rawPath"] = "/hooks/dockerhub/short"
+
+    assert invoke(short)["statusCode"] == 503
+    assert receiver_env.queue.counts()["visible"] == 0
+    assert "shorter than" in caplog.text
+
+
 def test_a_misconfigured_receiver_answers_503(receiver_env: ReceiverEnvironment) -> None:
     receiver_env.setenv(receiver.ENV_GRACE, "901")
     assert invoke(load_event("distribution-push.json"))["statusCode"] == 503
