@@ -32,8 +32,9 @@ ENV_GRACE = "DIGEST_AUDIT_GRACE"
 ENV_SOURCES = "DIGEST_AUDIT_HOOK_SOURCES"
 ENV_TOKEN_SECRET = "WEBHOOK_TOKEN_SECRET_ARN"  # noqa: S105 - a variable name, not a secret
 ENV_GITHUB_SECRET = "GITHUB_WEBHOOK_SECRET_ARN"  # noqa: S105 - a variable name, not a secret
-#: Every variable the receiver reads (template.yaml sets exactly these).
-RECEIVER_VARIABLES = (ENV_QUEUE_URL, ENV_GRACE, ENV_SOURCES, ENV_TOKEN_SECRET, ENV_GITHUB_SECRET)
+#: Every variable the receiver function reads (template.yaml sets exactly these). Not `audit.config`'s
+#: RECEIVER_VARIABLES: those hold the secrets themselves, for `listen`; this function reads only their ARNs.
+FUNCTION_VARIABLES = (ENV_QUEUE_URL, ENV_GRACE, ENV_SOURCES, ENV_TOKEN_SECRET, ENV_GITHUB_SECRET)
 
 #: SQS's own limits: DelaySeconds 0-900, ten entries per SendMessageBatch.
 MAX_DELAY_SECONDS = 900

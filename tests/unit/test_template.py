@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from audit.config import ALL_VARIABLES
+from audit.config import ALL_VARIABLES, RECEIVER_VARIABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -647,7 +647,8 @@ def test_receiver_environment_is_what_it_reads_and_holds_no_secret(template: dic
     import receiver  # noqa: PLC0415 - src/receiver.py, the function under test
 
     variables = receiver_properties(template)["Environment"]["Variables"]
-    assert set(variables) == set(receiver.RECEIVER_VARIABLES)
+    assert set(variables) == set(receiver.FUNCTION_VARIABLES)
+    assert not set(variables) & set(RECEIVER_VARIABLES), "webhook secrets in plain environment variables"
     assert references(variables[receiver.ENV_QUEUE_URL]) == {PUSH_QUEUE}
     assert references(variables[receiver.ENV_GRACE]) == {"PushEventGraceSeconds"}
     # Secret ARNs only; the values stay in Secrets Manager.
