@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -43,14 +44,25 @@ __all__ = ["function", "lambda_env", "lambda_env_for", "new_container"]
 VERDICT_METRICS = ("VerdictMatch", "VerdictDrift", "VerdictMissing", "VerdictUnverifiable", "VerdictUntracked")
 
 
-def test_every_sample_event_has_a_test_here() -> None:
-    """A new file under events/ must get a test in this module (the list below is the module's coverage)."""
-    assert sorted(path.name for path in EVENTS.glob("*.json")) == [
-        "dry-run.json",
-        "invalid.json",
-        "scheduled.json",
-        "subset.json",
-    ]
+#: Which test module exercises each sample event (a new file under events/ must be added here and used there).
+SAMPLE_EVENT_TESTS = {
+    "dry-run.json": "test_handler.py",
+    "invalid.json": "test_handler.py",
+    "scheduled.json": "test_handler.py",
+    "subset.json": "test_handler.py",
+    "sqs-batch.json": "test_push_events.py",
+    "ecr-push.json": "test_push_events.py",
+    "ecr-delete.json": "test_push_events.py",
+    "distribution-push.json": "test_receiver.py",
+    "github-package.json": "test_receiver.py",
+    "dockerhub-push.json": "test_receiver.py",
+}
+
+
+def test_every_sample_event_has_a_test() -> None:
+    assert sorted(path.name for path in EVENTS.glob("*.json")) == sorted(SAMPLE_EVENT_TESTS)
+    for event, module in SAMPLE_EVENT_TESTS.items():
+        assert f'"{event}"' in (Path(__file__).parent / module).read_text(encoding="utf-8"), f"{module} skips {event}"
 
 
 # --- scheduled.json: the full audit ---------------------------------------------------------------------------
