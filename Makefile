@@ -22,7 +22,7 @@ typecheck: setup
 pytest: setup
 	$(RUN) pytest
 
-test: lint typecheck pytest sam-validate sam-build
+test: lint typecheck pytest sam-validate checkov sam-build
 
 format: setup
 	$(RUN) ruff format .

@@ -1,8 +1,10 @@
-"""Lambda entry point: validate the Scheduler input, run one audit, emit metrics, return a summary."""
+"""Lambda entry point: validate the Scheduler input (or take an SQS batch of push events), run one audit, emit
+metrics, return a summary (for a batch: the partial batch response)."""
 
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -10,8 +12,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from audit import bootstrap
-from audit.errors import AuditError, ConfigError, InvalidReferenceError
+from audit import bootstrap, hooks, push_events
+from audit.errors import AuditError, ConfigError, InvalidEventError, InvalidReferenceError
+from audit.hooks import CheckRequest
 from audit.service import RunOptions, RunReport
 
 # Defaults equal the template's, so the heartbeat alarm (namespace + `service` dimension) always matches.
@@ -59,6 +62,8 @@ def parse_event(event: Any) -> AuditEvent:
 @tracer.capture_lambda_handler
 @logger.inject_lambda_context(log_event=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if is_sqs_batch(event):
+        return consume_push_events(event, context)
     try:
         request = parse_event(event)
     except ConfigError as exc:
@@ -79,13 +84,92 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     except AuditError as exc:
         logger.error("audit failed", extra={"error": exc.message, "hint": exc.hint})  # noqa: TRY400
         raise
-    _emit_metrics(report)
     summary = summarise(report, dry_run=request.dry_run)
+    if report.stepped_aside is not None:
+        # Not an error: the run that holds the lease audits and alerts. Raising would make the schedule
+        # retry into the same lease and raise the error alarm for a run that did exactly what it should.
+        # AuditCompleted is not emitted, so a lease that stays held beyond a slot trips the heartbeat alarm.
+        metrics.add_metric(name="RunSteppedAside", unit=MetricUnit.Count, value=1)
+        logger.warning("stepped aside: another run holds the lease", extra=summary)
+        return summary
+    _emit_metrics(report)
     logger.info("audit finished", extra=summary)
     return summary
 
 
-def _emit_metrics(report: RunReport) -> None:
+def is_sqs_batch(event: Any) -> bool:
+    """An SQS event source batch (the push-event queue), as opposed to the Scheduler's `Input`."""
+    if not isinstance(event, dict) or set(event) != {"Records"} or not isinstance(event["Records"], list):
+        return False
+    return bool(event["Records"]) and all(
+        isinstance(record, dict) and record.get("eventSource") == "aws:sqs" for record in event["Records"]
+    )
+
+
+def consume_push_events(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """One targeted audit for the whole batch, with the scheduled run's engine, state and dedup.
+
+    A malformed message is logged and dropped (retrying cannot repair it; the scheduled run still audits its
+    tag). Messages whose audit could not run or finish are returned as `batchItemFailures`: only they return to
+    the queue (and after `maxReceiveCount` receives, to its dead-letter queue).
+    """
+    requests: dict[str, CheckRequest] = {}
+    dropped = 0
+    for record in event["Records"]:
+        message_id = str(record.get("messageId", ""))
+        try:
+            request = push_events.parse_queue_message(record.get("body"))
+        except InvalidEventError as exc:
+            dropped += 1
+            logger.warning("dropped push event message", extra={"message_id": message_id, "error": exc.message})
+            continue
+        if request is not None:
+            requests[message_id] = request
+    metrics.add_metric(name="PushEventsReceived", unit=MetricUnit.Count, value=len(event["Records"]))
+    metrics.add_metric(name="PushEventsDropped", unit=MetricUnit.Count, value=dropped)
+    if not requests:
+        return {"batchItemFailures": []}
+
+    app = bootstrap.lambda_app()
+    margin_ms = app.time_margin_seconds * 1000
+
+    def should_start() -> bool:
+        return context.get_remaining_time_in_millis() > margin_ms
+
+    try:
+        tags = hooks.tags_to_check(list(requests.values()), app.trust.load_all)
+        if not tags:  # only deletes by digest of digests nobody trusted: nothing to check
+            return {"batchItemFailures": []}
+        report = app.run(RunOptions(tags=tags), should_start=should_start)
+    except AuditError as exc:
+        logger.error("push event audit failed", extra={"error": exc.message, "hint": exc.hint})  # noqa: TRY400
+        return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in requests]}
+    if report.stepped_aside is not None:
+        # Another run (a CLI `run` or `listen`) holds the lease and checked none of these: they go back to the
+        # queue and come again after its visibility timeout.
+        metrics.add_metric(name="RunSteppedAside", unit=MetricUnit.Count, value=1)
+        logger.warning(
+            "push event audit stepped aside: another run holds the lease", extra=summarise(report, dry_run=False)
+        )
+        return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in requests]}
+    published_at = datetime.now(UTC)
+    _emit_metrics(report, heartbeat=False)
+    if report.alerts_published:
+        for seconds in push_events.time_to_detect(list(requests.values()), report.findings, published_at=published_at):
+            metrics.add_metric(name="TimeToDetect", unit=MetricUnit.Seconds, value=seconds)
+    # A tag the run had no time left to check is retried with its message; everything else was judged.
+    unreached = {(ref.image, ref.tag) for ref in report.unreached}
+    failures = [
+        {"itemIdentifier": message_id}
+        for message_id, request in requests.items()
+        if (request.image, request.tag) in unreached
+    ]
+    summary = summarise(report, dry_run=False)
+    logger.info("push event audit finished", extra={**summary, "messages": len(event["Records"]), "dropped": dropped})
+    return {"batchItemFailures": failures}
+
+
+def _emit_metrics(report: RunReport, *, heartbeat: bool = True) -> None:
     metrics.add_metric(name="TagsChecked", unit=MetricUnit.Count, value=report.checked)
     for verdict in ("match", "drift", "missing", "unverifiable", "untracked"):
         metrics.add_metric(
@@ -96,10 +180,23 @@ def _emit_metrics(report: RunReport) -> None:
     metrics.add_metric(name="AlertsPublished", unit=MetricUnit.Count, value=report.alerts_published)
     metrics.add_metric(name="TagsUnreached", unit=MetricUnit.Count, value=len(report.unreached))
     metrics.add_metric(name="RunDuration", unit=MetricUnit.Milliseconds, value=report.duration_ms)
-    metrics.add_metric(name="AuditCompleted", unit=MetricUnit.Count, value=1)
+    if heartbeat:  # only the scheduled run: push events must not hide a dead schedule from the heartbeat alarm
+        metrics.add_metric(name="AuditCompleted", unit=MetricUnit.Count, value=1)
 
 
 def summarise(report: RunReport, *, dry_run: bool) -> dict[str, Any]:
+    if report.stepped_aside is not None:
+        claim = report.stepped_aside
+        return {
+            "run_id": report.run_id,
+            "stepped_aside": True,
+            "lease_holder": claim.holder,
+            "lease_expires_at": claim.expires_at.isoformat() if claim.expires_at else None,
+            "checked": 0,
+            "alerts_published": 0,
+            "dry_run": dry_run,
+            "duration_ms": report.duration_ms,
+        }
     return {
         "run_id": report.run_id,
         "checked": report.checked,
@@ -108,6 +205,7 @@ def summarise(report: RunReport, *, dry_run: bool) -> dict[str, Any]:
         "findings": len(report.findings),
         "unreached": [str(ref) for ref in report.unreached],
         "unverifiable": [{"reference": str(r.ref), "reason": r.reason} for r in report.unverifiable],
+        "stepped_aside": False,
         "dry_run": dry_run,
         "duration_ms": report.duration_ms,
     }

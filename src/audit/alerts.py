@@ -47,6 +47,7 @@ class AlertMessage:
     subject: str
     message_json: str
     attributes: dict[str, str]
+    findings: tuple[Finding, ...] = ()  # what this message carries: accepted by SNS means these were alerted
 
     @property
     def size_bytes(self) -> int:
@@ -170,8 +171,15 @@ def _message(group: _Group, findings: Sequence[Finding], *, part: int, parts: in
         "repository": group.repository,
         "notice": _notice_attribute(group.verdict, findings),
         "run_id": group.run_id,
+        # Every finding's stable id, space-separated: a subscriber drops a message whose ids it has all seen.
+        "finding_ids": " ".join(f.finding_id for f in findings if f.finding_id) or "-",
     }
-    return AlertMessage(subject=subject, message_json=json.dumps(body, separators=(",", ":")), attributes=attributes)
+    return AlertMessage(
+        subject=subject,
+        message_json=json.dumps(body, separators=(",", ":")),
+        attributes=attributes,
+        findings=tuple(findings),
+    )
 
 
 def _notice_attribute(verdict: str, findings: Sequence[Finding]) -> str:
@@ -245,6 +253,7 @@ def _digests(platforms: Mapping[str, Digest] | None) -> dict[str, str] | None:
 def machine_finding(finding: Finding) -> dict[str, object]:
     """The machine form of one finding: the `check --json` fields plus the evidence and the notice."""
     return {
+        "id": finding.finding_id,
         "reference": finding.reference,
         "registry": finding.registry,
         "repository": finding.repository,

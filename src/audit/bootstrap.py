@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from audit.adapters.package_index import (
     CodeArtifactCredentials,
@@ -44,11 +45,12 @@ from audit.models import ImageRef
 from audit.packages import is_package_spec, package_image_name
 
 if TYPE_CHECKING:
+    from botocore.config import Config
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_sns import SNSClient
 
     from audit.adapters.sns_alerts import SnsAlerts
-    from audit.ports import StateStore, TrustStore
+    from audit.ports import RunLease, StateStore, TrustStore
     from audit.service import RunOptions, RunReport
 
 
@@ -104,19 +106,44 @@ def package_index(
     return PackageIndexClient(settings, ChainCredentials(*providers))
 
 
+# --- the AWS retry policy, in one place -----------------------------------------------------------------------
+#: botocore's `standard` mode: exponential back-off with full jitter (1 s base for throttling, capped at 20 s),
+#: a client-side retry quota, and throttling, 5xx and connection errors retried for every operation.
+AWS_RETRY_MODE: Final = "standard"
+#: DynamoDB: 8 attempts (7 retries, at most ~1+2+4+8+16+20+20 s of throttling back-off) so a state save outlasts
+#: a throttling burst instead of re-sending its alerts next run; bounded well inside the Lambda timeout.
+DYNAMODB_MAX_ATTEMPTS = 8
+#: SNS: 4 attempts per PublishBatch call; failed entries are re-sent by SnsAlerts with the same back-off.
+SNS_MAX_ATTEMPTS = 4
+SNS_ENTRY_ATTEMPTS = 3
+_BACKOFF_CAP_SECONDS = 20.0
+
+
+def aws_backoff(retry: int) -> float:
+    """Seconds before the n-th retry our own code makes (UnprocessedItems, failed PublishBatch entries):
+    botocore's standard-mode throttling back-off, `rand(0, 1) * min(2 ** (n - 1), 20)`."""
+    return random.random() * min(2.0 ** (retry - 1), _BACKOFF_CAP_SECONDS)  # noqa: S311 - jitter, not secrecy
+
+
+def aws_config(max_attempts: int) -> Config:
+    from botocore.config import Config  # noqa: PLC0415 - deferred: see the module docstring
+
+    return Config(retries={"mode": AWS_RETRY_MODE, "total_max_attempts": max_attempts})
+
+
 @cache
 def dynamodb_client() -> DynamoDBClient:
     """One client per process (a deliberate Lambda warm cache); honours AWS_ENDPOINT_URL."""
     import boto3  # noqa: PLC0415 - deferred: see the module docstring
 
-    return boto3.client("dynamodb")
+    return boto3.client("dynamodb", config=aws_config(DYNAMODB_MAX_ATTEMPTS))
 
 
 @cache
 def sns_client() -> SNSClient:
     import boto3  # noqa: PLC0415 - deferred: see the module docstring
 
-    return boto3.client("sns")
+    return boto3.client("sns", config=aws_config(SNS_MAX_ATTEMPTS))
 
 
 def require(value: str | None, *, what: str, variable: str, flag: str | None = None) -> str:
@@ -163,14 +190,25 @@ def state_store(state_file: Path | None, config: AuditConfig) -> StateStore:
         # The state file starts empty on a first run; it only needs a directory to live in.
         return FileStateStore(store_file(state_file, flag="--state-file", create=True))
     table = require(config.state_table, what="audit state store", variable=ENV_STATE_TABLE, flag="--state-file FILE")
-    return DynamoStateStore(table, dynamodb_client())
+    return DynamoStateStore(table, dynamodb_client(), max_attempts=DYNAMODB_MAX_ATTEMPTS, backoff=aws_backoff)
+
+
+def run_lease(state_file: Path | None, config: AuditConfig) -> RunLease:
+    """The run lease lives where the state lives: next to the state file, or in the state table."""
+    from audit.adapters.dynamodb_store import DynamoRunLease  # noqa: PLC0415 - deferred, see above
+    from audit.adapters.file_store import FileRunLease  # noqa: PLC0415
+
+    if state_file is not None:
+        return FileRunLease(state_file)
+    table = require(config.state_table, what="audit state store", variable=ENV_STATE_TABLE, flag="--state-file FILE")
+    return DynamoRunLease(table, dynamodb_client(), duration=config.lease_duration)
 
 
 def sns_alerts(config: AuditConfig) -> SnsAlerts:
     from audit.adapters.sns_alerts import SnsAlerts  # noqa: PLC0415 - deferred, see above
 
     topic = require(config.topic_arn, what="alert topic", variable=ENV_TOPIC_ARN, flag="--print-alerts")
-    return SnsAlerts(topic, sns_client())
+    return SnsAlerts(topic, sns_client(), entry_attempts=SNS_ENTRY_ATTEMPTS, backoff=aws_backoff)
 
 
 def image_name(text: str) -> str:
@@ -196,6 +234,7 @@ class LambdaApp:
         self.packages = package_index(config.registry, secret_text=secret_text)
         self.trust = trust_store(None, config)
         self.state = state_store(None, config)
+        self.lease = run_lease(None, config)
         self.alerts = sns_alerts(config)
         self.policy = AlertPolicy(
             reminder_interval=config.reminder_interval, unverifiable_after=config.unverifiable_after
@@ -218,6 +257,7 @@ class LambdaApp:
             reverify_delay=self.config.reverify_delay,
             should_start=should_start,
             packages=self.packages,
+            lease=self.lease,
         )
         return self.loop.run_until_complete(service.run(options))
 

@@ -32,6 +32,7 @@ RECEIVER_VARIABLES = (ENV_WEBHOOK_TOKEN, ENV_GITHUB_WEBHOOK_SECRET)
 #: Shortest webhook token accepted: it is the only credential of the Docker Hub route (a URL), so it must be
 #: long and random (`openssl rand -hex 32`).
 MIN_WEBHOOK_TOKEN_LENGTH = 24
+ENV_LEASE_SECONDS = "DIGEST_AUDIT_LEASE_SECONDS"
 
 #: Every variable the code reads (besides AWS_* and POWERTOOLS_* which their libraries read), for docs and tests.
 ALL_VARIABLES = (
@@ -46,6 +47,7 @@ ALL_VARIABLES = (
     ENV_INSECURE_REGISTRIES,
     ENV_CONCURRENCY,
     ENV_TIMEOUT,
+    ENV_LEASE_SECONDS,
 )
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -94,6 +96,9 @@ class AuditConfig:
     reverify_delay: float = 5.0
     reminder_interval: timedelta = timedelta(hours=24)
     unverifiable_after: int = 3
+    # How long a run lease lasts before another run may take it over: longer than the Lambda timeout (900 s
+    # is Lambda's maximum), so a live run never loses it and a killed one blocks the schedule for one slot.
+    lease_duration: timedelta = timedelta(seconds=900)
     registry: RegistryOptions = field(default_factory=RegistryOptions)
 
 
@@ -189,6 +194,7 @@ def audit_config(env: Environment, registry: RegistryOptions) -> AuditConfig:
         reverify_delay=env.number(ENV_REVERIFY_DELAY, 5.0),
         reminder_interval=timedelta(seconds=env.number(ENV_REMINDER_INTERVAL, 86400.0, minimum=1.0)),
         unverifiable_after=env.integer(ENV_UNVERIFIABLE_AFTER, 3, minimum=1),
+        lease_duration=timedelta(seconds=env.number(ENV_LEASE_SECONDS, 900.0, minimum=1.0)),
         registry=registry,
     )
 

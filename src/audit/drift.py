@@ -512,6 +512,32 @@ def finding_for(  # noqa: PLR0917 - the service passes the six facts positionall
     )
 
 
+def with_finding_id(finding: Finding, previous: TagState | None) -> Finding:
+    """The finding with its stable id: a hash of the facts that make this notice this notice.
+
+    Run-independent on purpose (no run id, no check time, no reason text): a run that published and then
+    died before saving state is followed by a run that decides the same notice from the same previous state,
+    and it gets the same id, so a subscriber can drop it. `previous.last_alerted` (the time of the tag's
+    previous notice) tells apart what would otherwise look alike: the second reminder from the first, and a
+    drift that comes back after it was resolved from its first occurrence.
+    """
+    before = previous.last_alerted.isoformat() if previous is not None and previous.last_alerted else ""
+    facts = (
+        "finding/v1",
+        finding.notice.value,
+        finding.alert_verdict,
+        finding.status.value,
+        finding.registry,
+        finding.repository,
+        finding.tag or "",
+        str(finding.trusted_digest) if finding.trusted_digest else "",
+        str(finding.live_digest) if finding.live_digest else "",
+        before,
+    )
+    digest = hashlib.sha256("\x1f".join(facts).encode()).hexdigest()
+    return finding.model_copy(update={"finding_id": digest[:32]})
+
+
 # --------------------------------------------------------------------------------------------------- packages
 
 

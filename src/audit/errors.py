@@ -18,6 +18,11 @@ AuditError
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from audit.models import Finding
+
 
 class AuditError(Exception):
     """Base of every error digest-audit raises on purpose; `hint` says what the operator can do."""
@@ -90,4 +95,10 @@ class StoreError(AuditError):
 
 
 class PublishError(AuditError):
+    """`delivered`: the findings whose messages SNS did accept before the failure (their state may be saved)."""
+
     exit_code = 4
+
+    def __init__(self, message: str, *, hint: str | None = None, delivered: tuple[Finding, ...] = ()) -> None:
+        super().__init__(message, hint=hint)
+        self.delivered = delivered

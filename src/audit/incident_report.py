@@ -21,7 +21,7 @@ from audit.drift import judge, policy_for
 from audit.models import Digest, Observation, TagState, TrustedImage, Verdict, WatchSettings
 from audit.ports import Registry, TrustStore
 from audit.reference import DOCKER_HUB_API_HOST, familiar_name
-from audit.untrusted import has_unsafe_characters, printable
+from audit.untrusted import has_unsafe_characters, markdown_text, printable
 
 MAX_URL_CHARS = 2048
 LIVE_CONCURRENCY = 16
@@ -322,15 +322,12 @@ registry did not establish a digest (access, rate limit, never audited); it is n
 
 # --------------------------------------------------------------------------------------------------- Markdown
 
-_MARKDOWN_SPECIAL = str.maketrans({char: f"\\{char}" for char in "\\`*_{}[]()<>#+-.!|~"})
-
 
 def _md(value: str | None, *, max_chars: int = 300) -> str:
     """A table cell: printable, Markdown punctuation escaped, HTML-significant characters as entities."""
     if not value:
         return "-"
-    text = printable(value, max_chars=max_chars).translate(_MARKDOWN_SPECIAL)
-    return text.replace("&", "&amp;")
+    return markdown_text(value, max_chars=max_chars)
 
 
 def _md_link(url: str | None, label: str) -> str:
@@ -361,7 +358,7 @@ def render_markdown(report: IncidentReport) -> str:
         page = registry_page(record)
         cells = [
             _md(row.reference),
-            _md_link(record.source, printable(record.source, max_chars=300)),
+            _md_link(record.source, record.source),
             _md(record.commit, max_chars=64),
             f"`{record.digest}`",
             served,

@@ -272,6 +272,8 @@ class Finding(Frozen):
     recorded_at: datetime | None = None
     first_seen: datetime | None = None
     notice: Notice = Notice.NEW
+    # Stable across runs for the same notice (see drift.with_finding_id): subscribers drop repeats by it.
+    finding_id: str | None = None
 
     @property
     def image(self) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from audit.models import (
@@ -105,4 +107,31 @@ class CiLogSource(Protocol):
 
     def logs(self, run: CiRun) -> RunLogs:
         """The run's job logs, or why they cannot be had (expired, refused); never raises for one run."""
+        ...
+
+
+@dataclass(frozen=True)
+class LeaseClaim:
+    """The answer to a lease request: ours now, or who holds it (and until when, if it can go stale)."""
+
+    acquired: bool
+    holder: str
+    expires_at: datetime | None = None
+
+
+class RunLease(Protocol):
+    """At most one publishing run at a time, so two runs never send the same alert twice.
+
+    The lease lives next to the audit state (a reserved item of the state table, a lock file next to the
+    state file); a lease whose holder died is taken over once it expired.
+    """
+
+    def acquire(self, owner: str) -> LeaseClaim: ...
+
+    def renew(self, owner: str) -> bool:
+        """Extend our lease before publishing; False when it expired and another run took it."""
+        ...
+
+    def release(self, owner: str) -> None:
+        """Give the lease up if it is still ours (a lease already taken over is left alone)."""
         ...

@@ -1,8 +1,10 @@
 """The audit use case: compare every tracked tag with what its registry serves, alert once, then remember.
 
-Order of effects is the safety argument: decisions are computed from the previous state, alerts are published,
-and only after a successful publish is the new state saved. If the process dies or publishing fails anywhere
-before the save, the next run starts from the same previous state and makes the same decisions again.
+Order of effects is the safety argument: a publishing run first takes the run lease (no other run decides
+from the same state at the same time), decisions are computed from the previous state, alerts are published,
+and only after a finding's message was accepted is its tag's new state saved. If the process dies or
+publishing fails anywhere before the save, the next run starts from the same previous state for every tag
+whose alert was not accepted and makes the same decisions again (with the same finding ids).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from audit import drift
-from audit.errors import RegistryError
+from audit.errors import AuditError, PublishError, RegistryError
 from audit.models import (
     Digest,
     Finding,
@@ -31,9 +33,13 @@ from audit.models import (
     utcnow,
 )
 from audit.package_audit import PackageAuditor, PackageResult, PackageSnapshot, split_snapshot
-from audit.ports import Alerts, PackageIndex, Registry, StateStore, TrustStore
+from audit.ports import Alerts, LeaseClaim, PackageIndex, Registry, RunLease, StateStore, TrustStore
 
 log = logging.getLogger(__name__)
+
+
+#: `run` stepped aside because another run held the lease (documented in the README's exit codes).
+EXIT_STEPPED_ASIDE = 5
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,7 @@ class RunReport:
     unlisted: dict[str, str] = field(default_factory=dict)  # image -> why its tags could not be listed
     states_saved: int = 0
     duration_ms: int = 0
+    stepped_aside: LeaseClaim | None = None  # another run held the lease: nothing was checked or sent
 
     @property
     def checked(self) -> int:
@@ -85,6 +92,8 @@ class RunReport:
         return [r for r in self.results if r.verdict is Verdict.UNVERIFIABLE]
 
     def worst_exit_code(self) -> int:
+        if self.stepped_aside is not None:
+            return EXIT_STEPPED_ASIDE
         verdicts = {r.verdict for r in self.results}
         if verdicts & {Verdict.DRIFT, Verdict.MISSING}:
             return 1
@@ -117,6 +126,7 @@ class AuditService:
         should_start: Callable[[], bool] = lambda: True,
         max_in_flight: int = 64,
         packages: PackageIndex | None = None,
+        lease: RunLease | None = None,
     ) -> None:
         self._trust = trust
         self._state = state
@@ -135,12 +145,37 @@ class AuditService:
             packages, trust, reverify_delay=reverify_delay, sleep=sleep, should_start=should_start
         )
         self._package_snapshot = PackageSnapshot()
+        self._lease = lease
 
     async def run(self, options: RunOptions | None = None) -> RunReport:
+        """One audit. A publishing run holds the run lease throughout; a dry run needs none."""
         options = options or RunOptions()
         started = time.monotonic()
-        self._ever_trusted = {}
         report = RunReport(run_id=uuid.uuid4().hex, started_at=self._clock())
+        if self._lease is None or options.dry_run:
+            await self._audit(options, report)
+        else:
+            claim = self._lease.acquire(report.run_id)
+            if not claim.acquired:
+                log.warning("another run holds the run lease (%s): stepping aside", claim.holder)
+                report.stepped_aside = claim
+            else:
+                try:
+                    await self._audit(options, report)
+                finally:
+                    self._release(report.run_id)
+        report.duration_ms = int((time.monotonic() - started) * 1000)
+        return report
+
+    def _release(self, owner: str) -> None:
+        assert self._lease is not None
+        try:
+            self._lease.release(owner)
+        except AuditError as exc:  # the lease then expires on its own; the audit's outcome stands
+            log.warning("could not release the run lease: %s", exc.message)
+
+    async def _audit(self, options: RunOptions, report: RunReport) -> None:
+        self._ever_trusted = {}
         targets, report.unlisted = await self._targets(options)
         previous = self._state.load_all()
 
@@ -164,14 +199,49 @@ class AuditService:
         report.findings = [finding for finding, _ in decisions if finding is not None]
         changed = [state for _, state in decisions if state is not None]
 
-        if not options.dry_run:
-            if report.findings:
+        if options.dry_run:
+            return
+        if self._lease is not None and not self._lease.renew(report.run_id):
+            # Our lease expired during a long run and another run took it: it decides from the same state
+            # and alerts; publishing here too would send every alert twice.
+            log.warning("the run lease expired and was taken over: stepping aside without publishing")
+            report.stepped_aside = LeaseClaim(acquired=False, holder="another run (this run's lease expired)")
+            return
+        if report.findings:
+            try:
                 report.alerts_published = self._alerts.publish(report.run_id, report.findings, total_tags=len(results))
-            # Only after every alert went out: a failed publish raised above and nothing was saved.
-            self._state.save(changed)
-            report.states_saved = len(changed)
-        report.duration_ms = int((time.monotonic() - started) * 1000)
-        return report
+            except PublishError as exc:
+                report.states_saved = self._save_delivered(decisions, exc.delivered)
+                raise
+        # Only after every alert went out: a failed publish raised above and only what was accepted is saved.
+        self._state.save(changed)
+        report.states_saved = len(changed)
+
+    def _save_delivered(
+        self, decisions: Sequence[tuple[Finding | None, TagState | None]], delivered: Sequence[Finding]
+    ) -> int:
+        """After a partial publish: remember the tags whose alert SNS accepted (and those with nothing to say).
+
+        A message may carry several findings; SNS accepts or rejects a message as a whole, so `delivered` is
+        exactly the findings of accepted messages. The rest keep their previous state and are sent next run.
+        """
+        alerted = {(finding.image, finding.tag or "") for finding in delivered}
+        keep = [
+            state
+            for finding, state in decisions
+            if state is not None and (finding is None or (finding.image, finding.tag or "") in alerted)
+        ]
+        try:
+            self._state.save(keep)
+        except AuditError as exc:
+            log.warning(
+                "could not remember the %d accepted alert(s), the next run sends them again (same ids): %s",
+                len(delivered),
+                exc.message,
+            )
+            return 0
+        log.info("remembered %d tag state(s) of accepted alerts; the rest is sent again next run", len(keep))
+        return len(keep)
 
     async def _targets(self, options: RunOptions) -> tuple[list[_Target], dict[str, str]]:
         all_trusted, all_settings, self._package_snapshot = split_snapshot(*self._trust.load_snapshot())
@@ -305,6 +375,7 @@ class AuditService:
                     decision.notice,
                     resolved=decision.resolved,
                 )
+                finding = drift.with_finding_id(finding, before)
             changed = decision.new_state if _worth_saving(before, decision.new_state) else None
             decisions.append((finding, changed))
         return decisions
@@ -343,7 +414,7 @@ class AuditService:
                 decision.notice,
                 resolved=decision.resolved,
             )
-            closed.append((finding, decision.new_state))
+            closed.append((drift.with_finding_id(finding, state), decision.new_state))
         return closed
 
 

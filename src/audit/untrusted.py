@@ -63,6 +63,16 @@ def csv_cell(text: str) -> str:
     return safe
 
 
+#: Characters that mean something to Markdown (emphasis, links, code, tables, headings, raw HTML).
+_MARKDOWN_SPECIAL = str.maketrans({char: f"\\{char}" for char in "\\`*_{}[]()<>#+-.!|~"})
+
+
+def markdown_text(text: str, *, max_chars: int = DEFAULT_MAX_CHARS) -> str:
+    """Text a Markdown renderer shows as it is, also inside a table cell: controls escaped, punctuation that
+    could open code, a link, raw HTML or end the cell backslash-escaped, `&` as an entity."""
+    return printable(text, max_chars=max_chars).translate(_MARKDOWN_SPECIAL).replace("&", "&amp;")
+
+
 def shell_word(text: str) -> str:
     """One shell word, quoted so that pasting it runs nothing (`shlex.quote` of the printable form)."""
     return shlex.quote(printable(text))

@@ -8,6 +8,7 @@ import importlib
 import json
 import secrets
 import sys
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -279,3 +280,112 @@ def emitted_metrics(stdout: str) -> EmittedMetrics:
     documents = emf_documents(stdout)
     assert len(documents) == 1, f"expected one EMF document, got {len(documents)}"
     return EmittedMetrics.parse(documents[0])
+
+
+# --- push events: the queue, the receiver's environment -------------------------------------------------------
+
+#: The documented test credentials of events/README.md (the sample events are signed or addressed with them).
+TEST_WEBHOOK_TOKEN = "test-webhook-token-0123456789abcdefghijklmnopqrstuv"
+TEST_GITHUB_SECRET = "test-github-webhook-secret-0123456789"
+
+
+@dataclass(frozen=True)
+class PushQueue:
+    """The push-event queue on moto, read the way the Lambda SQS event source reads it."""
+
+    sqs: SQSClient
+    url: str
+    arn: str
+    region: str
+
+    def _record(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "messageId": message["MessageId"],
+            "receiptHandle": message["ReceiptHandle"],
+            "body": message["Body"],
+            "attributes": dict(message.get("Attributes", {})),
+            "messageAttributes": {},
+            "md5OfBody": message["MD5OfBody"],
+            "eventSource": "aws:sqs",
+            "eventSourceARN": self.arn,
+            "awsRegion": self.region,
+        }
+
+    def receive_batch(self, *, expect: int = 1, deadline_seconds: float = 30.0) -> dict[str, Any]:
+        """An SQS event of the messages visible now, waiting (bounded) until at least `expect` arrived."""
+        records: list[dict[str, Any]] = []
+        deadline = time.monotonic() + deadline_seconds
+        while len(records) < expect and time.monotonic() < deadline:
+            answer = self.sqs.receive_message(
+                QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=1, AttributeNames=["All"]
+            )
+            records.extend(self._record(message) for message in answer.get("Messages", []))
+        assert len(records) >= expect, f"expected {expect} push event message(s), got {len(records)}"
+        return {"Records": records}
+
+    def delete(self, batch: Mapping[str, Any], response: Mapping[str, Any]) -> None:
+        """What the event source does after the function returned: delete all but the reported failures."""
+        failed = {item["itemIdentifier"] for item in response.get("batchItemFailures", [])}
+        for record in batch["Records"]:
+            if record["messageId"] not in failed:
+                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=record["receiptHandle"])
+
+    def counts(self) -> dict[str, int]:
+        attributes = self.sqs.get_queue_attributes(
+            QueueUrl=self.url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed"]
+        )["Attributes"]
+        return {
+            "visible": int(attributes["ApproximateNumberOfMessages"]),
+            "delayed": int(attributes["ApproximateNumberOfMessagesDelayed"]),
+        }
+
+    def bodies(self) -> list[str]:
+        """Read (and delete) every visible message body."""
+        bodies: list[str] = []
+        while True:
+            answer = self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+            messages = answer.get("Messages", [])
+            if not messages:
+                return bodies
+            for message in messages:
+                bodies.append(message["Body"])
+                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def push_queue(aws: AwsClients, *, name: str | None = None) -> PushQueue:
+    sqs = aws.sqs()
+    url = sqs.create_queue(QueueName=name or f"push-events-{secrets.token_hex(3)}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return PushQueue(sqs, url, arn, aws.region)
+
+
+@dataclass(frozen=True)
+class ReceiverEnvironment:
+    """What template.yaml gives the receiver, on moto: the queue, the two generated secrets, the switches."""
+
+    queue: PushQueue
+    token_secret_arn: str
+    github_secret_arn: str
+    monkeypatch: pytest.MonkeyPatch
+
+    def setenv(self, name: str, value: str) -> None:
+        self.monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def receiver_env(aws: AwsClients, monkeypatch: pytest.MonkeyPatch) -> Iterator[ReceiverEnvironment]:
+    """Every source on, grace 0 (tests read the queue at once), secrets holding the documented test values."""
+    import receiver  # noqa: PLC0415 - imported here so that the module's own import stays under test elsewhere
+
+    manager = aws.secretsmanager()
+    token_arn = manager.create_secret(Name=f"webhook-token-{secrets.token_hex(3)}", SecretString=TEST_WEBHOOK_TOKEN)
+    github_arn = manager.create_secret(Name=f"github-secret-{secrets.token_hex(3)}", SecretString=TEST_GITHUB_SECRET)
+    queue = push_queue(aws)
+    monkeypatch.setenv(receiver.ENV_QUEUE_URL, queue.url)
+    monkeypatch.setenv(receiver.ENV_GRACE, "0")
+    monkeypatch.setenv(receiver.ENV_SOURCES, "distribution,github,dockerhub")
+    monkeypatch.setenv(receiver.ENV_TOKEN_SECRET, token_arn["ARN"])
+    monkeypatch.setenv(receiver.ENV_GITHUB_SECRET, github_arn["ARN"])
+    receiver.reset_warm_caches()
+    yield ReceiverEnvironment(queue, token_arn["ARN"], github_arn["ARN"], monkeypatch)
+    receiver.reset_warm_caches()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 import handler  # noqa: F401 - first import at collection, so Powertools' logger writes to a stable stream
 from audit import bootstrap
+from audit.adapters.dynamodb_store import DynamoRunLease
 from audit.config import ENV_CREDENTIALS_SECRET, ENV_TIMEOUT, ENV_TRUST_TABLE, AuditConfig
 from audit.errors import ConfigError, CredentialsError, StoreError
 from tests.handler.fixtures import (
@@ -41,14 +44,25 @@ __all__ = ["function", "lambda_env", "lambda_env_for", "new_container"]
 VERDICT_METRICS = ("VerdictMatch", "VerdictDrift", "VerdictMissing", "VerdictUnverifiable", "VerdictUntracked")
 
 
-def test_every_sample_event_has_a_test_here() -> None:
-    """A new file under events/ must get a test in this module (the list below is the module's coverage)."""
-    assert sorted(path.name for path in EVENTS.glob("*.json")) == [
-        "dry-run.json",
-        "invalid.json",
-        "scheduled.json",
-        "subset.json",
-    ]
+#: Which test module exercises each sample event (a new file under events/ must be added here and used there).
+SAMPLE_EVENT_TESTS = {
+    "dry-run.json": "test_handler.py",
+    "invalid.json": "test_handler.py",
+    "scheduled.json": "test_handler.py",
+    "subset.json": "test_handler.py",
+    "sqs-batch.json": "test_push_events.py",
+    "ecr-push.json": "test_push_events.py",
+    "ecr-delete.json": "test_push_events.py",
+    "distribution-push.json": "test_receiver.py",
+    "github-package.json": "test_receiver.py",
+    "dockerhub-push.json": "test_receiver.py",
+}
+
+
+def test_every_sample_event_has_a_test() -> None:
+    assert sorted(path.name for path in EVENTS.glob("*.json")) == sorted(SAMPLE_EVENT_TESTS)
+    for event, module in SAMPLE_EVENT_TESTS.items():
+        assert f'"{event}"' in (Path(__file__).parent / module).read_text(encoding="utf-8"), f"{module} skips {event}"
 
 
 # --- scheduled.json: the full audit ---------------------------------------------------------------------------
@@ -393,3 +407,37 @@ def test_an_unreadable_secret_fails_the_invocation_with_a_credentials_error(
         function.invoke(load_event("scheduled.json"))
 
     assert ENV_CREDENTIALS_SECRET in raised.value.hint
+
+
+def test_the_function_steps_aside_while_another_run_holds_the_lease(
+    function: Function,
+    lambda_env_for: LambdaEnvironment,
+    registry: LocalRegistry,
+    repository: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An operator's CLI run holds the lease: the scheduled run returns a summary, not an error (no retries,
+    no error alarm), sends nothing, and does not count as a completed audit (the heartbeat notices a stuck lease)."""
+    env = lambda_env_for
+    pushed = registry.pusher.push_image(repository, "1.0", "docker")
+    env.record(registry.reference_of(pushed), pushed.digest)
+    registry.pusher.tamper(repository, "1.0")
+    lease = DynamoRunLease(env.tables.state, env.dynamodb, duration=timedelta(minutes=15))
+    assert lease.acquire("operator-run").acquired
+    capsys.readouterr()
+
+    summary = function.invoke(load_event("scheduled.json"))
+
+    assert summary["stepped_aside"] is True
+    assert "operator-run" in summary["lease_holder"]
+    assert (summary["checked"], summary["alerts_published"]) == (0, 0)
+    assert env.alerts.envelopes() == []
+    metrics = emitted_metrics(capsys.readouterr().out)
+    assert metrics.values["RunSteppedAside"] == 1
+    assert "AuditCompleted" not in metrics.values
+
+    lease.release("operator-run")
+    summary = function.invoke(load_event("scheduled.json"))
+    assert summary["stepped_aside"] is False
+    assert summary["by_verdict"] == {"drift": 1}
+    assert len(env.alerts.envelopes()) == 1

@@ -38,10 +38,30 @@ def template() -> dict[str, Any]:
     return load_template()
 
 
+def condition_holds(template: Mapping[str, Any], node: Any) -> bool:
+    """A template condition evaluated with default parameters (Equals, Not, And, Or, Condition)."""
+    ((function, arguments),) = node.items()
+    if function == "Condition":
+        return condition_holds(template, template["Conditions"][arguments])
+    if function == "Fn::Equals":
+        left, right = (resolve(template, argument, {}) for argument in arguments)
+        return left == right
+    if function == "Fn::Not":
+        return not condition_holds(template, arguments[0])
+    if function == "Fn::And":
+        return all(condition_holds(template, argument) for argument in arguments)
+    assert function == "Fn::Or", f"cannot evaluate {function} offline"
+    return any(condition_holds(template, argument) for argument in arguments)
+
+
 def resolve(template: Mapping[str, Any], value: Any, resources_by_id: Mapping[str, str]) -> str:
     """What CloudFormation would put in an environment variable with default parameters (strings only)."""
     if isinstance(value, str | int | float) and not isinstance(value, bool):
         return str(value)
+    if isinstance(value, dict) and set(value) == {"Fn::If"}:
+        name, when_true, when_false = value["Fn::If"]
+        chosen = when_true if condition_holds(template, {"Condition": name}) else when_false
+        return resolve(template, chosen, resources_by_id)
     assert isinstance(value, dict) and set(value) == {"Ref"}, f"cannot resolve {value!r} offline"
     name = value["Ref"]
     if name in template["Parameters"]:

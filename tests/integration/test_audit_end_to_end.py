@@ -197,7 +197,9 @@ def test_a_re_pushed_release_alerts_once_then_reminds_then_resolves(
         "repository": repo,
         "notice": "new",
         "run_id": breach.run_id,
+        "finding_ids": alert.findings[0]["id"],
     }
+    assert re.fullmatch(r"[0-9a-f]{32}", alert.findings[0]["id"])
     assert alert.payload["schema_version"] == 1
     assert alert.payload["run_id"] == breach.run_id
     finding = only_finding(alert)
@@ -206,6 +208,7 @@ def test_a_re_pushed_release_alerts_once_then_reminds_then_resolves(
     assert before <= first_seen <= after
     assert iso_moment(finding["recorded_at"]) == trusted.recorded_at
     assert finding == {
+        "id": finding["id"],
         "reference": f"{registry.host}/{repo}:1.0",
         "registry": registry.host,
         "repository": repo,
@@ -286,7 +289,8 @@ def test_a_failed_publish_saves_no_state_and_the_next_run_alerts(
     failed = audit(cli)
     assert failed.code == 4
     assert failed.err.splitlines()[0] == (
-        f"digest-audit: error: 1 of 1 alert message(s) were not published to {topic_arn} (NotFound)"
+        f"digest-audit: error: 1 of 1 alert message(s) were not published to {topic_arn} (NotFound); "
+        "the next run sends them again"
     )
     assert scan_state(aws, tables) == state_before
 

@@ -111,6 +111,7 @@ def test_subscriber_receives_the_exact_machine_json_and_attributes(aws: AwsClien
         "run_id": "run-42",
         "findings": [
             {
+                "id": None,
                 "reference": f"openzaak/open-zaak:{tag}",
                 "registry": HUB,
                 "repository": "openzaak/open-zaak",

@@ -23,6 +23,7 @@ from audit.alerts import (
     render,
     subject_for,
 )
+from audit.drift import with_finding_id
 from audit.errors import PublishError
 from audit.models import Digest, Finding, Notice, Verdict
 
@@ -86,7 +87,9 @@ def machine(message: AlertMessage) -> dict[str, Any]:
 
 
 def test_one_drift_renders_every_protocol() -> None:
-    message = only(render("run-1", [finding()], total_tags=42))
+    item = with_finding_id(finding(), None)
+    assert item.finding_id is not None
+    message = only(render("run-1", [item], total_tags=42))
     assert message.subject == "DRIFT: openzaak/open-zaak:1.3.5 (1 of 42 tags)"
     assert message.attributes == {
         "verdict": "drift",
@@ -95,7 +98,9 @@ def test_one_drift_renders_every_protocol() -> None:
         "repository": "openzaak/open-zaak",
         "notice": "new",
         "run_id": "run-1",
+        "finding_ids": item.finding_id,
     }
+    assert message.findings == (item,)
     assert set(json.loads(message.message_json)) == {"default", "email", "https", "sqs", "lambda"}
     assert message.protocol("sqs") == message.protocol("lambda")
     assert machine(message) == {
@@ -103,6 +108,7 @@ def test_one_drift_renders_every_protocol() -> None:
         "run_id": "run-1",
         "findings": [
             {
+                "id": item.finding_id,
                 "reference": "openzaak/open-zaak:1.3.5",
                 "registry": HUB,
                 "repository": "openzaak/open-zaak",
@@ -365,16 +371,27 @@ def test_machine_finding_serialises_platforms_sorted() -> None:
 class FakeSns:
     """Records PublishBatch calls; can fail entries or whole calls."""
 
-    def __init__(self, *, fail_ids: frozenset[str] = frozenset(), raise_on_call: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        fail_ids: frozenset[str] = frozenset(),
+        raise_on_call: int | None = None,
+        transient: dict[str, int] | None = None,
+    ) -> None:
         self.calls: list[dict[str, Any]] = []
         self._fail_ids = fail_ids
         self._raise_on_call = raise_on_call
+        self._transient = dict(transient or {})  # entry id -> how many more times SNS fails it (its fault)
 
     def publish_batch(self, **kwargs: Any) -> dict[str, Any]:
         self.calls.append(kwargs)
         if self._raise_on_call == len(self.calls):
             raise ClientError({"Error": {"Code": "AuthorizationError", "Message": "not allowed"}}, "PublishBatch")
         entries = kwargs["PublishBatchRequestEntries"]
+        transient = [e["Id"] for e in entries if self._transient.get(e["Id"], 0) > 0]
+        for entry_id in transient:
+            self._transient[entry_id] -= 1
+        entries = [e for e in entries if e["Id"] not in transient]
         return {
             "Successful": [
                 {"Id": e["Id"], "MessageId": f"m-{e['Id']}"} for e in entries if e["Id"] not in self._fail_ids
@@ -383,7 +400,8 @@ class FakeSns:
                 {"Id": e["Id"], "Code": "KMSAccessDenied", "SenderFault": True, "Message": "kms"}
                 for e in entries
                 if e["Id"] in self._fail_ids
-            ],
+            ]
+            + [{"Id": i, "Code": "InternalError", "SenderFault": False, "Message": "try again"} for i in transient],
         }
 
 
@@ -431,6 +449,31 @@ def test_sns_failed_entries_raise_after_trying_every_batch() -> None:
     assert "2 of 25 alert message(s)" in caught.value.message
     assert TOPIC in caught.value.message and "KMSAccessDenied" in caught.value.message
     assert "KMS key" in caught.value.hint and "topic ARN" in caught.value.hint
+    # The error says exactly which findings SNS accepted (one repository per message here).
+    delivered = sorted(f.repository for f in caught.value.delivered)
+    assert delivered == sorted(f"org/app{n:02d}" for n in range(25) if n not in (3, 12))
+    # A sender fault (our request, e.g. KMS access) is not retried within the run.
+    assert len(fake.calls) == 3
+
+
+def test_sns_re_sends_only_the_entries_sns_failed_on_its_side() -> None:
+    fake = FakeSns(transient={"alert-4": 2})
+    sleeps: list[float] = []
+    alerts = SnsAlerts(
+        TOPIC, cast("SNSClient", fake), entry_attempts=3, backoff=lambda retry: retry / 10, sleep=sleeps.append
+    )
+    assert alerts.publish("run-1", many_repositories(10), total_tags=10) == 10
+    assert [[e["Id"] for e in c["PublishBatchRequestEntries"]] for c in fake.calls][1:] == [["alert-4"], ["alert-4"]]
+    assert sleeps == [0.1, 0.2]
+
+
+def test_sns_gives_up_on_a_failing_entry_and_names_what_was_delivered() -> None:
+    fake = FakeSns(transient={"alert-0": 5})
+    alerts = SnsAlerts(TOPIC, cast("SNSClient", fake), entry_attempts=2, sleep=lambda _: None)
+    with pytest.raises(PublishError, match="1 of 3 alert message") as caught:
+        alerts.publish("run-1", many_repositories(3), total_tags=3)
+    assert len(fake.calls) == 2
+    assert sorted(f.repository for f in caught.value.delivered) == ["org/app01", "org/app02"]
 
 
 def test_sns_client_errors_raise_after_trying_every_batch() -> None:

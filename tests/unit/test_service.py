@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from audit.adapters.file_store import FileStateStore, FileTrustStore
+from audit.adapters.file_store import FileRunLease, FileStateStore, FileTrustStore
 from audit.drift import AlertPolicy
-from audit.errors import PublishError, RegistryError
+from audit.errors import PublishError, RegistryError, StoreError
 from audit.models import (
     Digest,
     Finding,
@@ -19,11 +19,13 @@ from audit.models import (
     MovingMode,
     Notice,
     Observation,
+    TagState,
     TrustedImage,
     Verdict,
     WatchSettings,
 )
-from audit.service import AuditService, RunOptions
+from audit.ports import LeaseClaim
+from audit.service import EXIT_STEPPED_ASIDE, AuditService, RunOptions
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 IMAGE = "registry.example.com/org/app"
@@ -64,10 +66,15 @@ class RecordingAlerts:
     def __init__(self) -> None:
         self.runs: list[list[Finding]] = []
         self.fail = False
+        self.reject_tags: set[str] = set()  # findings of these tags are "not accepted" (a partial publish)
 
     def publish(self, run_id: str, findings: Sequence[Finding], *, total_tags: int) -> int:
         if self.fail:
             raise PublishError("cannot publish to topic arn:aws:sns:eu-west-1:1:alerts")
+        if self.reject_tags:
+            accepted = tuple(f for f in findings if f.tag not in self.reject_tags)
+            self.runs.append(list(accepted))
+            raise PublishError("1 of 2 alert message(s) were not published", delivered=accepted)
         self.runs.append(list(findings))
         return len(findings)
 
@@ -128,6 +135,7 @@ class World:
             clock=self.clock,
             sleep=self.sleep,
             should_start=self.should_start,
+            **overrides,  # type: ignore[arg-type]
         )
 
     async def run(self, **options: object) -> tuple[int, list[Finding]]:
@@ -344,3 +352,118 @@ async def test_state_is_not_rewritten_when_nothing_changed(world: World, tmp_pat
     world.clock.now += timedelta(hours=24)
     third = await world.service().run()
     assert third.states_saved == 1  # last_seen refreshed once a day
+
+
+# --------------------------------------------------------------------------------------------------- each alert once
+
+
+async def test_a_partial_publish_remembers_what_was_accepted_and_resends_only_the_rest(world: World) -> None:
+    for tag in ("1.0", "1.1", "1.2"):
+        world.record(tag, "a")
+    world.serve("1.0", "e")
+    world.serve("1.1", "e")
+    world.serve("1.2", "a")
+    world.alerts.reject_tags = {"1.1"}
+    with pytest.raises(PublishError):
+        await world.service().run()
+    saved = world.state.load_all()
+    # The accepted alert and the quiet tag are remembered; the rejected alert's tag keeps its old (no) state.
+    assert sorted(tag for _, tag in saved) == ["1.0", "1.2"]
+
+    world.alerts.reject_tags = set()
+    _, findings = await world.run()
+    assert [(f.tag, f.notice) for f in findings] == [("1.1", Notice.NEW)]
+    assert await world.run() == (1, [])
+
+
+class BrokenState(FileStateStore):
+    """The save after a successful publish fails (throttled beyond every retry, or the process died)."""
+
+    def save(self, changed: Sequence[TagState]) -> None:
+        raise StoreError("BatchWriteItem throttled")
+
+
+async def test_a_repeat_after_a_lost_save_carries_the_same_finding_ids(world: World, tmp_path: Path) -> None:
+    world.record("1.0", "a")
+    world.record("1.1", "b")
+    world.serve("1.0", "e")
+    world.serve("1.1", None)
+    world.state = BrokenState(tmp_path / "state.json")
+    with pytest.raises(StoreError):
+        await world.service().run()
+    first = world.alerts.last
+
+    world.state = FileStateStore(tmp_path / "state.json")
+    world.clock.now += timedelta(hours=1)
+    _, again = await world.run()
+    assert [f.finding_id for f in again] == [f.finding_id for f in first]
+    assert all(f.finding_id for f in again) and len({f.finding_id for f in again}) == 2
+
+
+async def test_reminders_and_recurrences_get_ids_of_their_own(world: World) -> None:
+    world.record("1.0", "a")
+    world.serve("1.0", "e")
+    ids: list[str | None] = []
+    _, findings = await world.run()
+    ids += [f.finding_id for f in findings]
+    for _ in range(2):
+        world.clock.now += timedelta(hours=25)
+        _, findings = await world.run()
+        assert [f.notice for f in findings] == [Notice.REMINDER]
+        ids += [f.finding_id for f in findings]
+    world.serve("1.0", "a")
+    _, findings = await world.run()
+    ids += [f.finding_id for f in findings]
+    world.serve("1.0", "e")  # the same drift comes back
+    _, findings = await world.run()
+    assert [f.notice for f in findings] == [Notice.NEW]
+    ids += [f.finding_id for f in findings]
+    assert len(ids) == 5 and len(set(ids)) == 5
+
+
+async def test_a_run_steps_aside_while_another_holds_the_lease(world: World, tmp_path: Path) -> None:
+    world.record("1.0", "a")
+    world.serve("1.0", "e")
+    other = FileRunLease(tmp_path / "state.json")
+    assert other.acquire("other-run").acquired
+    report = await world.service(lease=FileRunLease(tmp_path / "state.json")).run()
+    assert report.worst_exit_code() == EXIT_STEPPED_ASIDE == 5
+    assert report.stepped_aside is not None and "other-run" in report.stepped_aside.holder
+    assert world.registry.observed == [] and world.alerts.runs == [] and world.state.load_all() == {}
+
+    # A dry run needs no lease.
+    dry = await world.service(lease=FileRunLease(tmp_path / "state.json")).run(RunOptions(dry_run=True))
+    assert dry.stepped_aside is None and [f.status for f in dry.findings] == [Verdict.DRIFT]
+
+    other.release("other-run")
+    lease = FileRunLease(tmp_path / "state.json")
+    report = await world.service(lease=lease).run()
+    assert report.worst_exit_code() == 1 and len(world.alerts.runs) == 1
+    assert lease.acquire("next-run").acquired  # released at the end of the run
+
+
+class ExpiringLease:
+    """A lease that is granted, then found taken over when the run renews it before publishing."""
+
+    def __init__(self) -> None:
+        self.released: list[str] = []
+
+    def acquire(self, owner: str) -> LeaseClaim:
+        return LeaseClaim(acquired=True, holder=owner)
+
+    def renew(self, owner: str) -> bool:
+        return False
+
+    def release(self, owner: str) -> None:
+        self.released.append(owner)
+
+
+async def test_a_run_whose_lease_was_taken_over_publishes_and_saves_nothing(world: World) -> None:
+    world.record("1.0", "a")
+    world.serve("1.0", "e")
+    lease = ExpiringLease()
+    report = await world.service(lease=lease).run()
+    assert report.worst_exit_code() == EXIT_STEPPED_ASIDE
+    assert [f.status for f in report.findings] == [Verdict.DRIFT]  # decided, but the lease holder sends it
+    assert world.alerts.runs == [] and world.state.load_all() == {}
+    assert lease.released == [report.run_id]

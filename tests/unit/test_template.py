@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from audit.config import ALL_VARIABLES
+from audit.adapters.dynamodb_store import LEASE_KEY
+from audit.config import ALL_VARIABLES, RECEIVER_VARIABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -178,7 +179,8 @@ def references(node: Any) -> set[str]:
                 found.add(value[0] if isinstance(value, list) else str(value).split(".", 1)[0])
             elif key == "Fn::Sub":
                 text = value if isinstance(value, str) else value[0]
-                found.update(name for name in _SUB_NAME.findall(text) if not name.startswith("AWS"))
+                local = set(value[1]) if isinstance(value, list) else set()  # the Sub's own variable map
+                found.update(n for n in _SUB_NAME.findall(text) if not n.startswith("AWS") and n not in local)
                 if isinstance(value, list):
                     found.update(references(value[1]))
             else:
@@ -197,6 +199,7 @@ class Grant:
     actions: frozenset[str]
     resources: tuple[Any, ...]
     condition: str | None  # the template Condition guarding it, None when unconditional
+    iam_condition: Any = None  # the statement's own IAM `Condition` block
 
     def touches(self, logical_id: str) -> bool:
         """Whether the grant can apply to a resource: by reference, or through a wildcard."""
@@ -226,6 +229,7 @@ def _statement_grants(statements: Any, condition: str | None) -> Iterator[Grant]
             actions=frozenset(_as_list(statement["Action"])),
             resources=tuple(_as_list(statement["Resource"])),
             condition=condition,
+            iam_condition=statement.get("Condition"),
         )
 
 
@@ -280,13 +284,18 @@ def test_function_runtime_architecture_and_build(template: dict[str, Any]) -> No
     assert function["Metadata"]["BuildMethod"] == "makefile"
 
 
-def test_code_uri_holds_the_handler_and_the_build_target(template: dict[str, Any]) -> None:
-    properties = function_properties(template)
+@pytest.mark.parametrize("logical_id", ["AuditFunction", "ReceiverFunction"])
+def test_code_uri_holds_the_handler_and_the_build_target(template: dict[str, Any], logical_id: str) -> None:
+    function = resources(template)[logical_id]
+    properties = function["Properties"]
     code_dir = ROOT / properties["CodeUri"]
     module, _, function_name = properties["Handler"].partition(".")
     assert f"def {function_name}(" in (code_dir / f"{module}.py").read_text(encoding="utf-8")
-    # sam build runs `make build-<LogicalId>` with the Makefile found in CodeUri.
-    assert re.search(r"^build-AuditFunction:", (code_dir / "Makefile").read_text(encoding="utf-8"), re.M)
+    # sam build runs `make build-<LogicalId>` with the Makefile found in CodeUri; the makefile packs the module.
+    assert function["Metadata"]["BuildMethod"] == "makefile"
+    makefile = (code_dir / "Makefile").read_text(encoding="utf-8")
+    assert re.search(rf"^(build-\S+ )*build-{logical_id}( build-\S+)*:", makefile, re.M)
+    assert f"{module}.py" in makefile
 
 
 def test_logs_go_to_a_group_with_retention(template: dict[str, Any]) -> None:
@@ -304,6 +313,8 @@ def test_environment_has_every_variable_the_code_reads(template: dict[str, Any])
     assert references(variables["TRUSTED_DIGESTS_TABLE"]) == {TRUST}
     assert references(variables["AUDIT_STATE_TABLE"]) == {STATE}
     assert references(variables["ALERT_TOPIC_ARN"]) == {"AlertTopic"}
+    # A run lease that expired during a live run would let a second run publish the same alerts.
+    assert int(variables["DIGEST_AUDIT_LEASE_SECONDS"]) > int(function_properties(template)["Timeout"])
     assert variables["POWERTOOLS_SERVICE_NAME"] == SERVICE
     assert references(variables["POWERTOOLS_METRICS_NAMESPACE"]) == {"MetricsNamespace"}
     assert parameter_default(template, "MetricsNamespace") == "DigestAudit"
@@ -313,7 +324,6 @@ def test_environment_has_every_variable_the_code_reads(template: dict[str, Any])
     ("variable", "parameter", "default"),
     [
         ("REGISTRY_CREDENTIALS_SECRET_ARN", "RegistryCredentialsSecretArn", ""),
-        ("DIGEST_AUDIT_ENABLE_ECR", "EnableEcr", "false"),
         ("DIGEST_AUDIT_REVERIFY_DELAY", "ReverifyDelaySeconds", 5),
         ("DIGEST_AUDIT_REMINDER_INTERVAL", "ReminderIntervalSeconds", 86400),
         ("DIGEST_AUDIT_UNVERIFIABLE_AFTER", "UnverifiableAfter", 3),
@@ -388,9 +398,23 @@ def test_trust_write_check_catches_a_write_grant(template: dict[str, Any], tempt
 def test_state_table_access_is_minimal(template: dict[str, Any]) -> None:
     state_grants = [grant for grant in function_grants(template) if grant.touches(STATE)]
     granted = {action for grant in state_grants for action in grant.actions if action.startswith("dynamodb:")}
-    assert granted <= STATE_TABLE_ACTIONS
+    assert granted <= STATE_TABLE_ACTIONS | {"dynamodb:DeleteItem"}
     # What the state store does on every run: load everything, then write what changed.
     assert {"dynamodb:Scan", "dynamodb:BatchWriteItem"} <= granted
+    # The run lease: a conditional put, a conditional update (renew) and a delete (release).
+    assert {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem"} <= granted
+
+
+def test_the_only_state_delete_is_of_the_run_lease_item(template: dict[str, Any]) -> None:
+    deletes = [
+        grant
+        for grant in function_grants(template)
+        if grant.touches(STATE) and ({"dynamodb:DeleteItem", "dynamodb:*"} & grant.actions)
+    ]
+    assert deletes, "the run lease must be releasable"
+    for grant in deletes:
+        assert grant.actions == {"dynamodb:DeleteItem"}
+        assert grant.iam_condition == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [LEASE_KEY["image"]]}}
 
 
 def test_function_publishes_only_to_the_alert_topic_with_its_key(template: dict[str, Any]) -> None:
@@ -415,7 +439,6 @@ def test_secret_and_ecr_access_exist_only_under_their_conditions(template: dict[
     assert conditions["HasRegistryCredentials"] == {
         "Fn::Not": [{"Fn::Equals": [{"Ref": "RegistryCredentialsSecretArn"}, ""]}]
     }
-    assert conditions["EcrEnabled"] == {"Fn::Equals": [{"Ref": "EnableEcr"}, "true"]}
 
 
 def test_codeartifact_access_exists_only_for_the_one_domain_given(template: dict[str, Any]) -> None:
@@ -480,6 +503,16 @@ def test_email_subscription_only_when_an_address_is_given(template: dict[str, An
 # --- schedule and failure handling --------------------------------------------------------------------------
 
 
+def test_ecr_access_follows_either_ecr_switch(template: dict[str, Any]) -> None:
+    """ECR push events need ECR read access, so that one parameter is all ECR needs."""
+    variable = function_properties(template)["Environment"]["Variables"]["DIGEST_AUDIT_ENABLE_ECR"]
+    assert variable == {"Fn::If": ["EcrEnabled", "true", "false"]}
+    assert template["Conditions"]["EcrEnabled"] == {
+        "Fn::Or": [{"Fn::Equals": [{"Ref": "EnableEcr"}, "true"]}, {"Condition": "EcrPushEventsEnabled"}]
+    }
+    assert parameter_default(template, "EnableEcr") == parameter_default(template, "EnableEcrPushEvents") == "false"
+
+
 def test_schedule(template: dict[str, Any]) -> None:
     events = function_properties(template)["Events"]
     schedules = [event["Properties"] for event in events.values() if event["Type"] == "ScheduleV2"]
@@ -542,7 +575,7 @@ def test_both_queues_have_a_backlog_alarm(template: dict[str, Any]) -> None:
     )
     dead_letter = schedule["DeadLetterConfig"]
     schedule_queue = dead_letter.get("QueueLogicalId") or next(iter(references(dead_letter["Arn"])))
-    assert watched == {schedule_queue, "FailedInvocationQueue"}
+    assert watched == {schedule_queue, "FailedInvocationQueue", "PushEventDeadLetterQueue"}
 
 
 def test_missing_heartbeat_alarm(template: dict[str, Any]) -> None:
@@ -594,7 +627,8 @@ def test_outputs(template: dict[str, Any], output: str, logical_id: str) -> None
 
 def test_every_referenced_name_exists(template: dict[str, Any]) -> None:
     """A typo in a Ref/GetAtt/Sub would otherwise only show at deploy time."""
-    known = set(template["Parameters"]) | set(resources(template)) | {"AuditFunctionRole"}
+    # Generated by SAM: the function's role, and the Function URL of FunctionUrlConfig.
+    known = set(template["Parameters"]) | set(resources(template)) | {"AuditFunctionRole", "ReceiverFunctionUrl"}
     assert references(template["Resources"]) | references(template["Outputs"]) <= known
 
 
@@ -614,3 +648,139 @@ def test_samconfig_is_readable_by_sam_and_names_real_parameters(template: dict[s
         assert set(overrides) <= set(template["Parameters"])
         assert overrides["ScheduleExpression"].startswith(("rate(", "cron("))
     assert len(stacks) == 2
+
+
+# --- push events ----------------------------------------------------------------------------------------------
+
+RECEIVER = "ReceiverFunction"
+PUSH_QUEUE = "PushEventQueue"
+PUSH_DLQ = "PushEventDeadLetterQueue"
+SOURCE_SWITCHES = ("EnableEcrPushEvents", "EnableDistributionWebhook", "EnableGithubWebhook", "EnableDockerHubWebhook")
+
+
+def receiver_properties(template: dict[str, Any]) -> dict[str, Any]:
+    properties = resources(template)[RECEIVER]["Properties"]
+    assert isinstance(properties, dict)
+    return properties
+
+
+def test_every_source_is_a_switch_that_is_off_by_default(template: dict[str, Any]) -> None:
+    for name in SOURCE_SWITCHES:
+        parameter = template["Parameters"][name]
+        assert (parameter["Default"], parameter["AllowedValues"]) == ("false", ["true", "false"])
+    assert resources(template)[RECEIVER]["Condition"] == "ReceiverEnabled"
+    assert resources(template)["EcrPushEventRule"]["Condition"] == "EcrPushEventsEnabled"
+    assert resources(template)["PushEventSourceMapping"]["Condition"] == "PushEventsEnabled"
+
+
+def test_receiver_holds_only_its_secrets_and_send_on_the_one_queue(template: dict[str, Any]) -> None:
+    grants = list(policy_grants(receiver_properties(template)["Policies"]))
+    actions = {action for grant in grants for action in grant.actions}
+    assert actions == {"sqs:SendMessage", "secretsmanager:GetSecretValue"}
+    for grant in grants:
+        assert not any(_is_wildcard(resource) for resource in grant.resources)
+        if "sqs:SendMessage" in grant.actions:
+            assert references(grant.resources) == {PUSH_QUEUE}
+        else:
+            assert references(grant.resources) in ({"WebhookTokenSecret"}, {"GithubWebhookSecret"})
+    conditions = {grant.condition for grant in grants if "secretsmanager:GetSecretValue" in grant.actions}
+    assert conditions == {"WebhookTokenNeeded", "GithubWebhookEnabled"}
+
+
+def test_receiver_environment_is_what_it_reads_and_holds_no_secret(template: dict[str, Any]) -> None:
+    import receiver  # noqa: PLC0415 - src/receiver.py, the function under test
+
+    variables = receiver_properties(template)["Environment"]["Variables"]
+    assert set(variables) == set(receiver.FUNCTION_VARIABLES)
+    assert not set(variables) & set(RECEIVER_VARIABLES), "webhook secrets in plain environment variables"
+    assert references(variables[receiver.ENV_QUEUE_URL]) == {PUSH_QUEUE}
+    assert references(variables[receiver.ENV_GRACE]) == {"PushEventGraceSeconds"}
+    # Secret ARNs only; the values stay in Secrets Manager.
+    assert references(variables[receiver.ENV_TOKEN_SECRET]) == {"WebhookTokenSecret"}
+    assert references(variables[receiver.ENV_GITHUB_SECRET]) == {"GithubWebhookSecret"}
+    properties = receiver_properties(template)
+    assert properties["Handler"] == "receiver.lambda_handler"
+    assert (properties["Runtime"], properties["Architectures"]) == ("python3.13", ["arm64"])
+    assert properties["FunctionUrlConfig"]["AuthType"] == "NONE"
+    assert properties["ReservedConcurrentExecutions"] >= 1
+    for secret in ("WebhookTokenSecret", "GithubWebhookSecret"):
+        assert "GenerateSecretString" in resources(template)[secret]["Properties"]
+
+
+def test_push_queue_delays_by_the_grace_and_dead_letters(template: dict[str, Any]) -> None:
+    queue = resources(template)[PUSH_QUEUE]["Properties"]
+    assert queue["SqsManagedSseEnabled"] is True
+    assert references(queue["DelaySeconds"]) == {"PushEventGraceSeconds"}
+    grace = template["Parameters"]["PushEventGraceSeconds"]
+    assert (grace["Default"], grace["MinValue"], grace["MaxValue"]) == (60, 0, 900)
+    assert queue["VisibilityTimeout"] >= 6 * function_properties(template)["Timeout"]
+    assert references(queue["RedrivePolicy"]["deadLetterTargetArn"]) == {PUSH_DLQ}
+    assert queue["RedrivePolicy"]["maxReceiveCount"] >= 5
+    assert resources(template)[PUSH_DLQ]["Properties"]["SqsManagedSseEnabled"] is True
+
+
+def test_audit_function_consumes_the_queue_with_partial_batch_responses(template: dict[str, Any]) -> None:
+    mapping = resources(template)["PushEventSourceMapping"]["Properties"]
+    assert references(mapping["FunctionName"]) == {"AuditFunction"}
+    assert references(mapping["EventSourceArn"]) == {PUSH_QUEUE}
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["ScalingConfig"]["MaximumConcurrency"] == 2  # the smallest SQS allows
+    assert function_properties(template)["ReservedConcurrentExecutions"] == 1
+    sqs = [grant for grant in function_grants(template) if any(a.startswith("sqs:") for a in grant.actions)]
+    assert {action for grant in sqs for action in grant.actions} == {
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:GetQueueAttributes",
+    }
+    assert all(references(grant.resources) == {PUSH_QUEUE} for grant in sqs)
+
+
+def test_ecr_rule_sends_push_and_delete_successes_to_the_queue_only(template: dict[str, Any]) -> None:
+    rule = resources(template)["EcrPushEventRule"]["Properties"]
+    assert rule["EventPattern"] == {
+        "source": ["aws.ecr"],
+        "detail-type": ["ECR Image Action"],
+        "detail": {"action-type": ["PUSH", "DELETE"], "result": ["SUCCESS"]},
+    }
+    (target,) = rule["Targets"]
+    assert references(target["Arn"]) == {PUSH_QUEUE}
+    assert "InputTransformer" not in target  # the consumer reads the raw event (events/ecr-push.json)
+    (statement,) = resources(template)["EcrPushEventQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert references(statement["Condition"]) == {"EcrPushEventRule"}
+
+
+def test_push_queue_alarms(template: dict[str, Any]) -> None:
+    by_metric = {
+        (alarm["MetricName"], next(iter(references(alarm["Dimensions"])))): alarm
+        for alarm in alarms(template)
+        if alarm["Namespace"] == "AWS/SQS"
+    }
+    age = by_metric[("ApproximateAgeOfOldestMessage", PUSH_QUEUE)]
+    assert references(age["Threshold"]) == {"PushEventQueueAgeAlarmSeconds"}
+    assert template["Parameters"]["PushEventQueueAgeAlarmSeconds"]["Default"] > 900 - 1  # above the longest grace
+    assert (by_metric[("ApproximateNumberOfMessagesVisible", PUSH_DLQ)]["Threshold"]) == 0
+
+
+def test_dashboard_shows_the_metrics_the_handler_emits(template: dict[str, Any]) -> None:
+    body_template, variables = resources(template)["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    assert references(variables) == {"MetricsNamespace", PUSH_QUEUE, PUSH_DLQ, "AuditFunction"}
+    body = json.loads(re.sub(r"\$\{[A-Za-z:.]+\}", "X", body_template))
+    named = {
+        metric[1]
+        for widget in body["widgets"]
+        for metric in widget["properties"]["metrics"]
+        if len(metric) > 1 and isinstance(metric[1], str)
+    }
+    emitted = {"TagsChecked", *VERDICT_METRICS, "AlertsPublished", "RunDuration", "TimeToDetect", "TagsUnreached"}
+    assert emitted <= named
+    assert {"ApproximateAgeOfOldestMessage", "ApproximateNumberOfMessagesVisible"} <= named
+
+
+def test_every_resource_passes_checkov_or_says_why_not(template: dict[str, Any]) -> None:
+    """A skipped check carries its reason (make checkov runs the scanner itself)."""
+    for logical_id, resource in resources(template).items():
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
+            assert re.fullmatch(r"CKV2?_AWS_\d+", skip["id"]), logical_id
+            assert len(skip.get("comment", "")) > 30, f"{logical_id} skips {skip['id']} without a reason"

@@ -23,18 +23,29 @@ Writes are conditional: a new tag is put with `attribute_not_exists(sk)`; a repl
 TransactWriteItems that copies the old record into history and overwrites the current one only if its
 digest and `revision` are still the ones just read: a concurrent recorder loses with a clear error.
 
-State table, key `image` (S) + `tag` (S): one item per TagState (datetimes as ISO strings, digests strings).
+State table, key `image` (S) + `tag` (S): one item per TagState (datetimes as ISO strings, digests strings),
+plus the run lease at image = "$lease", tag = "run" (owner, holder, acquired_at, expires_at as epoch seconds).
+An image name is `registry/repository` and never starts with '$', so the reserved item cannot collide and
+reading the state skips every item whose image starts with '$'.
+
+A replace's TransactWriteItems carries a ClientRequestToken of our own: botocore resends it unchanged when
+it retries a call whose response was lost (DynamoDB then answers success for 10 minutes); where the retry is
+still judged against the new record (an emulator without tokens, or later), a current record that is exactly
+the one we wrote is recognised as our own write, not as another recorder's.
 
 Every botocore failure becomes a StoreError naming the table, the operation and what to check.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import (
@@ -50,6 +61,7 @@ from audit.adapters.file_store import check_record_request, concurrent_change_er
 from audit.config import ENV_STATE_TABLE, ENV_TRUST_TABLE
 from audit.errors import AuditError, StoreError
 from audit.models import Digest, RecordOutcome, TagState, TrustedImage, WatchSettings, utcnow
+from audit.ports import LeaseClaim
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -70,6 +82,9 @@ STATE_SORT_KEY = "tag"
 CURRENT_PREFIX = "tag#"
 HISTORY_PREFIX = "history#"
 WATCH_SORT_KEY = "$watch"
+#: Reserved state-table items start with this (an image name never does).
+RESERVED_PREFIX = "$"
+LEASE_KEY = {STATE_PARTITION_KEY: "$lease", STATE_SORT_KEY: "run"}
 
 #: BatchWriteItem accepts at most 25 requests.
 BATCH_LIMIT = 25
@@ -556,6 +571,7 @@ class DynamoTrustStore:
         with self._call("TransactWriteItems"):
             try:
                 self._client.transact_write_items(
+                    ClientRequestToken=uuid.uuid4().hex,
                     TransactItems=[
                         {
                             "Put": {
@@ -574,11 +590,12 @@ class DynamoTrustStore:
                                 "ExpressionAttributeValues": values,
                             }
                         },
-                    ]
+                    ],
                 )
             except ClientError as exc:
                 if _error_code(exc) == "TransactionCanceledException" and _lost_race(exc):
-                    return False
+                    # A retry of our own write whose response was lost finds the record it wrote itself.
+                    return self._get_item(item.image, current_sort_key(item.tag), consistent=True) == new_item
                 raise
         return True
 
@@ -623,9 +640,11 @@ class DynamoStateStore:
         *,
         page_size: int | None = None,
         max_attempts: int = 6,
-        backoff: float = 0.05,
+        backoff: Callable[[int], float] = lambda retry: min(0.05 * 2 ** (retry - 1), 2.0),
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """`backoff(n)`: seconds to wait before the n-th retry of unprocessed items (bootstrap passes the
+        clients' retry policy, so a throttled save backs off like botocore's own retries)."""
         self.table_name = table_name
         self._client = client
         self._page_size = page_size
@@ -642,7 +661,11 @@ class DynamoStateStore:
             request["Limit"] = self._page_size
         with self._call("Scan"):
             items = list(_scan_pages(self._client, request))
-        states = (tag_state_from_item(item, table=self.table_name) for item in items)
+        states = (
+            tag_state_from_item(item, table=self.table_name)
+            for item in items
+            if not item.get(STATE_PARTITION_KEY, {}).get("S", "").startswith(RESERVED_PREFIX)
+        )
         return {state.key: state for state in states}
 
     def save(self, changed: Sequence[TagState]) -> None:
@@ -659,7 +682,7 @@ class DynamoStateStore:
         for attempt in range(self._max_attempts):
             if attempt:
                 # Unprocessed items mean throttling: back off exponentially, capped so a run cannot stall.
-                self._sleep(min(self._backoff * 2 ** (attempt - 1), 2.0))
+                self._sleep(self._backoff(attempt))
             with self._call("BatchWriteItem"):
                 response = self._client.batch_write_item(RequestItems={self.table_name: pending})
             unprocessed = response.get("UnprocessedItems", {}).get(self.table_name, [])
@@ -671,6 +694,105 @@ class DynamoStateStore:
             f"state items were still unprocessed after {self._max_attempts} attempts",
             hint="the table is throttled; give it more capacity (or PAY_PER_REQUEST); the next run retries",
         )
+
+
+class DynamoRunLease:
+    """ports.RunLease as the reserved item of the state table: a conditional put takes it when it is free or
+    expired, a conditional update renews it, a conditional delete releases it; `owner` is the run id."""
+
+    def __init__(
+        self,
+        table_name: str,
+        client: DynamoDBClient,
+        *,
+        duration: timedelta,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.table_name = table_name
+        self._client = client
+        self._duration = duration
+        self._clock = clock
+
+    def _call(self, operation: str) -> AbstractContextManager[None]:
+        return _translated(self.table_name, operation, ENV_STATE_TABLE)
+
+    def _key(self) -> Item:
+        return {name: {"S": value} for name, value in LEASE_KEY.items()}
+
+    def acquire(self, owner: str) -> LeaseClaim:
+        now = self._clock()
+        expires_at = now + self._duration
+        item: Item = {
+            **self._key(),
+            "owner": {"S": owner},
+            "holder": {"S": f"run {owner} on {socket.gethostname()} (pid {os.getpid()})"},
+            "acquired_at": {"S": format_timestamp(now)},
+            "expires_at": {"N": str(int(expires_at.timestamp()))},
+        }
+        with self._call("PutItem"):
+            try:
+                self._client.put_item(
+                    TableName=self.table_name,
+                    Item=item,
+                    ConditionExpression="attribute_not_exists(#image) OR #expires < :now",
+                    ExpressionAttributeNames={"#image": STATE_PARTITION_KEY, "#expires": "expires_at"},
+                    ExpressionAttributeValues={":now": {"N": str(int(now.timestamp()))}},
+                )
+            except ClientError as exc:
+                if _error_code(exc) != "ConditionalCheckFailedException":
+                    raise
+                return self._held(owner, expires_at)
+        return LeaseClaim(acquired=True, holder=owner, expires_at=expires_at)
+
+    def _held(self, owner: str, expires_at: datetime) -> LeaseClaim:
+        with self._call("GetItem"):
+            item = self._client.get_item(TableName=self.table_name, Key=self._key(), ConsistentRead=True).get("Item")
+        if item is None:  # released between our put and our read: say so rather than guess
+            return LeaseClaim(acquired=False, holder="another run (it has just finished)")
+        if _text(item, "owner") == owner:  # our put succeeded, its response was lost, botocore's retry failed
+            return LeaseClaim(acquired=True, holder=owner, expires_at=expires_at)
+        expires = _number(item, "expires_at")
+        holder = _text(item, "holder") or _text(item, "owner") or "another run"
+        return LeaseClaim(
+            acquired=False,
+            holder=holder,
+            expires_at=datetime.fromtimestamp(expires, UTC) if expires is not None else None,
+        )
+
+    def renew(self, owner: str) -> bool:
+        expires_at = self._clock() + self._duration
+        with self._call("UpdateItem"):
+            try:
+                self._client.update_item(
+                    TableName=self.table_name,
+                    Key=self._key(),
+                    UpdateExpression="SET #expires = :expires",
+                    ConditionExpression="#owner = :owner",
+                    ExpressionAttributeNames={"#expires": "expires_at", "#owner": "owner"},
+                    ExpressionAttributeValues={
+                        ":expires": {"N": str(int(expires_at.timestamp()))},
+                        ":owner": {"S": owner},
+                    },
+                )
+            except ClientError as exc:
+                if _error_code(exc) == "ConditionalCheckFailedException":
+                    return False
+                raise
+        return True
+
+    def release(self, owner: str) -> None:
+        with self._call("DeleteItem"):
+            try:
+                self._client.delete_item(
+                    TableName=self.table_name,
+                    Key=self._key(),
+                    ConditionExpression="#owner = :owner",
+                    ExpressionAttributeNames={"#owner": "owner"},
+                    ExpressionAttributeValues={":owner": {"S": owner}},
+                )
+            except ClientError as exc:
+                if _error_code(exc) != "ConditionalCheckFailedException":  # taken over: not ours to delete
+                    raise
 
 
 # --- table creation ----------------------------------------------------------------------------------------

@@ -1,9 +1,13 @@
 """JSON-file trust and state stores for people without AWS, with the same rules as the DynamoDB tables.
 
 Trust file: {"schema_version": 1, "trusted": [...], "history": [...], "watch": [...]}; state file:
-{"schema_version": 1, "tags": [...]}. A missing file is an empty store (created on the first write); every
-write goes to a temporary file in the same directory that then replaces the original (os.replace), so a
-crash never leaves half a file. There is no locking: two processes writing one file at once is not supported.
+{"schema_version": 1, "tags": [...]}. A missing file is an empty store (created on the first write).
+
+Every change is a read-modify-write under an exclusive `fcntl.flock` on a sidecar `.NAME.lock` file (the data
+file itself is replaced on each write, so a lock on it would guard an inode that is gone), and every write goes
+to a temporary file in the same directory that is fsynced, renamed over the original (os.replace) and made
+durable by an fsync of the directory: concurrent recorders lose nothing and a crash never leaves half a file.
+A symlinked store file is followed: the file it points to is replaced and the link stays a link.
 
 The record rules shared with the DynamoDB store (reason required for a replace, the conflict and race errors)
 live here too, so that both backends say exactly the same thing.
@@ -11,19 +15,25 @@ live here too, so that both backends say exactly the same thing.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Final, Literal
+from typing import IO, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from audit.errors import AuditError, StoreError, TrustConflictError, UsageError
 from audit.models import Digest, RecordOutcome, TagState, TrustedImage, WatchSettings, utcnow
+from audit.ports import LeaseClaim
+from audit.untrusted import printable
 
 SCHEMA_VERSION: Final = 1
 
@@ -108,6 +118,10 @@ def _read_document[D: (TrustDocument, StateDocument)](path: Path, model: type[D]
         raise StoreError(
             f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", hint=restore
         ) from None
+    except RecursionError:
+        raise StoreError(f"{path} is not a store file: its JSON is nested too deeply", hint=restore) from None
+    except ValueError as exc:  # e.g. an integer longer than Python's 4300-digit limit
+        raise StoreError(f"{path} is not valid JSON ({exc})", hint=restore) from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -118,8 +132,41 @@ def _read_document[D: (TrustDocument, StateDocument)](path: Path, model: type[D]
         raise StoreError(f"{path} is malformed: {exc.message}", hint=restore) from None
 
 
+def real_path(path: Path) -> Path:
+    """The file a store path stands for: symlinks followed, so a write replaces the target, not the link."""
+    return Path(os.path.realpath(path))
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock for a read-modify-write of the store file `path` (blocks while another holds it).
+
+    The lock is `fcntl.flock` on a sidecar `.NAME.lock` next to the real file, which is left in place: the data
+    file is replaced by every write, so locking it would lock an inode that the next rename throws away. Locks
+    are per open file: a process must not take the lock it already holds (it would wait for itself).
+    """
+    real = real_path(path)
+    lock_path = real.with_name(f".{real.name}.lock")
+    try:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot write {path}: cannot open its lock file {lock_path}: {exc.strerror or exc}",
+            hint="check that the directory exists and is writable",
+        ) from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing the descriptor releases the lock
+
+
 def write_atomically(path: Path, text: str) -> None:
-    """Write via a temporary file in the same directory and os.replace, keeping the file mode."""
+    """Write via a fsynced temporary file in the same directory and os.replace, keeping the file mode.
+
+    Symlinks are followed (the target is replaced); the directory is fsynced so the rename survives a crash.
+    """
+    path = real_path(path)
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
@@ -138,6 +185,7 @@ def write_atomically(path: Path, text: str) -> None:
         os.chmod(temporary, mode)  # noqa: PTH101 - the temporary file is a plain str path from mkstemp
         os.replace(temporary, path)  # noqa: PTH105 - os.replace is the documented atomic rename
         temporary = None
+        _fsync_directory(path.parent)
     except OSError as exc:
         raise StoreError(
             f"cannot write {path}: {exc.strerror or exc}",
@@ -148,6 +196,14 @@ def write_atomically(path: Path, text: str) -> None:
             Path(temporary).unlink(missing_ok=True)
 
 
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def _dump(document: BaseModel) -> str:
     return json.dumps(document.model_dump(mode="json", exclude_none=True), indent=2, ensure_ascii=False) + "\n"
 
@@ -155,93 +211,141 @@ def _dump(document: BaseModel) -> str:
 # --- the stores --------------------------------------------------------------------------------------------
 
 
+@dataclass
+class _TrustContents:
+    """A trust file being read or changed, indexed so that a batch of 100k records stays linear."""
+
+    trusted: dict[tuple[str, str], TrustedImage]
+    history: list[HistoryRecord]
+    watch: dict[str, WatchSettings]
+    changed: bool = field(default=False)
+
+    def document(self) -> TrustDocument:
+        return TrustDocument(
+            schema_version=SCHEMA_VERSION,
+            trusted=tuple(self.trusted[key] for key in sorted(self.trusted)),
+            history=tuple(self.history),
+            watch=tuple(self.watch[image] for image in sorted(self.watch)),
+        )
+
+
 class FileTrustStore:
-    """ports.TrustStore on one JSON file; every call reads the file afresh, so edits by hand are seen."""
+    """ports.TrustStore on one JSON file; every call reads the file afresh, so edits by hand are seen.
+
+    Each write is a locked read-modify-write of the whole file. Inside `with store.batch():` the file is read
+    once under the lock, every write changes that copy, and the file is written once at the end (or not at
+    all when the block raises): an import is one write, all or nothing.
+    """
 
     def __init__(self, path: Path, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.path = path
         self._clock = clock
+        self._batch: _TrustContents | None = None
 
-    def _load(self) -> TrustDocument:
+    def _read(self) -> _TrustContents:
         document = _read_document(self.path, TrustDocument, _TRUST_SHAPE) or TrustDocument(
             schema_version=SCHEMA_VERSION
         )
-        seen: set[tuple[str, str]] = set()
+        trusted: dict[tuple[str, str], TrustedImage] = {}
         for record in document.trusted:
-            if (record.image, record.tag) in seen:
+            if (record.image, record.tag) in trusted:
                 raise StoreError(
                     f'{self.path} lists {record.ref.familiar} twice under "trusted"',
                     hint='keep one current record per tag; move the other to "history"',
                 )
-            seen.add((record.image, record.tag))
-        watched: set[str] = set()
+            trusted[record.image, record.tag] = record
+        watch: dict[str, WatchSettings] = {}
         for settings in document.watch:
-            if settings.image in watched:
+            if settings.image in watch:
                 raise StoreError(f"{self.path} lists the watch settings of {settings.image} twice", hint="merge them")
-            watched.add(settings.image)
-        return document
+            watch[settings.image] = settings
+        return _TrustContents(trusted, list(document.history), watch)
 
-    def _save(self, document: TrustDocument) -> None:
-        ordered = document.model_copy(
-            update={
-                "trusted": tuple(sorted(document.trusted, key=lambda record: (record.image, record.tag))),
-                "watch": tuple(sorted(document.watch, key=lambda settings: settings.image)),
-            }
-        )
-        write_atomically(self.path, _dump(ordered))
+    def _contents(self) -> _TrustContents:
+        """What readers see: the batch in progress (with its pending writes), else the file as it is now."""
+        return self._batch if self._batch is not None else self._read()
+
+    def _update[R](self, change: Callable[[_TrustContents], R]) -> R:
+        if self._batch is not None:
+            return change(self._batch)  # written when the batch ends
+        with locked(self.path):
+            contents = self._read()
+            result = change(contents)
+            if contents.changed:
+                write_atomically(self.path, _dump(contents.document()))
+        return result
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Writes inside the block are made to one copy, read and written under one lock, saved once at the end."""
+        if self._batch is not None:
+            raise RuntimeError("FileTrustStore.batch() is not reentrant")
+        with locked(self.path):
+            self._batch = self._read()
+            try:
+                yield
+                if self._batch.changed:
+                    write_atomically(self.path, _dump(self._batch.document()))
+            finally:
+                self._batch = None
 
     def load_all(self) -> list[TrustedImage]:
-        return sorted(self._load().trusted, key=lambda record: (record.image, record.tag))
+        contents = self._contents()
+        return [contents.trusted[key] for key in sorted(contents.trusted)]
 
     def get(self, image: str, tag: str, *, consistent: bool = False) -> TrustedImage | None:
-        return _find(self._load().trusted, image, tag)
+        return self._contents().trusted.get((image, tag))
 
     def history(self, image: str, tag: str) -> list[TrustedImage]:
-        return [entry.to_trusted() for entry in self._load().history if entry.image == image and entry.tag == tag]
+        return [entry.to_trusted() for entry in self._contents().history if entry.image == image and entry.tag == tag]
 
     def digests_ever_recorded(self, image: str) -> set[Digest]:
-        document = self._load()
-        return {record.digest for record in (*document.trusted, *document.history) if record.image == image}
+        contents = self._contents()
+        return {record.digest for record in (*contents.trusted.values(), *contents.history) if record.image == image}
 
     def record(self, item: TrustedImage, *, replace: bool = False, moving: bool = False) -> RecordOutcome:
         check_record_request(item, replace=replace)
-        document = self._load()
-        current = _find(document.trusted, item.image, item.tag)
-        if current is None:
-            self._save(document.model_copy(update={"trusted": (*document.trusted, item)}))
-            return RecordOutcome.CREATED
-        if current.digest == item.digest:
-            return RecordOutcome.UNCHANGED
-        if not (replace or moving):
-            raise trust_conflict_error(current, item)
-        superseded = HistoryRecord.model_validate(
-            {**current.model_dump(), "superseded_at": self._clock(), "superseded_by": item.digest}
-        )
-        trusted = tuple(item if record is current else record for record in document.trusted)
-        self._save(document.model_copy(update={"trusted": trusted, "history": (*document.history, superseded)}))
-        return RecordOutcome.REPLACED if replace else RecordOutcome.APPENDED
+
+        def change(contents: _TrustContents) -> RecordOutcome:
+            current = contents.trusted.get((item.image, item.tag))
+            if current is None:
+                contents.trusted[item.image, item.tag] = item
+                contents.changed = True
+                return RecordOutcome.CREATED
+            if current.digest == item.digest:
+                return RecordOutcome.UNCHANGED
+            if not (replace or moving):
+                raise trust_conflict_error(current, item)
+            superseded = HistoryRecord.model_validate(
+                {**current.model_dump(), "superseded_at": self._clock(), "superseded_by": item.digest}
+            )
+            contents.trusted[item.image, item.tag] = item
+            contents.history.append(superseded)
+            contents.changed = True
+            return RecordOutcome.REPLACED if replace else RecordOutcome.APPENDED
+
+        return self._update(change)
 
     def load_watch_settings(self) -> list[WatchSettings]:
-        return sorted(self._load().watch, key=lambda settings: settings.image)
+        watch = self._contents().watch
+        return [watch[image] for image in sorted(watch)]
 
     def load_snapshot(self) -> tuple[list[TrustedImage], list[WatchSettings]]:
-        document = self._load()
+        contents = self._contents()
         return (
-            sorted(document.trusted, key=lambda record: (record.image, record.tag)),
-            sorted(document.watch, key=lambda settings: settings.image),
+            [contents.trusted[key] for key in sorted(contents.trusted)],
+            [contents.watch[image] for image in sorted(contents.watch)],
         )
 
     def get_watch_settings(self, image: str) -> WatchSettings | None:
-        return next((settings for settings in self._load().watch if settings.image == image), None)
+        return self._contents().watch.get(image)
 
     def put_watch_settings(self, settings: WatchSettings) -> None:
-        document = self._load()
-        others = tuple(entry for entry in document.watch if entry.image != settings.image)
-        self._save(document.model_copy(update={"watch": (*others, settings)}))
+        def change(contents: _TrustContents) -> None:
+            contents.watch[settings.image] = settings
+            contents.changed = True
 
-
-def _find(records: Sequence[TrustedImage], image: str, tag: str) -> TrustedImage | None:
-    return next((record for record in records if record.image == image and record.tag == tag), None)
+        self._update(change)
 
 
 class FileStateStore:
@@ -267,8 +371,55 @@ class FileStateStore:
     def save(self, changed: Sequence[TagState]) -> None:
         if not changed:
             return
-        states = self.load_all()
-        for state in changed:
-            states[state.key] = state
-        ordered = tuple(states[key] for key in sorted(states))
-        write_atomically(self.path, _dump(StateDocument(schema_version=SCHEMA_VERSION, tags=ordered)))
+        with locked(self.path):  # another run saving at the same time must not lose our states (or we theirs)
+            states = self.load_all()
+            for state in changed:
+                states[state.key] = state
+            ordered = tuple(states[key] for key in sorted(states))
+            write_atomically(self.path, _dump(StateDocument(schema_version=SCHEMA_VERSION, tags=ordered)))
+
+
+class FileRunLease:
+    """ports.RunLease for a local state file: an exclusive `flock` on `<state file>.lease`, held for the run.
+
+    The kernel drops the lock when the holding process ends, however it ends, so a file lease never goes
+    stale and needs no expiry; the file itself only tells the next run who holds it.
+    """
+
+    def __init__(self, state_path: Path) -> None:
+        self.path = state_path.with_name(state_path.name + ".lease")
+        self._handle: IO[str] | None = None
+        self._owner: str | None = None
+
+    def acquire(self, owner: str) -> LeaseClaim:
+        try:
+            handle = self.path.open("a+", encoding="utf-8")
+        except OSError as exc:
+            raise StoreError(
+                f"cannot open the run lease {self.path}: {exc.strerror or exc}",
+                hint="the directory of --state-file must be writable",
+            ) from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read(512).strip() or "another run"
+            handle.close()
+            return LeaseClaim(acquired=False, holder=printable(holder, max_chars=200))
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"run {owner} (pid {os.getpid()}) since {utcnow():%Y-%m-%dT%H:%M:%SZ}\n")
+        handle.flush()
+        self._handle, self._owner = handle, owner
+        return LeaseClaim(acquired=True, holder=owner)
+
+    def renew(self, owner: str) -> bool:
+        return self._handle is not None and self._owner == owner
+
+    def release(self, owner: str) -> None:
+        if self._handle is None or self._owner != owner:
+            return
+        handle, self._handle, self._owner = self._handle, None, None
+        with contextlib.suppress(OSError):
+            handle.truncate(0)
+        handle.close()  # closing the descriptor drops the lock

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -29,43 +30,83 @@ _PUBLISH_HINT = (
 class SnsAlerts:
     """Publishes rendered alerts to one SNS topic with PublishBatch (MessageStructure=json).
 
-    Delivery is all-or-error: any entry SNS reports as failed, or any batch the call itself failed on, makes
-    publish() raise PublishError after every batch was tried, so the service saves no state and the next run
-    sends the alerts again (subscribers may then see a message twice, never zero times).
+    Delivery is all-or-error, entry by entry: an entry SNS reports as failed through no fault of ours is
+    sent again (only that entry, with the shared back-off) up to `entry_attempts` times; what still failed,
+    or a batch whose call failed after botocore's own retries, makes publish() raise PublishError after every
+    batch was tried. The error carries the findings of the messages SNS did accept, so the service remembers
+    exactly those and the next run sends only the rest.
+
+    A PublishBatch call whose response was lost is retried whole by botocore and may deliver its messages
+    twice: the outcome of a lost response cannot be known, and not retrying would only move the repeat to
+    the next run. Every finding carries a stable `finding_id` (machine JSON `id`, attribute `finding_ids`)
+    for subscribers to drop such repeats.
     """
 
-    def __init__(self, topic_arn: str, client: SNSClient, *, max_batch_bytes: int = MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self,
+        topic_arn: str,
+        client: SNSClient,
+        *,
+        max_batch_bytes: int = MAX_MESSAGE_BYTES,
+        entry_attempts: int = 3,
+        backoff: Callable[[int], float] = lambda attempt: 0.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._topic_arn = topic_arn
         self._client = client
         self._max_batch_bytes = max_batch_bytes
+        self._entry_attempts = max(1, entry_attempts)
+        self._backoff = backoff
+        self._sleep = sleep
 
     def publish(self, run_id: str, findings: Sequence[Finding], *, total_tags: int) -> int:
         messages = render(run_id, findings, total_tags=total_tags)
-        published = 0
+        accepted: list[AlertMessage] = []
         problems: set[str] = set()
         for first, batch in _batches(messages, self._max_batch_bytes):
-            entries = [_entry(f"alert-{first + i}", message) for i, message in enumerate(batch)]
-            try:
-                response = self._client.publish_batch(TopicArn=self._topic_arn, PublishBatchRequestEntries=entries)
-            except ClientError as exc:
-                problems.add(str(exc.response.get("Error", {}).get("Code", "ClientError")))
-                continue
-            except BotoCoreError as exc:
-                problems.add(type(exc).__name__)
-                continue
-            failed = {entry["Id"] for entry in response.get("Failed", [])}
-            problems.update(entry["Code"] for entry in response.get("Failed", []))
-            succeeded = {entry["Id"] for entry in response.get("Successful", []) if "Id" in entry} - failed
-            published += len(succeeded & {entry["Id"] for entry in entries})
-        unpublished = len(messages) - published
+            pending = {f"alert-{first + i}": message for i, message in enumerate(batch)}
+            for attempt in range(1, self._entry_attempts + 1):
+                if attempt > 1:
+                    self._sleep(self._backoff(attempt - 1))
+                done, retry = self._send(pending, problems)
+                accepted.extend(done)
+                pending = retry
+                if not pending:
+                    break
+        unpublished = len(messages) - len(accepted)
         if unpublished:
             raise PublishError(
                 f"{unpublished} of {len(messages)} alert message(s) were not published to {self._topic_arn} "
-                f"({', '.join(sorted(problems)) or 'no reason given'})",
+                f"({', '.join(sorted(problems)) or 'no reason given'}); the next run sends them again",
                 hint=_PUBLISH_HINT,
+                delivered=tuple(finding for message in accepted for finding in message.findings),
             )
-        log.info("published %d alert message(s) for run %s", published, run_id)
-        return published
+        log.info("published %d alert message(s) for run %s", len(accepted), run_id)
+        return len(accepted)
+
+    def _send(
+        self, pending: dict[str, AlertMessage], problems: set[str]
+    ) -> tuple[list[AlertMessage], dict[str, AlertMessage]]:
+        """One PublishBatch: the accepted messages, and the entries worth sending again (SNS's fault)."""
+        entries = [_entry(entry_id, message) for entry_id, message in pending.items()]
+        try:
+            response = self._client.publish_batch(TopicArn=self._topic_arn, PublishBatchRequestEntries=entries)
+        except ClientError as exc:
+            problems.add(str(exc.response.get("Error", {}).get("Code", "ClientError")))
+            return [], {}  # botocore retried the call already; the next run sends these again
+        except BotoCoreError as exc:
+            problems.add(type(exc).__name__)
+            return [], {}
+        failed = {entry["Id"]: entry for entry in response.get("Failed", [])}
+        problems.update(entry["Code"] for entry in failed.values())
+        succeeded = {entry["Id"] for entry in response.get("Successful", []) if "Id" in entry} - failed.keys()
+        accepted = [message for entry_id, message in pending.items() if entry_id in succeeded]
+        retry = {
+            entry_id: message
+            for entry_id, message in pending.items()
+            if entry_id in failed and not failed[entry_id].get("SenderFault", False)
+        }
+        return accepted, retry
 
 
 def _entry(entry_id: str, message: AlertMessage) -> PublishBatchRequestEntryTypeDef:

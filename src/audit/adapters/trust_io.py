@@ -7,6 +7,15 @@ optional values mean "none". CSV holds the current records only; JSON is {"schem
 between backends keeps moving tags and ignore patterns. Import goes through `TrustStore.record` without replace:
 a row whose tag is trusted with another digest is reported as a conflict and never replaces anything.
 Import reads "trusted" only (history in the input is counted, not imported), and validates all input first.
+
+Input is untrusted: a CSV is streamed twice (validate every row keeping only tag names, then write), with at
+most `max_rows` records on lines of at most MAX_LINE_BYTES, so a huge or hostile file is refused at its first
+bad line with memory bounded by `max_rows`; a JSON file is read whole, at most JSON_BYTES_PER_RECORD per record.
+A store that can batch (the trust file) is written once, all or nothing; DynamoDB is written record by record,
+so an import that stops half-way leaves the records before the failure, and running it again is safe (the same
+digest again is "unchanged"). CSV cells are written with `untrusted.csv_cell`, so a spreadsheet never runs a
+formula; import reads that form back (one leading `'` before `= + - @ '`, tab, CR or LF is dropped; `\\\\` is
+one backslash). Text with control or format characters is refused on import.
 """
 
 from __future__ import annotations
@@ -14,9 +23,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from pydantic import ValidationError
 
@@ -25,6 +38,7 @@ from audit.models import Digest, ImageRef, RecordOutcome, TrustedImage, WatchSet
 from audit.packages import is_package_registry, package_key
 from audit.ports import TrustStore
 from audit.reference import normalise_registry
+from audit.untrusted import csv_cell, has_unsafe_characters, printable
 
 TRUST_FIELDS = (
     "registry",
@@ -43,6 +57,15 @@ REQUIRED_FIELDS = frozenset({"registry", "repository", "tag", "digest", "source"
 FORMATS = ("csv", "json")
 _OPTIONAL_TEXT = ("media_type", "commit", "recorded_by", "reason")
 _JSON_KEYS = frozenset({"schema_version", "trusted", "history", "watch"})
+
+#: Records one import may hold; a back-fill of CI history is thousands, so this stops runaway input early.
+DEFAULT_MAX_ROWS = 200_000
+#: Longest physical CSV line; a record is a few hundred bytes, platforms of a large index a few thousand.
+MAX_LINE_BYTES = 64 * 1024
+#: Bytes a JSON import may use per allowed record (an index with dozens of platforms stays well below).
+JSON_BYTES_PER_RECORD = 4096
+#: What `csv_cell` puts before a cell a spreadsheet would read as a formula; import takes it off again.
+_NEUTRALISED = re.compile(r"^'(?=['=+\-@\t\r\n])")
 
 
 class TrustImportError(UsageError):
@@ -120,14 +143,15 @@ def export_trust(store: TrustStore, fmt: str) -> str:
                 for settings in sorted(store.load_watch_settings(), key=lambda item: item.image)
             ],
         }
-        return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+        # ASCII only: a C1 control or bidi override in a record must not reach a terminal raw (\u009b instead).
+        return json.dumps(document, indent=2) + "\n"
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=TRUST_FIELDS, lineterminator="\n")
     writer.writeheader()
     for record in records:
         row = {name: "" for name in TRUST_FIELDS}
         for name, value in _record_fields(record).items():
-            row[name] = json.dumps(value, sort_keys=True) if name == "platforms" else str(value)
+            row[name] = _to_csv_cell(json.dumps(value, sort_keys=True) if name == "platforms" else str(value))
         writer.writerow(row)
     return buffer.getvalue()
 
@@ -135,32 +159,128 @@ def export_trust(store: TrustStore, fmt: str) -> str:
 # --- import ------------------------------------------------------------------------------------------------
 
 
-def import_trust(store: TrustStore, text: str, fmt: str) -> ImportSummary:
-    """Validate every record, then record each one; conflicts are listed, never replaced."""
+def _to_csv_cell(text: str) -> str:
+    """`csv_cell`, plus a `'` before a value that itself starts with `'`, so import can take exactly one off."""
+    cell = csv_cell(text)
+    return "'" + cell if text.startswith("'") else cell
+
+
+def _from_csv_cell(cell: str) -> str:
+    """The value `_to_csv_cell` wrote: the leading `'` it added dropped, `\\\\` back to one backslash."""
+    cell = _NEUTRALISED.sub("", cell, count=1)
+    return cell.replace("\\\\", "\\") if "\\\\" in cell else cell
+
+
+@runtime_checkable
+class _BatchingStore(Protocol):
+    """A store that can collect writes and make them at once (the trust file): import is then all or nothing."""
+
+    def batch(self) -> AbstractContextManager[None]: ...
+
+
+Opener = Callable[[], AbstractContextManager[BinaryIO]]
+
+
+def import_trust(store: TrustStore, text: str, fmt: str, *, max_rows: int = DEFAULT_MAX_ROWS) -> ImportSummary:
+    """Import records given as text (see `import_trust_file` for files, which are streamed)."""
+    data = text.encode("utf-8", errors="surrogatepass")
+    return _import(store, lambda: nullcontext(io.BytesIO(data)), fmt, max_rows=max_rows)
+
+
+def import_trust_file(store: TrustStore, path: Path, fmt: str, *, max_rows: int = DEFAULT_MAX_ROWS) -> ImportSummary:
+    """Import a CSV or JSON file; errors name the file, the line (CSV) or record (JSON) and the field."""
+
+    def open_input() -> AbstractContextManager[BinaryIO]:
+        try:
+            return path.open("rb")
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror or exc}", hint="check the path") from None
+
+    try:
+        return _import(store, open_input, fmt, max_rows=max_rows)
+    except TrustImportError as exc:
+        raise TrustImportError(f"{path}: {exc.message}", hint=exc.hint) from None
+
+
+def _import(store: TrustStore, open_input: Opener, fmt: str, *, max_rows: int) -> ImportSummary:
+    """Validate every record first, then record each one; conflicts are listed, never replaced."""
     watch: list[WatchSettings] = []
     if _check_format(fmt) == "csv":
-        rows, skipped_history = list(_csv_records(text)), 0
-    else:
-        rows, skipped_history = _json_records(text)
-        watch = _json_watch_settings(text)
-    _check_duplicates(rows)
-    # Settings first: a moving tag's policy must be known before its records are judged.
-    for settings in watch:
-        store.put_watch_settings(settings)
+        with open_input() as handle:
+            _check_duplicates(_csv_records(handle, max_rows))  # pass 1: nothing is kept but the keys
 
+        def rows() -> Iterator[tuple[str, TrustedImage]]:
+            with open_input() as handle:
+                yield from _csv_records(handle, max_rows)
+
+        skipped_history = 0
+        total = None
+    else:
+        with open_input() as handle:
+            text = _read_json_text(handle, max_bytes=max_rows * JSON_BYTES_PER_RECORD)
+        parsed, skipped_history = _json_records(text, max_rows)
+        _check_duplicates(parsed)
+        watch = _json_watch_settings(text)
+        total = len(parsed)
+
+        def rows() -> Iterator[tuple[str, TrustedImage]]:
+            return iter(parsed)
+
+    batching = isinstance(store, _BatchingStore)
     created: list[str] = []
     unchanged: list[str] = []
     conflicts: list[ImportConflict] = []
-    for where, record in rows:
-        reference = record.ref.familiar
-        try:
-            outcome = store.record(record)
-        except TrustConflictError:
-            current = store.get(record.image, record.tag, consistent=True)
-            conflicts.append(ImportConflict(where, reference, current.digest if current else None, record.digest))
-            continue
-        (created if outcome is RecordOutcome.CREATED else unchanged).append(reference)
+    where = "the start"
+    try:
+        with store.batch() if isinstance(store, _BatchingStore) else nullcontext():
+            # Settings first: a moving tag's policy must be known before its records are judged.
+            for settings in watch:
+                store.put_watch_settings(settings)
+            for where, record in rows():
+                reference = record.ref.familiar
+                try:
+                    outcome = store.record(record)
+                except TrustConflictError:
+                    current = store.get(record.image, record.tag, consistent=True)
+                    conflicts.append(
+                        ImportConflict(where, reference, current.digest if current else None, record.digest)
+                    )
+                    continue
+                (created if outcome is RecordOutcome.CREATED else unchanged).append(reference)
+            where = "the end (saving the import)"
+    except AuditError as exc:
+        raise _stopped(exc, where, len(created) + len(unchanged) + len(conflicts), total, batching=batching) from None
     return ImportSummary(tuple(created), tuple(unchanged), tuple(conflicts), skipped_history, len(watch))
+
+
+def _stopped(exc: AuditError, where: str, done: int, total: int | None, *, batching: bool) -> AuditError:
+    """The store failed half-way: say what the store holds now, and that running the import again is safe."""
+    if batching:
+        left = "nothing was imported (the file is written once, at the end)"
+        hint = exc.hint
+    else:
+        of = f" of {total}" if total is not None else ""
+        left = f"the {done}{of} records before it were written and stay"
+        hint = "fix the cause and run the same import again: records already trusted are reported unchanged"
+        if exc.hint:
+            hint = f"{exc.hint}; then {hint}"
+    return type(exc)(f"import stopped at {where}: {exc.message}; {left}", hint=hint)
+
+
+def _read_json_text(handle: BinaryIO, *, max_bytes: int) -> str:
+    """The whole document (JSON cannot be validated in pieces), bounded by what `max_rows` records can need."""
+    data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise TrustImportError(
+            f"larger than {max_bytes} bytes ({JSON_BYTES_PER_RECORD} per record of --max-rows)",
+            hint="split the file, import it as CSV (streamed), or raise --max-rows N",
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise TrustImportError(
+            f"not UTF-8 text (byte {exc.start})", hint="save the file as UTF-8 (e.g. `iconv -f WINDOWS-1252 -t UTF-8`)"
+        ) from None
 
 
 def _json_watch_settings(text: str) -> list[WatchSettings]:
@@ -181,20 +301,44 @@ def _json_watch_settings(text: str) -> list[WatchSettings]:
     return settings
 
 
-def _check_duplicates(rows: list[tuple[str, TrustedImage]]) -> None:
-    first_seen: dict[tuple[str, str], str] = {}
+def _check_duplicates(rows: Iterable[tuple[str, TrustedImage]]) -> None:
+    # Only the tag names are kept (per repository, so each repository name is held once): a streamed pass 1.
+    first_seen: dict[str, dict[str, str]] = {}
     for where, record in rows:
-        key = (record.image, record.tag)
-        if key in first_seen:
+        tags = first_seen.setdefault(record.image, {})
+        if record.tag in tags:
             raise TrustImportError(
-                f"{where}: {record.ref.familiar} appears again (first at {first_seen[key]})",
+                f"{where}: {record.ref.familiar} appears again (first at {tags[record.tag]})",
                 hint="keep one record per tag; older digests belong in the history, not in the import",
             )
-        first_seen[key] = where
+        tags[record.tag] = where
 
 
-def _csv_records(text: str) -> Iterator[tuple[str, TrustedImage]]:
-    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
+def _bounded_lines(handle: BinaryIO) -> Iterator[str]:
+    """Physical lines of at most MAX_LINE_BYTES, each decoded on its own so that an error names its line."""
+    number = 0
+    while True:
+        raw = handle.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) > MAX_LINE_BYTES:
+            raise TrustImportError(
+                f"line {number}: longer than {MAX_LINE_BYTES} bytes",
+                hint="one record per line, each a few hundred characters; is this the right file?",
+            )
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TrustImportError(
+                f"line {number}: not UTF-8 text (byte {exc.start + 1} of the line)",
+                hint="save the file as UTF-8 (e.g. `iconv -f WINDOWS-1252 -t UTF-8`)",
+            ) from None
+        yield line.removeprefix("\ufeff") if number == 1 else line
+
+
+def _csv_records(handle: BinaryIO, max_rows: int) -> Iterator[tuple[str, TrustedImage]]:
+    reader = csv.reader(_bounded_lines(handle))
     try:
         header = next(reader, None)
         if header is None:
@@ -203,7 +347,8 @@ def _csv_records(text: str) -> Iterator[tuple[str, TrustedImage]]:
         unknown = [name for name in columns if name not in TRUST_FIELDS]
         if unknown:
             raise TrustImportError(
-                f"line 1: unknown column {unknown[0]!r}", hint=f"the columns are {', '.join(TRUST_FIELDS)}"
+                f"line 1: unknown column {printable(unknown[0], max_chars=64)!r}",
+                hint=f"the columns are {', '.join(TRUST_FIELDS)}",
             )
         missing = sorted(REQUIRED_FIELDS - set(columns))
         if missing:
@@ -211,14 +356,23 @@ def _csv_records(text: str) -> Iterator[tuple[str, TrustedImage]]:
         if len(set(columns)) != len(columns):
             raise TrustImportError("line 1: a column appears twice in the header")
         line = reader.line_num
+        count = 0
         for cells in reader:
             where = f"line {line + 1}"  # where the row starts; a quoted value may span lines
             line = reader.line_num
             if not cells or all(not cell.strip() for cell in cells):
                 continue
+            count += 1
+            if count > max_rows:
+                raise TrustImportError(
+                    f"{where}: more than {max_rows} records",
+                    hint="split the file, or raise the limit with --max-rows N (the import holds every tag name)",
+                )
             if len(cells) != len(columns):
                 raise TrustImportError(f"{where}: {len(cells)} values for {len(columns)} columns")
-            values: dict[str, object] = {name: cell for name, cell in zip(columns, cells, strict=True) if cell}
+            values: dict[str, object] = {
+                name: _from_csv_cell(cell) for name, cell in zip(columns, cells, strict=True) if cell
+            }
             if "platforms" in values:
                 values["platforms"] = _platforms_from_csv(str(values["platforms"]), where)
             yield where, _trusted_from_values(values, where)
@@ -236,11 +390,18 @@ def _platforms_from_csv(text: str, where: str) -> object:
         ) from None
 
 
-def _json_records(text: str) -> tuple[list[tuple[str, TrustedImage]], int]:
+def _json_records(text: str, max_rows: int) -> tuple[list[tuple[str, TrustedImage]], int]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise TrustImportError(f"line {exc.lineno}, column {exc.colno}: not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise TrustImportError(
+            "not a trust document: the JSON is nested too deeply",
+            hint='use {"schema_version": 1, "trusted": [...]} as `digest-audit trust export` writes it',
+        ) from None
+    except ValueError as exc:  # e.g. an integer beyond Python's 4300-digit limit
+        raise TrustImportError(f"not valid JSON: {exc}") from None
     skipped_history = 0
     if isinstance(data, dict):
         unknown = sorted(set(data) - _JSON_KEYS)
@@ -260,6 +421,11 @@ def _json_records(text: str) -> tuple[list[tuple[str, TrustedImage]], int]:
         raise TrustImportError(
             'the JSON input must be a list of records or an object with a "trusted" list',
             hint='e.g. {"schema_version": 1, "trusted": [{"registry": "ghcr.io", ...}]}',
+        )
+    if len(data) > max_rows:
+        raise TrustImportError(
+            f"{len(data)} records, more than {max_rows}",
+            hint="split the file, or raise the limit with --max-rows N",
         )
     rows: list[tuple[str, TrustedImage]] = []
     for number, entry in enumerate(data, start=1):
@@ -285,6 +451,13 @@ def _text_field(values: Mapping[str, object], name: str, where: str) -> str | No
         raise _field_error(where, name, f"must be a string, not {type(value).__name__}")
     if name in REQUIRED_FIELDS and not value.strip():
         raise _field_error(where, name, "is required")
+    if not value.isprintable() and has_unsafe_characters(value):  # isprintable: a fast "nothing unsafe"
+        raise _field_error(
+            where,
+            name,
+            f"contains a control or format character: {printable(value, max_chars=80)}",
+            "remove it: line breaks, escape sequences and invisible characters are not accepted in trust records",
+        )
     return value
 
 

@@ -25,6 +25,7 @@ from audit.errors import UsageError
 from audit.models import Digest, ImageRef, Observation, Verdict
 from audit.packages import is_package_spec
 from audit.platforms import Platform, select_platform
+from audit.untrusted import printable
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -126,9 +127,12 @@ def _parse_platform(text: str | None) -> Platform | None:
 def _row(typed: str, ref: ImageRef, observation: Observation, platform: Platform | None) -> dict[str, Any]:
     verdict, reason = check_verdict(observation, ref.digest, platform)
     live: Digest | None = observation.live_digest
+    shown_platform = str(platform) if platform else None
     if platform is not None:
         selected = select_platform(observation.platforms or {}, platform)
         live = selected[1] if selected else None
+        if selected is not None:
+            shown_platform = selected[0]  # as the index spells it (linux/arm64/v8 for linux/arm64)
     return {
         "reference": typed,
         "registry": ref.registry,
@@ -140,7 +144,7 @@ def _row(typed: str, ref: ImageRef, observation: Observation, platform: Platform
         "reason": reason,
         "checked_at": _iso(observation.checked_at),
         "media_type": observation.media_type,
-        "platform": str(platform) if platform else None,
+        "platform": shown_platform,
         "platforms": (
             {name: str(digest) for name, digest in observation.platforms.items()}
             if observation.platforms is not None
@@ -156,10 +160,10 @@ def _iso(moment: datetime) -> str:
 def _table(rows: list[dict[str, Any]]) -> str:
     body = [
         [
-            str(row["reference"]),
+            printable(str(row["reference"])),
             str(row["status"]).upper(),
-            str(row["live_digest"] or "-"),
-            str(row["reason"] or ""),
+            printable(str(row["live_digest"] or "-")),
+            printable(str(row["reason"] or "")),
         ]
         for row in rows
     ]
@@ -171,4 +175,4 @@ def _summarise(rows: list[dict[str, Any]], counts: Counter[str]) -> None:
     err(f"checked {len(rows)} reference(s): {parts}")
     for row in rows:
         if row["status"] == Verdict.UNVERIFIABLE:
-            err(f"  unverifiable: {row['reference']}: {row['reason']}")
+            err(f"  unverifiable: {printable(str(row['reference']))}: {printable(str(row['reason']))}")

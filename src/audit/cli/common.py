@@ -12,6 +12,7 @@ from typing import Any
 from audit.config import Environment, RegistryOptions, registry_options
 from audit.errors import AuditError, UsageError
 from audit.models import ImageRef
+from audit.untrusted import has_unsafe_characters, printable
 
 
 def add_registry_options(parser: argparse.ArgumentParser) -> None:
@@ -118,6 +119,15 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
     return "\n".join(lines)
+
+
+def refuse_unsafe_text(flag: str, value: str | None) -> None:
+    """Text given on the command line that ends up in records, alerts and reports must be one visible line."""
+    if value is not None and has_unsafe_characters(value):
+        raise UsageError(
+            f"{flag} contains a control or format character: {printable(value, max_chars=80)}",
+            hint=f"give {flag} as one line of visible text (no line breaks, escape sequences or invisible characters)",
+        )
 
 
 def err(message: str) -> None:

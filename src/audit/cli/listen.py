@@ -16,7 +16,7 @@ from audit import bootstrap, hooks
 from audit.cli.common import add_registry_options, add_store_options, err
 from audit.cli.run import AuditSetup, add_audit_options, audit_setup, print_summary
 from audit.config import ENV_GITHUB_WEBHOOK_SECRET, ENV_WEBHOOK_TOKEN, Environment, webhook_secrets
-from audit.errors import ConfigError, UsageError
+from audit.errors import AuditError, ConfigError, UsageError
 from audit.hooks import CheckRequest, HookSecrets
 from audit.listener import MAX_HEADER_BYTES, AuditBatch, Listener
 from audit.models import Finding, Notice, utcnow
@@ -156,6 +156,9 @@ def _audit_batch(setup: AuditSetup, client: Registry) -> AuditBatch:
             return
         report = await setup.service(client).run(RunOptions(tags=tags))
         print_summary(report, dry_run=False)
+        if report.stepped_aside is not None:
+            # Another run (the hourly one, say) holds the lease and checked nothing of ours: try again later.
+            raise AuditError("another audit run holds the lease", hint="the listener retries after a pause")
         _report_time_to_detect(requests, report.findings, utcnow())
 
     return audit

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from audit import bootstrap
 from audit.adapters.registry import RegistryClient, RegistryRequestError
-from audit.cli.common import add_registry_options, add_store_options, registry_options_from
+from audit.cli.common import add_registry_options, add_store_options, refuse_unsafe_text, registry_options_from
 from audit.cli.packages import record_package
 from audit.config import Environment, RegistryOptions, audit_config
 from audit.errors import AuditError, RegistryError, UsageError
@@ -76,6 +76,13 @@ def run_record(args: argparse.Namespace) -> int:
         raise UsageError("--reason only goes with --replace", hint="add --replace or drop --reason")
     if not args.source.strip():
         raise UsageError("--source is empty", hint='give the CI run URL, e.g. --source "$CI_JOB_URL"')
+    for flag, value in (
+        ("--source", args.source),
+        ("--commit", args.commit),
+        ("--reason", args.reason),
+        ("--recorded-by", args.recorded_by),
+    ):
+        refuse_unsafe_text(flag, value)
     env = Environment()
     options = registry_options_from(args, env)
     package = is_package_spec(args.resolve or args.reference or "")

@@ -19,6 +19,7 @@ from audit.incident_report import build_report, observe_releases, render_html, r
 from audit.models import Observation, TagState, TrustedImage, Verdict, utcnow
 from audit.ports import TrustStore
 from audit.reference import familiar_name
+from audit.untrusted import csv_cell, printable
 
 FIELDS = (
     "registry",
@@ -152,7 +153,10 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        # Every cell is text for a spreadsheet: a source like `=HYPERLINK(...)` must never run as a formula.
+        writer.writerows(
+            {name: csv_cell("" if value is None else str(value)) for name, value in row.items()} for row in rows
+        )
         return buffer.getvalue().rstrip("\n")
     headers = ["IMAGE", "TAG", "TRUSTED DIGEST", "SOURCE", "RECORDED AT", "LIVE DIGEST", "VERDICT", "SINCE"]
     body = [
@@ -168,11 +172,7 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
         ]
         for row in rows
     ]
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        lines.extend("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in body)
-        return "\n".join(lines)
-    return render_table(headers, body)
+    return render_table(headers, [[printable(cell) for cell in row] for row in body])
 
 
 def _iso(moment: datetime) -> str:

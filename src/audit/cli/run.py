@@ -20,8 +20,9 @@ from audit.cli.common import (
 )
 from audit.config import AuditConfig, Environment, audit_config
 from audit.errors import UsageError
-from audit.ports import Alerts, PackageIndex, Registry, StateStore, TrustStore
+from audit.ports import Alerts, PackageIndex, Registry, RunLease, StateStore, TrustStore
 from audit.service import AuditService, RunOptions, RunReport
+from audit.untrusted import printable
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,7 +31,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="audit every tracked tag, alert on problems, remember what was alerted",
         description="Audit every tracked tag against its trusted digest. With --trust-file/--state-file it runs "
         "locally and prints alerts; otherwise it uses TRUSTED_DIGESTS_TABLE, AUDIT_STATE_TABLE and "
-        "ALERT_TOPIC_ARN. Exit 0 all fine, 1 drift or missing, 3 unverifiable, 4 a store or the topic failed.",
+        "ALERT_TOPIC_ARN. Exit 0 all fine, 1 drift or missing, 3 unverifiable, 4 a store or the topic failed, "
+        "5 another run was auditing (this one stepped aside and did nothing).",
     )
     add_store_options(parser, state=True)
     parser.add_argument("--dry-run", action="store_true", help="decide and report, publish and save nothing")
@@ -66,6 +68,7 @@ class AuditSetup:
     alerts: Alerts
     policy: drift.AlertPolicy
     reverify_delay: float
+    lease: RunLease | None
 
     def service(self, registry: Registry, packages: PackageIndex | None = None) -> AuditService:
         return AuditService(
@@ -76,6 +79,7 @@ class AuditSetup:
             alert_policy=self.policy,
             reverify_delay=self.reverify_delay,
             packages=packages,
+            lease=self.lease,
         )
 
 
@@ -88,6 +92,8 @@ def audit_setup(args: argparse.Namespace, *, dry_run: bool = False) -> AuditSetu
         raise UsageError("--trust-file and --state-file go together", hint="give both for a local run")
     trust = bootstrap.trust_store(args.trust_file, config)
     state = bootstrap.state_store(args.state_file, config)
+    # A dry run publishes and saves nothing, so it may run beside another run: no lease.
+    lease = None if dry_run else bootstrap.run_lease(args.state_file, config)
     # A dry run publishes nothing, so it needs no topic.
     printing = local or args.print_alerts or dry_run
     alerts: Alerts = PrintAlerts(sys.stdout) if printing else bootstrap.sns_alerts(config)
@@ -98,7 +104,7 @@ def audit_setup(args: argparse.Namespace, *, dry_run: bool = False) -> AuditSetu
         unverifiable_after=args.unverifiable_after or config.unverifiable_after,
     )
     delay = args.reverify_delay if args.reverify_delay is not None else config.reverify_delay
-    return AuditSetup(config, trust, state, alerts, policy, delay)
+    return AuditSetup(config, trust, state, alerts, policy, delay, lease)
 
 
 def run_audit(args: argparse.Namespace) -> int:
@@ -119,6 +125,14 @@ def run_audit(args: argparse.Namespace) -> int:
 
 
 def print_summary(report: RunReport, *, dry_run: bool) -> None:
+    if report.stepped_aside is not None:
+        claim = report.stepped_aside
+        until = f" until {claim.expires_at:%Y-%m-%dT%H:%M:%SZ} at the latest" if claim.expires_at else ""
+        err(
+            f"run {report.run_id}: stepped aside: {printable(claim.holder, max_chars=200)} is auditing now{until}; "
+            "nothing was checked, published or saved (exit 5). Try again when it has finished."
+        )
+        return
     verdicts = ", ".join(f"{n} {v}" for v, n in sorted(report.by_verdict.items())) or "nothing"
     action = "would alert" if dry_run else "published"
     err(

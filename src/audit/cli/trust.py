@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from audit import bootstrap
-from audit.adapters.trust_io import export_trust, import_trust
+from audit.adapters.trust_io import DEFAULT_MAX_ROWS, export_trust, import_trust_file
 from audit.cli import backfill
-from audit.cli.common import add_store_options
+from audit.cli.common import add_store_options, positive_int
 from audit.config import Environment, RegistryOptions, audit_config
 from audit.errors import UsageError
 
@@ -22,6 +22,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     importing = actions.add_parser("import", help="add trusted digests from a CSV or JSON file")
     importing.add_argument("file", type=Path, metavar="FILE")
     importing.add_argument("--format", choices=_FORMATS, help="default: from the file name")
+    importing.add_argument(
+        "--max-rows",
+        type=positive_int,
+        default=DEFAULT_MAX_ROWS,
+        metavar="N",
+        help=f"refuse input with more than N records (default {DEFAULT_MAX_ROWS})",
+    )
     add_store_options(importing)
     importing.set_defaults(handler=run_import)
     exporting = actions.add_parser("export", help="print every trusted digest (and history) as CSV or JSON")
@@ -43,12 +50,11 @@ def _format_of(path: Path, explicit: str | None) -> str:
 
 def run_import(args: argparse.Namespace) -> int:
     fmt = _format_of(args.file, args.format)
-    try:
-        text = args.file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}", hint="check the path") from None
+    if not args.file.is_file():
+        problem = "is a directory" if args.file.is_dir() else "does not exist"
+        raise UsageError(f"cannot read {args.file}: it {problem}", hint="give the path of a CSV or JSON file")
     store = bootstrap.trust_store(args.trust_file, audit_config(Environment(), RegistryOptions()), create=True)
-    summary = import_trust(store, text, fmt)
+    summary = import_trust_file(store, args.file, fmt, max_rows=args.max_rows)
     print(summary.describe())
     return 1 if summary.conflicts else 0
 
@@ -57,7 +63,12 @@ def run_export(args: argparse.Namespace) -> int:
     store = bootstrap.trust_store(args.trust_file, audit_config(Environment(), RegistryOptions()))
     text = export_trust(store, args.format)
     if args.output is not None:
-        args.output.write_text(text, encoding="utf-8")
+        try:
+            args.output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(
+                f"cannot write {args.output}: {exc.strerror or exc}", hint="check the path given to -o"
+            ) from None
     else:
         sys.stdout.write(text)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import boto3
@@ -11,6 +12,7 @@ import pytest
 from botocore.config import Config
 
 from audit.adapters.dynamodb_store import (
+    DynamoRunLease,
     DynamoStateStore,
     DynamoTrustStore,
     TableSetup,
@@ -343,3 +345,36 @@ def test_a_malformed_digest_is_reported_not_raised_raw(
         store.get(IMAGE, "1.0")
     with pytest.raises(StoreError, match="malformed: invalid digest"):
         store.digests_ever_recorded(IMAGE)
+
+
+# --- the run lease -------------------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_the_run_lease_is_exclusive_expires_and_is_taken_over(client: DynamoDBClient, tables: TableNames) -> None:
+    clock = Clock()
+    first = DynamoRunLease(tables.state, client, duration=timedelta(minutes=15), clock=clock)
+    second = DynamoRunLease(tables.state, client, duration=timedelta(minutes=15), clock=clock)
+    assert first.acquire("run-a").acquired
+    held = second.acquire("run-b")
+    assert not held.acquired and "run-a" in held.holder
+    assert held.expires_at == clock.now + timedelta(minutes=15)
+    # The state store does not see the reserved item.
+    DynamoStateStore(tables.state, client).save([state("1.0")])
+    assert list(DynamoStateStore(tables.state, client).load_all()) == [(IMAGE, "1.0")]
+
+    clock.now += timedelta(minutes=16)  # run-a died without releasing: its lease went stale
+    assert second.acquire("run-b").acquired
+    assert not first.renew("run-a")  # run-a, if it were alive after all, must not publish now
+    first.release("run-a")  # and must not delete run-b's lease
+    assert not first.acquire("run-c").acquired
+    assert second.renew("run-b")
+    second.release("run-b")
+    assert first.acquire("run-c").acquired

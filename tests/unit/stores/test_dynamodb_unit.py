@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ from audit.adapters.dynamodb_store import (
     trusted_image_to_item,
 )
 from audit.errors import StoreError, TrustConflictError
+from audit.models import RecordOutcome
 from tests.unit.stores.builders import IMAGE, state, trusted
 
 if TYPE_CHECKING:
@@ -118,8 +120,30 @@ def test_a_transaction_cancelled_by_its_condition_is_a_lost_race(client: DynamoD
         "cancelled",
         modeled_fields={"CancellationReasons": [{"Code": "None"}, {"Code": "ConditionalCheckFailed"}]},
     )
+    other = trusted_image_to_item(trusted("1.0", "c"))
+    other["revision"] = {"N": "5"}
+    stubber.add_response("get_item", {"Item": other})  # what the other recorder wrote
     with pytest.raises(TrustConflictError, match="changed while recording"):
         DynamoTrustStore("trust", client).record(trusted("1.0", "b"), moving=True)
+
+
+def test_a_cancelled_retry_that_finds_our_own_write_is_a_success(client: DynamoDBClient, stubber: Stubber) -> None:
+    """The first TransactWriteItems succeeded but its response was lost; the retry is judged against our write."""
+    current = trusted_image_to_item(trusted("1.0", "a"))
+    current["revision"] = {"N": "4"}
+    stubber.add_response("get_item", {"Item": current})
+    stubber.add_client_error(
+        "transact_write_items",
+        "TransactionCanceledException",
+        "cancelled",
+        modeled_fields={
+            "CancellationReasons": [{"Code": "ConditionalCheckFailed"}, {"Code": "ConditionalCheckFailed"}]
+        },
+    )
+    ours = trusted_image_to_item(trusted("1.0", "b"))
+    ours["revision"] = {"N": "5"}
+    stubber.add_response("get_item", {"Item": ours})
+    assert DynamoTrustStore("trust", client).record(trusted("1.0", "b"), moving=True) is RecordOutcome.APPENDED
 
 
 def test_the_transaction_is_conditioned_on_digest_and_revision(client: DynamoDBClient, stubber: Stubber) -> None:
@@ -132,6 +156,8 @@ def test_the_transaction_is_conditioned_on_digest_and_revision(client: DynamoDBC
         "provide-client-params.dynamodb.TransactWriteItems", lambda params, **_: captured.append(params)
     )
     DynamoTrustStore("trust", client).record(trusted("1.0", "b"), moving=True)
+    # Our own idempotency token: botocore resends it unchanged when it retries a lost response.
+    assert re.fullmatch(r"[0-9a-f]{32}", str(captured[0]["ClientRequestToken"]))
     history_put, current_put = (entry["Put"] for entry in captured[0]["TransactItems"])  # type: ignore[attr-defined]
     assert history_put["ConditionExpression"] == "attribute_not_exists(#sk)"
     assert history_put["Item"]["sk"]["S"].startswith("history#1.0#")

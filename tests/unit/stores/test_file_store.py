@@ -139,6 +139,31 @@ def test_a_missing_directory_is_a_store_error(tmp_path: Path) -> None:
     assert "directory exists" in caught.value.hint
 
 
+def test_a_batch_is_written_once_at_the_end(trust_path: Path) -> None:
+    store = FileTrustStore(trust_path)
+    store.record(trusted("0.1"))
+    before = trust_path.stat()
+    with store.batch():
+        store.put_watch_settings(moving_watch())
+        for number in range(50):
+            store.record(trusted(f"1.{number}"))
+        assert store.get(IMAGE, "1.49") == trusted("1.49")  # reads inside see the pending writes
+        assert trust_path.stat().st_ino == before.st_ino  # nothing written yet
+    assert len(FileTrustStore(trust_path).load_all()) == 51
+    assert FileTrustStore(trust_path).get_watch_settings(IMAGE) == moving_watch()
+
+
+def test_a_batch_that_raises_writes_nothing(trust_path: Path) -> None:
+    store = FileTrustStore(trust_path)
+    store.record(trusted("0.1"))
+    original = trust_path.read_bytes()
+    with pytest.raises(StoreError, match="refusing"), store.batch():
+        store.record(trusted("1.0"))
+        raise StoreError("refusing")
+    assert trust_path.read_bytes() == original
+    assert store.get(IMAGE, "1.0") is None
+
+
 # --- broken files ------------------------------------------------------------------------------------------
 
 
@@ -153,6 +178,8 @@ def test_a_missing_directory_is_a_store_error(tmp_path: Path) -> None:
         (b'{"schema_version": 2}', "is malformed at schema_version"),
         (b'{"schema_version": 1, "surprise": 1}', "is malformed at surprise"),
         (b'{"schema_version": 1, "trusted": [{"tag": "1.0"}]}', r"is malformed at trusted\.0\.registry"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"schema_version": ' + b"1" * 5000 + b"}", "is not valid JSON"),
     ],
 )
 def test_a_broken_trust_file_is_a_store_error_naming_it(trust_path: Path, content: bytes, expected: str) -> None:
@@ -198,6 +225,7 @@ def test_a_directory_instead_of_a_file_is_a_store_error(tmp_path: Path) -> None:
     [
         (b"nope", "is not valid JSON"),
         (b'{"schema_version": 1, "tags": [{"tag": "1.0"}]}', r"malformed at tags\.0\.registry"),
+        (b'{"schema_version": 1, "tags": ' + b"[" * 100_000, "nested too deeply"),
     ],
 )
 def test_a_broken_state_file_is_a_store_error_naming_it(state_path: Path, content: bytes, expected: str) -> None:

@@ -32,8 +32,10 @@ digests = st.sampled_from([("sha256", 64), ("sha512", 128)]).flatmap(
     )
 )
 moments = st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC))
-optional_text = st.none() | st.text(min_size=1, max_size=40)
-required_text = st.text(min_size=1, max_size=40).filter(str.strip)
+# What record and import accept: any text without control or format characters (those are refused on input).
+visible = st.characters(exclude_categories=["Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"])
+optional_text = st.none() | st.text(visible, min_size=1, max_size=40)
+required_text = st.text(visible, min_size=1, max_size=40).filter(str.strip)
 tags = st.from_regex(TAG, fullmatch=True)
 
 

@@ -5,14 +5,22 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from audit.adapters.file_store import FileTrustStore
-from audit.adapters.trust_io import TRUST_FIELDS, ImportConflict, TrustImportError, export_trust, import_trust
-from audit.errors import UsageError
-from audit.models import MovingMode, WatchSettings
+from audit.adapters.trust_io import (
+    TRUST_FIELDS,
+    ImportConflict,
+    TrustImportError,
+    export_trust,
+    import_trust,
+    import_trust_file,
+)
+from audit.errors import StoreError, UsageError
+from audit.models import Digest, MovingMode, RecordOutcome, TrustedImage, WatchSettings
 from tests.unit.stores.builders import IMAGE, digest, full_record, trusted
 
 HEADER = ",".join(TRUST_FIELDS)
@@ -169,14 +177,32 @@ def test_docker_hub_names_are_normalised(store: FileTrustStore) -> None:
     assert store.get("registry-1.docker.io/library/nginx", "1.27") is not None
 
 
-def test_quoted_values_with_newlines_and_a_bom(store: FileTrustStore) -> None:
-    text = "\ufeff" + csv_text(csv_row(reason='line one\nline two, "quoted"'), csv_row(tag="2.0", digest="bad"))
-    with pytest.raises(TrustImportError, match="line 4, field 'digest'"):  # the second row starts on line 4
+def test_quoted_values_and_a_bom(store: FileTrustStore) -> None:
+    text = "\ufeff" + csv_text(csv_row(reason='rebuilt, "quoted"'), csv_row(tag="2.0", digest="bad"))
+    with pytest.raises(TrustImportError, match="line 3, field 'digest'"):
         import_trust(store, text, "csv")
-    summary = import_trust(store, "\ufeff" + csv_text(csv_row(reason="line one\nline two")), "csv")
+    summary = import_trust(store, "\ufeff" + csv_text(csv_row(reason='rebuilt, "quoted"')), "csv")
     assert summary.created == ("ghcr.io/org/app:1.0",)
     stored = store.get(IMAGE, "1.0")
-    assert stored is not None and stored.reason == "line one\nline two"
+    assert stored is not None and stored.reason == 'rebuilt, "quoted"'
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("reason", "line one\nline two"),  # a quoted value spanning two lines
+        ("source", "https://ci.example/run/1\x1b[2J"),
+        ("commit", "abc\x9b"),  # C1 control
+        ("recorded_by", "ci\u202ebot"),  # bidi override
+        ("media_type", "application/json\r"),
+    ],
+)
+def test_control_characters_in_a_field_are_refused(store: FileTrustStore, field: str, value: str) -> None:
+    with pytest.raises(TrustImportError, match=f"line 2, field '{field}': contains a control or format character"):
+        import_trust(store, csv_text(csv_row(**{field: value})), "csv")
+    with pytest.raises(TrustImportError, match=f"record 1, field '{field}': contains a control"):
+        import_trust(store, json.dumps([{**trusted().model_dump(mode="json"), field: value}]), "json")
+    assert store.load_all() == []
 
 
 def test_columns_may_come_in_any_order_and_optional_ones_may_be_left_out(store: FileTrustStore) -> None:
@@ -280,3 +306,195 @@ def test_json_errors_name_the_record_and_field(store: FileTrustStore, document: 
     with pytest.raises(TrustImportError, match=expected):
         import_trust(store, document, "json")
     assert store.load_all() == []
+
+
+# --- hostile input: formulas, size, encoding, nesting, partial imports ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    ['=HYPERLINK("https://evil.example","x")', "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "'quoted", "'=x", "a\\b"],
+)
+def test_csv_export_neutralises_formulas_and_round_trips(store: FileTrustStore, tmp_path: Path, value: str) -> None:
+    store.record(trusted("1.0", "a", source=value, reason=value, commit=value, recorded_by=value))
+    text = export_trust(store, "csv")
+    row = next(csv.DictReader(io.StringIO(text)))
+    for field in ("source", "reason", "commit", "recorded_by"):
+        assert not row[field].startswith(("=", "+", "-", "@")), row[field]
+    if value.startswith(("=", "+", "-", "@")):
+        assert row["source"] == "'" + value
+    target = FileTrustStore(tmp_path / "copy.json")
+    assert import_trust(target, text, "csv").created == ("ghcr.io/org/app:1.0",)
+    assert target.load_all() == store.load_all()
+
+
+def test_a_leading_quote_before_a_formula_is_dropped_on_import(store: FileTrustStore) -> None:
+    import_trust(store, csv_text(csv_row(source="'=1+1", reason="'plain", commit="''x")), "csv")
+    stored = store.get(IMAGE, "1.0")
+    assert stored is not None
+    assert (stored.source, stored.reason, stored.commit) == ("=1+1", "'plain", "'x")
+
+
+def test_more_rows_than_the_limit_are_refused_at_the_first_extra_row(store: FileTrustStore) -> None:
+    text = csv_text(*(csv_row(tag=f"1.{number}") for number in range(4)))
+    with pytest.raises(TrustImportError, match=r"line 5: more than 3 records") as caught:
+        import_trust(store, text, "csv", max_rows=3)
+    assert "--max-rows" in caught.value.hint
+    assert store.load_all() == []
+    assert len(import_trust(store, text, "csv", max_rows=4).created) == 4
+    records = [trusted(f"2.{number}").model_dump(mode="json") for number in range(3)]
+    with pytest.raises(TrustImportError, match="3 records, more than 2"):
+        import_trust(store, json.dumps(records), "json", max_rows=2)
+    with pytest.raises(TrustImportError, match=r"larger than 8192 bytes \(4096 per record of --max-rows\)"):
+        import_trust(store, json.dumps(records) + " " * 8192, "json", max_rows=2)
+
+
+def test_an_overlong_line_is_refused_without_reading_on(store: FileTrustStore) -> None:
+    text = csv_text(csv_row(), csv_row(tag="2.0", reason="x" * 70_000), csv_row(tag="3.0"))
+    with pytest.raises(TrustImportError, match=r"line 3: longer than 65536 bytes"):
+        import_trust(store, text, "csv")
+    assert store.load_all() == []
+
+
+def test_a_file_that_is_not_utf8_names_the_file_and_line(store: FileTrustStore, tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(csv_text(csv_row(), csv_row(tag="2.0", reason="caf\xe9")).encode("latin-1"))
+    with pytest.raises(TrustImportError, match=rf"^{path}: line 3: not UTF-8 text") as caught:
+        import_trust_file(store, path, "csv")
+    assert "UTF-8" in caught.value.hint
+    assert store.load_all() == []
+    document = tmp_path / "latin1.json"
+    document.write_bytes(b'{"trusted": [], "x": "caf\xe9"}')
+    with pytest.raises(TrustImportError, match=rf"^{document}: not UTF-8 text"):
+        import_trust_file(store, document, "json")
+
+
+def test_a_file_is_streamed_with_its_byte_order_mark(store: FileTrustStore, tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + csv_text(csv_row(), csv_row(tag="2.0")).encode("utf-8"))
+    assert len(import_trust_file(store, path, "csv").created) == 2
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"trusted": [' + "{" * 50_000, "nested too deeply|not valid JSON"),
+        ('{"schema_version": ' + "9" * 5000 + "}", "not valid JSON"),
+    ],
+)
+def test_hostile_json_is_a_clear_error(store: FileTrustStore, document: str, expected: str) -> None:
+    with pytest.raises(TrustImportError, match=expected):
+        import_trust(store, document, "json")
+
+
+def test_an_import_into_a_file_is_one_write(
+    store: FileTrustStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.record(trusted("0.1"))
+    renames: list[str] = []
+    real_replace = os.replace
+
+    def counting_replace(source: str, target: str) -> None:
+        renames.append(target)
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", counting_replace)
+    settings = WatchSettings(registry="ghcr.io", repository="org/app", moving={"latest": MovingMode.ANY_TRUSTED})
+    document = {
+        "schema_version": 1,
+        "trusted": [trusted(f"1.{number}").model_dump(mode="json") for number in range(20)],
+        "watch": [settings.model_dump(mode="json")],
+    }
+    summary = import_trust(store, json.dumps(document), "json")
+    assert len(summary.created) == 20
+    assert len(renames) == 1
+    assert len(store.load_all()) == 21
+
+
+def test_a_failed_save_of_a_file_import_leaves_the_file_as_it_was(
+    store: FileTrustStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.record(trusted("0.1"))
+    before = store.path.read_bytes()
+
+    def refuse(source: str, target: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(StoreError) as caught:
+        import_trust(store, csv_text(csv_row(tag="1.0"), csv_row(tag="2.0")), "csv")
+    assert "import stopped at the end (saving the import)" in caught.value.message
+    assert "nothing was imported" in caught.value.message
+    assert store.path.read_bytes() == before
+
+
+class OneRecordAtATime:
+    """A TrustStore that writes each record on its own, as the DynamoDB table does, and fails at one write."""
+
+    def __init__(self, inner: FileTrustStore, fail_at: int) -> None:
+        self.inner = inner
+        self.fail_at = fail_at
+        self.writes = 0
+
+    def record(self, item: TrustedImage, *, replace: bool = False, moving: bool = False) -> RecordOutcome:
+        self.writes += 1
+        if self.writes == self.fail_at:
+            raise StoreError("ProvisionedThroughputExceededException", hint="retry later")
+        return self.inner.record(item, replace=replace, moving=moving)
+
+    def load_all(self) -> list[TrustedImage]:
+        return self.inner.load_all()
+
+    def get(self, image: str, tag: str, *, consistent: bool = False) -> TrustedImage | None:
+        return self.inner.get(image, tag)
+
+    def history(self, image: str, tag: str) -> list[TrustedImage]:
+        return self.inner.history(image, tag)
+
+    def digests_ever_recorded(self, image: str) -> set[Digest]:
+        return self.inner.digests_ever_recorded(image)
+
+    def load_watch_settings(self) -> list[WatchSettings]:
+        return self.inner.load_watch_settings()
+
+    def load_snapshot(self) -> tuple[list[TrustedImage], list[WatchSettings]]:
+        return self.inner.load_snapshot()
+
+    def get_watch_settings(self, image: str) -> WatchSettings | None:
+        return self.inner.get_watch_settings(image)
+
+    def put_watch_settings(self, settings: WatchSettings) -> None:
+        self.inner.put_watch_settings(settings)
+
+
+def test_a_partial_import_into_a_table_says_what_stays_and_running_it_again_is_safe(store: FileTrustStore) -> None:
+    text = csv_text(*(csv_row(tag=f"1.{number}") for number in range(5)))
+    failing = OneRecordAtATime(store, fail_at=3)
+    with pytest.raises(StoreError) as caught:
+        import_trust(failing, text, "csv")
+    assert caught.value.message == (
+        "import stopped at line 4: ProvisionedThroughputExceededException; "
+        "the 2 records before it were written and stay"
+    )
+    assert "run the same import again: records already trusted are reported unchanged" in caught.value.hint
+    assert [record.tag for record in store.load_all()] == ["1.0", "1.1"]
+    again = import_trust(OneRecordAtATime(store, fail_at=0), text, "csv")
+    assert (len(again.created), len(again.unchanged), again.conflicts) == (3, 2, ())
+
+
+def test_an_unreadable_import_file_is_named(
+    store: FileTrustStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tests run as root in CI, where chmod cannot make a file unreadable; the error is raised at open instead."""
+    path = tmp_path / "secret.csv"
+    path.write_text(csv_text(csv_row()), encoding="utf-8")
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> object:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(UsageError, match=rf"^cannot read {path}: Permission denied$") as caught:
+        import_trust_file(store, path, "csv")
+    assert caught.value.exit_code == 2
+    assert not store.path.exists()
