@@ -189,7 +189,8 @@ class LambdaApp:
             self.alerts,
             alert_policy=self.policy,
             reverify_delay=self.config.reverify_delay,
-            should_start=should_start,
+            should_start=should_start,  # also ends tag listing: no further page once time is short
+            max_tags_per_repository=self.config.max_tags_per_repository,
         )
         return self.loop.run_until_complete(service.run(options))
 
