@@ -251,7 +251,7 @@ class RejectedTag:
     """A name a registry listed that is outside the tag grammar: never queried, only reported."""
 
     key: str  # `reference.tag_key` of the raw name: bounded, never a valid tag
-    shown: str  # the raw name made printable and bounded, for people
+    name: str  # the raw name, cut to a bounded length: data, to be escaped by every output (`printable`)
 
 
 @dataclass(frozen=True, slots=True)

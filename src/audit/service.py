@@ -207,7 +207,8 @@ class AuditService:
         # Not subject to ignore patterns: a conforming registry cannot store such a name, so it says the
         # registry (or someone in front of it) is not what it seems.
         for rejected in listing.rejected:
-            reason = f"the registry lists a tag name outside the tag grammar (not queried): {rejected.shown}"
+            # The name stays data here; every output escapes it (alerts, reports, logs).
+            reason = f"the registry lists a tag name outside the tag grammar (not queried): {rejected.name}"
             targets.append(_Target(base.with_tag(rejected.key), None, watch, preset=(Verdict.UNTRACKED, reason)))
         if listing.rejected_count > len(listing.rejected):
             log.warning("%s lists %d invalid tag names", watch.image, listing.rejected_count)

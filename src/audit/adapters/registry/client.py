@@ -64,7 +64,6 @@ from audit.reference import (
     parse_reference,
     tag_key,
 )
-from audit.untrusted import printable
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ TAGS_PAGE_SIZE: Final = 1000
 MAX_TAG_PAGES: Final = 10_000
 DEFAULT_MAX_TAGS: Final = DEFAULT_MAX_TAGS_PER_REPOSITORY
 MAX_REJECTED_KEPT: Final = 100  # rejected names kept per repository for reporting; the rest are only counted
-MAX_REJECTED_SHOWN: Final = 160  # characters of a rejected name shown (escaped) in reports and alerts
+MAX_REJECTED_SHOWN: Final = 160  # characters of a rejected name kept for reports and alerts (escaped there)
 TAGS_ACCEPT: Final = "application/json"
 
 type Origin = tuple[str, str, int]
@@ -426,7 +425,7 @@ class RegistryClient:
                 if key not in rejected:
                     rejected_count += 1
                     if len(rejected) < MAX_REJECTED_KEPT:
-                        rejected[key] = RejectedTag(key, printable(name, max_chars=MAX_REJECTED_SHOWN))
+                        rejected[key] = RejectedTag(key, name[:MAX_REJECTED_SHOWN])
             link = next_link(reply.headers.get_list("link"))
             if link is None:
                 return TagListing(tuple(tags), tuple(rejected.values()), rejected_count)
