@@ -223,7 +223,7 @@ class WatchSettings(Frozen):
         if not is_valid_image(self.registry, self.repository):
             shown = printable(f"{self.registry}/{self.repository}", max_chars=300)
             raise ValueError(
-                f"invalid image {shown!r}: registry must be a host[:port] and repository a lowercase path, "
+                f"invalid image '{shown}': registry must be a host[:port] and repository a lowercase path, "
                 "as `digest-audit watch` stores them (e.g. registry ghcr.io, repository org/app)"
             )
         if len(self.ignore) > MAX_IGNORE_PATTERNS:
@@ -231,14 +231,14 @@ class WatchSettings(Frozen):
         for pattern in self.ignore:
             if not pattern or len(pattern) > MAX_PATTERN_LENGTH or has_unsafe_characters(pattern):
                 raise ValueError(
-                    f"invalid ignore pattern {printable(pattern, max_chars=80)!r}: "
+                    f"invalid ignore pattern '{printable(pattern, max_chars=80)}': "
                     f"1-{MAX_PATTERN_LENGTH} characters without control characters"
                 )
         if len(self.moving) > MAX_MOVING_TAGS:
             raise ValueError(f"at most {MAX_MOVING_TAGS} moving tags, not {len(self.moving)}")
         for tag in self.moving:
             if not is_valid_tag(tag):
-                raise ValueError(f"invalid moving tag {printable(tag, max_chars=160)!r}: not a valid tag name")
+                raise ValueError(f"invalid moving tag '{printable(tag, max_chars=160)}': not a valid tag name")
         return self
 
     @property

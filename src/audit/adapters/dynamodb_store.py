@@ -268,7 +268,7 @@ def _trust_tag(tag: str) -> str:
     1,024-byte sort key limit and the three kinds of items cannot collide: anything else is refused."""
     if not is_valid_tag(tag):
         raise InvalidReferenceError(
-            f"invalid tag {printable(tag, max_chars=160)!r} for a trust record",
+            f"invalid tag '{printable(tag, max_chars=160)}' for a trust record",
             hint=f"a tag is 1-{MAX_TAG_LENGTH} characters of letters, digits, '_', '.' and '-'",
         )
     return tag

@@ -84,7 +84,9 @@ def run_watch(args: argparse.Namespace) -> int:
         )
     except ValidationError as exc:
         problem = "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())
-        raise UsageError(f"invalid watch settings for {ref.familiar}: {problem}") from None
+        raise UsageError(
+            f"invalid watch settings for {familiar_name(ref.registry, ref.repository)}: {problem}"
+        ) from None
     if _changes_requested(args) and updated != current:
         store.put_watch_settings(updated)
     print(describe(updated))
