@@ -72,14 +72,20 @@ def is_valid_image(registry: str, repository: str) -> bool:
 
 
 def tag_key(tag: str) -> str:
-    """A bounded, grammar-disjoint key for a tag name: the name itself when valid, else a hash of it.
+    """A bounded, grammar-disjoint key for a tag: the tag itself when valid, a key made here as is, else a hash.
 
     Used wherever a tag becomes a key (state table, state file): a name a registry made up can be 70,000
     characters of anything, and must neither break a key limit nor be mistaken for a real tag. Idempotent.
     """
     if is_valid_tag(tag) or _PSEUDO_TAG_RE.fullmatch(tag):
         return tag
-    digest = hashlib.sha256(tag.encode("utf-8", "surrogatepass")).hexdigest()
+    return rejected_tag_key(tag)
+
+
+def rejected_tag_key(name: str) -> str:
+    """The key of a name a registry listed outside the grammar: always a hash, so that a listed name that merely
+    looks like one of our keys (`#tag-list-cap`) cannot take that key over."""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
     return f"{PSEUDO_TAG_PREFIX}invalid-tag-{digest[:32]}"
 
 

@@ -24,7 +24,7 @@ from audit.models import (
     Verdict,
     WatchSettings,
 )
-from audit.reference import tag_key
+from audit.reference import rejected_tag_key
 from audit.service import TAG_LIST_CAP_KEY, AuditService, RunOptions, RunReport
 from tests.unit.registry.fakes import REGISTRY, FakeRegistry, image_manifest, make_client
 from tests.unit.test_service import IMAGE, World
@@ -93,7 +93,7 @@ def watch(image: str = IMAGE) -> WatchSettings:
 
 
 def rejected(*names: str) -> tuple[RejectedTag, ...]:
-    return tuple(RejectedTag(tag_key(name), name[:160]) for name in names)
+    return tuple(RejectedTag(rejected_tag_key(name), name[:160]) for name in names)
 
 
 @pytest.fixture
@@ -145,7 +145,7 @@ async def test_names_outside_the_grammar_are_untracked_findings_alerted_once(wor
     report, findings = await run(world, registry)
 
     assert sorted((f.tag, f.status, f.notice) for f in findings) == sorted(
-        (tag_key(name), Verdict.UNTRACKED, Notice.NEW) for name in HOSTILE
+        (rejected_tag_key(name), Verdict.UNTRACKED, Notice.NEW) for name in HOSTILE
     )
     for finding in findings:
         assert finding.tag is not None and finding.tag.startswith("#invalid-tag-") and len(finding.tag) <= 128
@@ -158,7 +158,9 @@ async def test_names_outside_the_grammar_are_untracked_findings_alerted_once(wor
 
     registry.listings[IMAGE] = TagListing(("1.0",))
     _, gone = await run(world, registry)
-    assert sorted((f.tag, f.notice) for f in gone) == sorted((tag_key(name), Notice.RESOLVED) for name in HOSTILE)
+    assert sorted((f.tag, f.notice) for f in gone) == sorted(
+        (rejected_tag_key(name), Notice.RESOLVED) for name in HOSTILE
+    )
 
 
 async def test_the_cap_is_one_unverifiable_finding_alerted_once(world: World) -> None:

@@ -155,3 +155,12 @@ async def test_observe_refuses_a_repository_outside_the_grammar() -> None:
         observation = await client.observe(ref)
     assert observation.status is LiveStatus.UNVERIFIABLE
     assert registry.requests == []
+
+
+async def test_a_listed_name_that_looks_like_one_of_our_keys_gets_a_hash_of_its_own() -> None:
+    registry = registry_listing(["#tag-list-cap", "#invalid-tag-0123456789abcdef0123456789abcdef"])
+    async with make_client(registry) as client:
+        listing = await client.list_tags(REGISTRY, REPO)
+    keys = [rejected.key for rejected in listing.rejected]
+    assert len(set(keys)) == 2
+    assert "#tag-list-cap" not in keys and "#invalid-tag-0123456789abcdef0123456789abcdef" not in keys

@@ -62,7 +62,7 @@ from audit.reference import (
     normalise_registry,
     parse_digest,
     parse_reference,
-    tag_key,
+    rejected_tag_key,
 )
 
 logger = logging.getLogger(__name__)
@@ -421,7 +421,7 @@ class RegistryClient:
                         seen.add(name)
                         tags.append(name)
                     continue
-                key = tag_key(name)
+                key = rejected_tag_key(name)
                 if key not in rejected:
                     rejected_count += 1
                     if len(rejected) < MAX_REJECTED_KEPT:
