@@ -33,7 +33,7 @@ from audit.models import (
     utcnow,
 )
 from audit.ports import Alerts, Registry, StateStore, TrustStore
-from audit.reference import PSEUDO_TAG_PREFIX
+from audit.reference import PSEUDO_TAG_PREFIX, is_valid_tag, rejected_tag_key
 from audit.untrusted import printable
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class AuditService:
         snapshot = self._trust.load_snapshot()
         trusted = [t for t in snapshot.trusted if _selected(t.image, options)]
         settings = {s.image: s for s in snapshot.watch if _selected(s.image, options)}
-        targets = [_Target(t.ref, t, settings.get(t.image)) for t in trusted]
+        targets = [_trusted_target(t, settings.get(t.image)) for t in trusted]
         unlisted: dict[str, str] = {}
         for rejected in snapshot.rejected_watch:
             if _selected(rejected.image, options):
@@ -384,6 +384,15 @@ class AuditService:
 #: `last_seen` alone moves every run; writing 10,000 items an hour for it would be waste, so it is refreshed
 #: when something else changes or when the stored value is this old.
 LAST_SEEN_REFRESH = timedelta(hours=24)
+
+
+def _trusted_target(trusted: TrustedImage, settings: WatchSettings | None) -> _Target:
+    """A trusted tag to check; a record whose tag is outside the grammar (written by hand) is never queried."""
+    if is_valid_tag(trusted.tag):
+        return _Target(trusted.ref, trusted, settings)
+    ref = trusted.ref.with_tag(rejected_tag_key(trusted.tag))
+    reason = f"the trusted record's tag is outside the tag grammar (not queried; fix or delete it): {trusted.tag[:160]}"
+    return _Target(ref, None, settings, preset=(Verdict.UNVERIFIABLE, reason))
 
 
 def _worth_saving(before: TagState | None, after: TagState) -> bool:
