@@ -1,8 +1,11 @@
-"""`make demo`: CI records releases, a stolen push token swaps one, the scheduled Lambda alerts once.
+"""`make demo`: CI records releases, a stolen push token swaps one, the scheduled Lambda alerts once; a second swap
+is alerted from the registry's push event seconds after the push.
 
-Everything runs on loopback: a real docker-registry with token auth, moto in server mode (DynamoDB, SNS, SQS,
-Secrets Manager), the `digest-audit` CLI as subprocesses (as CI runs it) and `handler.lambda_handler` in this
-process (as the Lambda runtime calls it). Run it with `uv run python -m demo.run` from the project root.
+Everything runs on loopback: a real docker-registry with token auth that notifies the webhook receiver
+(`receiver.lambda_handler` behind a local Function URL), moto in server mode (DynamoDB, SNS, SQS, Secrets
+Manager), the `digest-audit` CLI as subprocesses (as CI runs it) and `handler.lambda_handler` in this process (as
+the Lambda runtime calls it, on the schedule and with push-event batches). Run it with `uv run python -m demo.run`
+from the project root.
 """
 
 from __future__ import annotations
