@@ -119,6 +119,17 @@ def store_error(exc: Exception, *, table: str, operation: str, variable: str) ->
                 f"{where} failed: the table does not exist",
                 hint=f"run `digest-audit init` or deploy the stack; else {checks}",
             )
+        # DynamoDB reports a table key the caller may not use as "AccessDeniedException: KMS key access denied
+        # error: ...": the table's permissions are fine, its customer-managed key is not.
+        if code == "AccessDeniedException" and text.startswith("KMS key access denied"):
+            return StoreError(
+                message,
+                hint=(
+                    f"the IAM identity may not use the KMS key {table} is encrypted with: grant kms:Decrypt, "
+                    "kms:Encrypt, kms:GenerateDataKey* and kms:DescribeKey on it (the stack output EvidenceKeyArn) "
+                    f"with the condition kms:ViaService = dynamodb.<region>.amazonaws.com; {checks}"
+                ),
+            )
         if code in ("AccessDeniedException", "UnauthorizedOperation"):
             return StoreError(message, hint=f"the IAM identity lacks dynamodb:{operation} on {table}; {checks}")
         if code in (

@@ -180,6 +180,17 @@ def test_the_transaction_is_conditioned_on_digest_and_revision(client: DynamoDBC
             "dynamodb:GetItem",
         ),
         (
+            # What DynamoDB answers when the caller may not use the table's customer-managed key.
+            client_error(
+                "AccessDeniedException",
+                "KMS key access denied error: com.amazonaws.services.kms.model.AWSKMSException: The ciphertext "
+                "refers to a customer master key that does not exist, does not exist in this region, or you are "
+                "not allowed to access.",
+            ),
+            "AccessDeniedException: KMS key access denied",
+            "kms:GenerateDataKey* and kms:DescribeKey on it (the stack output EvidenceKeyArn)",
+        ),
+        (
             client_error("UnrecognizedClientException"),
             "UnrecognizedClientException",
             "credentials were rejected",
