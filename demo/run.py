@@ -1,8 +1,11 @@
-"""`make demo`: CI records releases, a stolen push token swaps one, the scheduled Lambda alerts once.
+"""`make demo`: CI records releases, a stolen push token swaps one, the scheduled Lambda alerts once; a second swap
+is alerted from the registry's push event seconds after the push.
 
-Everything runs on loopback: a real docker-registry with token auth, moto in server mode (DynamoDB, SNS, SQS,
-Secrets Manager), the `digest-audit` CLI as subprocesses (as CI runs it) and `handler.lambda_handler` in this
-process (as the Lambda runtime calls it). Run it with `uv run python -m demo.run` from the project root.
+Everything runs on loopback: a real docker-registry with token auth that notifies the webhook receiver
+(`receiver.lambda_handler` behind a local Function URL), moto in server mode (DynamoDB, SNS, SQS, Secrets
+Manager), the `digest-audit` CLI as subprocesses (as CI runs it) and `handler.lambda_handler` in this process (as
+the Lambda runtime calls it, on the schedule and with push-event batches). Run it with `uv run python -m demo.run`
+from the project root.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import io
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -31,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.config import Config
 
+import receiver
+from audit.hooks import CheckRequest
 from demo.console import Console
 from demo.services import (
     DUMMY_KEY,
@@ -45,9 +51,11 @@ from demo.services import (
     stop_own_children_under,
 )
 from tests.support.docker_config import write_docker_config
+from tests.support.function_url import FunctionUrl, function_url
 from tests.support.local_registry import LocalRegistry, local_registry
+from tests.support.push_queue import PushQueue
 from tests.support.pusher import ImageKind, PushedImage, Pusher
-from tests.support.registry_process import DEFAULT_BINARY, RegistryStartError
+from tests.support.registry_process import DEFAULT_BINARY, Notifications, RegistryStartError
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
@@ -64,6 +72,16 @@ QUEUE_NAME = "security-alerts"
 EMAIL_ADDRESS = "security-team@example.com"
 SECRET_NAME = "digest-audit/registry-credentials"  # noqa: S105 - a name, not a secret
 REVERIFY_DELAY = "1"
+#: The push-event queue, the webhook token's secret and the receiver's route (template.yaml's names, shortened).
+PUSH_QUEUE_NAME = "digest-audit-push-events"
+WEBHOOK_SECRET_NAME = "digest-audit/webhook-token"  # noqa: S105 - a name, not a secret
+HOOK_ROUTE = "/hooks/distribution"
+#: PushEventGraceSeconds: the template's default is 60 s; 2 s keeps the demo short.
+GRACE_SECONDS = "2"
+#: Bounds on waiting for the registry's notification and the queue (they take milliseconds and the grace).
+QUEUE_DEADLINE_SECONDS = 30.0
+#: The claim of the push-event chapter: a swap is alerted within a minute of the push, not at the next hour.
+PUSH_ALERT_LIMIT_SECONDS = 60
 #: SNS e-mail comes from this sender; the demo shows it in the headers of the e-mail it prints.
 SNS_EMAIL_SENDER = "AWS Notifications <no-reply@sns.amazonaws.com>"
 
@@ -98,6 +116,12 @@ RELEASES = (
 #: The release the attacker replaces, and the one platform the backdoor goes into.
 TARGET = RELEASES[2]
 TARGET_PLATFORM = "linux/amd64"
+#: The release swapped next, once the push-event queue has its consumer.
+SECOND_TARGET = RELEASES[3]
+
+
+#: The log line of a push-event batch that carries the run's summary (the batch returns only its failures).
+PUSH_AUDIT_LOG_MESSAGE = "push event audit finished"
 
 
 @dataclass(frozen=True)
@@ -105,6 +129,16 @@ class Invocation:
     summary: dict[str, Any]
     log_records: list[dict[str, Any]]
     metrics: dict[str, object]
+
+    @property
+    def run(self) -> dict[str, Any]:
+        """The audit's summary: what a scheduled run returns, or what a push-event batch logs."""
+        if "checked" in self.summary:
+            return self.summary
+        for record in self.log_records:
+            if record.get("message") == PUSH_AUDIT_LOG_MESSAGE:
+                return record
+        return {}
 
 
 @dataclass(frozen=True)
@@ -140,11 +174,21 @@ class Demo:
 
     def start_services(self) -> None:
         out = self.out
-        out.section("Start a registry and an AWS emulator on loopback")
+        out.section("Start an AWS emulator, the webhook receiver and a registry on loopback")
         out.fields([("work directory", f"{self.workdir} (removed at the end)")], width=len("work directory"))
+        # moto and the receiver first: the registry notifies from its first push on, and delivers each event once.
+        self.moto: Moto = self.stack.enter_context(moto_server())
+        os.environ.update(aws_environment(self.moto, self.workdir))
+        self.start_receiver()
+        notifications = Notifications(url=f"{self.receiver.url}{HOOK_ROUTE}", token=self.webhook_token)
         try:
             self.registry: LocalRegistry = self.stack.enter_context(
-                local_registry(self.workdir / "registry", auth="token", binary=self.registry_binary)
+                local_registry(
+                    self.workdir / "registry",
+                    auth="token",
+                    binary=self.registry_binary,
+                    notifications=notifications,
+                )
             )
         except RegistryStartError as exc:
             raise DemoError(f"docker-registry did not start: {exc}") from None
@@ -152,21 +196,60 @@ class Demo:
         assert token_server is not None  # token mode always has one
         self.token_server = token_server
         pids = [pid for pid, command in processes_under(str(self.workdir)) if "docker-registry" in command]
-        self.moto: Moto = self.stack.enter_context(moto_server())
-        os.environ.update(aws_environment(self.moto, self.workdir))
         out.fields(
             [
+                ("AWS emulator", f"{self.moto.endpoint_url}  (moto server: DynamoDB, SNS, SQS, Secrets Manager)"),
+                ("receiver", f"{self.receiver.url}  (receiver.lambda_handler behind a local Function URL)"),
                 ("registry", f"{self.registry.url}  (docker-registry pid {', '.join(map(str, pids)) or '?'})"),
                 ("token realm", f"{token_server.realm}  (accounts: pusher = CI push, auditor = pull only)"),
-                ("AWS emulator", f"{self.moto.endpoint_url}  (moto server: DynamoDB, SNS, SQS, Secrets Manager)"),
             ],
             width=len("work directory"),
+        )
+        out.blank()
+        out.say(
+            "The receiver function's environment, as template.yaml sets it (the token's secret and the queue; "
+            "no registry credentials, tables or topic):"
+        )
+        out.fields(sorted(self.receiver_env.items()))
+        out.say("The registry's configuration names the receiver (README, Push events):")
+        out.block(
+            "notifications:\n"
+            "  endpoints:\n"
+            f"    - name: {notifications.name}\n"
+            f"      url: {notifications.url}\n"
+            "      headers:\n"
+            "        Authorization: [Bearer <the webhook token, hidden>]\n"
+            f"      timeout: {notifications.timeout}\n"
+            f"      threshold: {notifications.threshold}\n"
+            f"      backoff: {notifications.backoff}"
         )
         self.insecure = f"{self.registry.host},{token_server.host}"
         out.note(
             "Token auth over plain HTTP: both the registry and its token realm must be listed in "
             f"DIGEST_AUDIT_INSECURE_REGISTRIES ({self.insecure}); real registries use TLS and need nothing."
         )
+
+    def start_receiver(self) -> None:
+        """The webhook token in Secrets Manager, the push-event queue, and the receiver behind a Function URL."""
+        session = self._session()
+        endpoint = self.moto.endpoint_url
+        secrets_manager: SecretsManagerClient = session.client(
+            "secretsmanager", endpoint_url=endpoint, config=self._client_config()
+        )
+        self.webhook_token = secrets.token_urlsafe(36)
+        token_arn = secrets_manager.create_secret(Name=WEBHOOK_SECRET_NAME, SecretString=self.webhook_token)["ARN"]
+        sqs: SQSClient = session.client("sqs", endpoint_url=endpoint, config=self._client_config())
+        queue_url = sqs.create_queue(QueueName=PUSH_QUEUE_NAME)["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        self.push_queue = PushQueue(sqs, queue_url, queue_arn, REGION)
+        self.receiver_env = {
+            receiver.ENV_QUEUE_URL: queue_url,
+            receiver.ENV_GRACE: GRACE_SECONDS,
+            receiver.ENV_SOURCES: "distribution",
+            receiver.ENV_TOKEN_SECRET: token_arn,
+        }
+        os.environ.update(self.receiver_env)
+        self.receiver: FunctionUrl = self.stack.enter_context(function_url(receiver.lambda_handler))
 
     # --- 2. CI pushes and records ---------------------------------------------------------------------------
 
@@ -268,7 +351,7 @@ class Demo:
         endpoint = self.moto.endpoint_url
         self.sqs: SQSClient = session.client("sqs", endpoint_url=endpoint, config=self._client_config())
         self.sns: SNSClient = session.client("sns", endpoint_url=endpoint, config=self._client_config())
-        secrets: SecretsManagerClient = session.client(
+        secrets_manager: SecretsManagerClient = session.client(
             "secretsmanager", endpoint_url=endpoint, config=self._client_config()
         )
         self.queue_url = self.sqs.create_queue(QueueName=QUEUE_NAME)["QueueUrl"]
@@ -280,7 +363,7 @@ class Demo:
         credentials = self.registry.credentials
         assert credentials is not None
         secret_value = {self.registry.host: {"username": credentials.username, "password": credentials.password}}
-        secret_arn = secrets.create_secret(Name=SECRET_NAME, SecretString=json.dumps(secret_value))["ARN"]
+        secret_arn = secrets_manager.create_secret(Name=SECRET_NAME, SecretString=json.dumps(secret_value))["ARN"]
         out.fields(
             [
                 ("SNS topic", self.topic_arn),
@@ -322,12 +405,20 @@ class Demo:
 
         return handler
 
-    def invoke(self, title: str) -> Invocation:
+    def invoke(self, title: str, batch: dict[str, Any] | None = None) -> Invocation:
+        """One invocation: the scheduled event, or an SQS `batch` of the push-event queue."""
         out = self.out
-        event = json.loads(SCHEDULED_EVENT.read_text())
         request_id = str(uuid.uuid4())
-        out.say(f"{title}: EventBridge Scheduler invokes the function with events/scheduled.json:")
-        out.command(["handler.lambda_handler", json.dumps(event), f"<context {request_id[:8]}>"])
+        if batch is None:
+            event = json.loads(SCHEDULED_EVENT.read_text())
+            out.say(f"{title}: EventBridge Scheduler invokes the function with events/scheduled.json:")
+            shown = json.dumps(event)
+        else:
+            event = batch
+            count = len(batch["Records"])
+            out.say(f"{title}: the SQS event source invokes the function with the {count} message(s) as one batch:")
+            shown = f"<SQS batch: {count} record(s) from {PUSH_QUEUE_NAME}>"
+        out.command(["handler.lambda_handler", shown, f"<context {request_id[:8]}>"])
         captured = io.StringIO()
         handler = self.handler
         # Powertools writes JSON logs and EMF metrics to stdout (CloudWatch Logs in Lambda); gather them here
@@ -344,12 +435,17 @@ class Demo:
             if isinstance(log_handler, logging.StreamHandler) and previous is not None:
                 log_handler.setStream(previous)
         records, metrics = _parse_lines(captured.getvalue())
-        out.say("It returns:")
+        out.say("It returns:" if batch is None else "It returns the partial batch response:")
         out.json_block(summary)
         self._show_logs(records)
+        invocation = Invocation(summary, records, metrics)
+        if batch is not None:
+            run = invocation.run
+            out.say(f"Its log line `{PUSH_AUDIT_LOG_MESSAGE}` carries the audit's summary:")
+            out.json_block({key: run.get(key) for key in ("messages", "checked", "by_verdict", "alerts_published")})
         if metrics:
             out.block("metrics (CloudWatch EMF): " + ", ".join(f"{k}={v}" for k, v in metrics.items()), indent="")
-        return Invocation(summary, records, metrics)
+        return invocation
 
     def _show_logs(self, records: Sequence[dict[str, Any]]) -> None:
         if not records:
@@ -382,10 +478,16 @@ class Demo:
             f"{TARGET_PLATFORM} image of {TARGET.repository}:{TARGET.tag}, keeping the other platform, so "
             "`docker pull` on a laptop (arm64) still gets the genuine image."
         )
-        original = self.pushed[(TARGET.repository, TARGET.tag)]
+        self.swap(TARGET)
+
+    def swap(self, release: Release) -> float:
+        """The attacker replaces `release`'s TARGET_PLATFORM image; returns when the tag's push finished (monotonic)."""
+        out = self.out
+        original = self.pushed[(release.repository, release.tag)]
         attacker = self.registry.new_pusher(self.registry.pusher_credentials, fetch_tokens=True)
         seen = self.token_server.request_count
         replaced = _swap_platform(attacker, original, TARGET_PLATFORM)
+        pushed_at = time.monotonic()
         for request in self.token_server.requests[seen:]:
             out.block(
                 f"token server: {request.method} {request.path} as {request.username!r}, "
@@ -394,7 +496,7 @@ class Demo:
             )
         out.fields(
             [
-                ("tag", self.registry.reference(TARGET.repository, TARGET.tag)),
+                ("tag", self.registry.reference(release.repository, release.tag)),
                 ("recorded by CI", original.digest),
                 ("served now", replaced.digest),
             ]
@@ -405,6 +507,7 @@ class Demo:
             ],
             indent="",
         )
+        return pushed_at
 
     # --- 6. the alert ---------------------------------------------------------------------------------------
 
@@ -508,30 +611,205 @@ class Demo:
         )
         self.run3 = run
 
-    # --- 8. the evidence ------------------------------------------------------------------------------------
+    # --- 8. push events -------------------------------------------------------------------------------------
+
+    def push_events(self) -> None:
+        out = self.out
+        out.section("Push events: the next swap is caught seconds after the push, not at the next hour")
+        statuses = self.receiver.seen()
+        out.say(
+            "Since it started, the registry has sent a notification for every push and pull to the receiver "
+            f"({statuses.count(202)} answered 202 accepted, {statuses.count(204)} answered 204 ignored: blobs, "
+            "child manifests pushed by digest, pulls). For each pushed tag the receiver verified the bearer token "
+            f"and queued one check request, delayed by the grace ({GRACE_SECONDS} s) so that CI can record the digest "
+            "first. The queue had no consumer until now: the demo connects the audit function to it here, as its "
+            "SQS event source would."
+        )
+        self.expect(set(statuses) <= {202, 204}, f"the receiver refused deliveries: {sorted(set(statuses))}")
+        self.consume_queued()
+        self.catch_next_swap()
+        self.next_hour()
+
+    def consume_queued(self) -> None:
+        """(a) The events of CI's pushes and of the first swap: CI's records match, the swap was already alerted."""
+        out = self.out
+        out.blank()
+        out.say(f"(a) The queue holds the events of CI's {len(RELEASES)} release pushes and of the first swap:")
+        pushes = len(RELEASES) + 1
+        batch = self.push_queue.poll(expect=pushes, deadline_seconds=QUEUE_DEADLINE_SECONDS, take_visible=True)
+        requests = self.show_batch(batch)
+        pushed_tags = {(f"{self.registry.host}/{release.repository}", release.tag) for release in RELEASES}
+        # A delivery the registry retried (its 2 s timeout passed under load) is queued twice; one check per tag.
+        self.expect(
+            len(requests) >= pushes and {(r.image, r.tag) for r in requests} == pushed_tags,
+            f"the queue held {len(requests)} check requests, expected one for each of the {pushes} pushes",
+        )
+        before = self.sent_count()
+        invocation = self.invoke("Batch 1", batch)
+        self.push_queue.delete(batch, invocation.summary)
+        run = invocation.run
+        self.expect(invocation.summary == {"batchItemFailures": []}, "batch 1 returned messages to the queue")
+        self.expect(
+            run.get("by_verdict") == {"match": len(RELEASES) - 1, "drift": 1},
+            f"batch 1 found {run.get('by_verdict')}, expected the swapped tag drifted and the others matching",
+        )
+        self.expect(run.get("alerts_published") == 0, "batch 1 alerted the first swap again")
+        self.expect(not self.receive() and self.sent_count() == before, "the subscriber received a duplicate")
+        out.ok(
+            f"CI recorded each release seconds after its push, before its message was consumed: "
+            f"{len(RELEASES) - 1} match. {TARGET.repository}:{TARGET.tag} is drift, already alerted by run 2 "
+            "(same state, same dedup): no duplicate."
+        )
+        self.batch1 = invocation
+
+    def catch_next_swap(self) -> None:
+        """(b) A second swap: notification, grace, one batch, one alert; how long from the push to the alert."""
+        out = self.out
+        out.blank()
+        out.say(
+            f"(b) The attacker, still holding the leaked credential, swaps {TARGET_PLATFORM} of "
+            f"{SECOND_TARGET.repository}:{SECOND_TARGET.tag} too. This time the function is connected to the queue:"
+        )
+        seen = len(self.receiver.seen())
+        pushed_at = self.swap(SECOND_TARGET)
+        accepted_after = self._wait_for_accepted(seen)
+        counts = self.push_queue.counts()
+        out.block(
+            f"registry -> receiver {HOOK_ROUTE}: 202 accepted {accepted_after:.1f} s after the push; "
+            f"queue: {counts['delayed']} message(s) waiting out the grace, {counts['visible']} visible",
+            indent="",
+        )
+        batch = self.push_queue.poll(expect=1, deadline_seconds=QUEUE_DEADLINE_SECONDS, take_visible=True)
+        out.say(f"After the grace the SQS event source receives ({time.monotonic() - pushed_at:.1f} s after the push):")
+        requests = self.show_batch(batch)
+        second = (f"{self.registry.host}/{SECOND_TARGET.repository}", SECOND_TARGET.tag)
+        self.expect(
+            bool(requests) and {(r.image, r.tag) for r in requests} == {second},
+            f"the queue held {len(requests)} check request(s), expected one for the swapped tag",
+        )
+        before = self.sent_count()
+        invocation = self.invoke("Batch 2", batch)
+        messages = self.receive()
+        alert_seconds = time.monotonic() - pushed_at
+        self.push_queue.delete(batch, invocation.summary)
+        run = invocation.run
+        target_ref = self.registry.reference(SECOND_TARGET.repository, SECOND_TARGET.tag)
+        self.expect(invocation.summary == {"batchItemFailures": []}, "batch 2 returned its message to the queue")
+        self.expect(run.get("by_verdict") == {"drift": 1}, f"batch 2 found {run.get('by_verdict')}, expected 1 drift")
+        self.expect(run.get("alerts_published") == 1, "batch 2 did not publish exactly one alert")
+        self.expect(
+            len(messages) == 1 and self.sent_count() == before + 1,
+            f"the subscriber received {len(messages)} messages, expected 1",
+        )
+        machine = json.loads(messages[0].envelope["Message"])
+        findings = machine.get("findings", [])
+        references = [finding["reference"] for finding in findings]
+        statuses = {finding["status"] for finding in findings}
+        self.expect(references == [target_ref] and statuses == {"drift"}, f"the alert names {references}")
+        time_to_detect = invocation.metrics.get("TimeToDetect")
+        self.expect(isinstance(time_to_detect, int | float), "batch 2 emitted no TimeToDetect metric")
+        assert isinstance(time_to_detect, int | float)
+        self.expect(
+            alert_seconds < PUSH_ALERT_LIMIT_SECONDS,
+            f"the alert came {alert_seconds:.1f} s after the push, not within {PUSH_ALERT_LIMIT_SECONDS} s",
+        )
+        out.blank()
+        out.say(f"The SQS subscriber {QUEUE_NAME} (and {EMAIL_ADDRESS}) receive one alert:")
+        out.fields(
+            [("Subject", messages[0].envelope.get("Subject", "")), ("reason", findings[0].get("reason", ""))],
+        )
+        out.fields(
+            [
+                ("time to detect", f"{alert_seconds:.1f} s from the push to the alert in the subscriber queue"),
+                ("TimeToDetect", f"{time_to_detect:.1f} s (the metric: the registry's event time to the publish)"),
+            ],
+            indent="",
+        )
+        out.ok(
+            f"the swap was alerted {alert_seconds:.1f} s after the push ({GRACE_SECONDS} s of it the grace, "
+            f"{REVERIFY_DELAY} s the re-verify delay), not at the next hour."
+        )
+        self.batch2 = invocation
+        self.push_alerted = references
+        self.push_alert_seconds = alert_seconds
+        self.time_to_detect = float(time_to_detect)
+
+    def _wait_for_accepted(self, seen: int) -> float:
+        """Seconds until the receiver accepted a delivery after the first `seen` (the registry notifies async)."""
+        started = time.monotonic()
+        while 202 not in self.receiver.seen()[seen:]:
+            if time.monotonic() - started > QUEUE_DEADLINE_SECONDS:
+                raise DemoError(
+                    f"the registry's notification did not reach the receiver within {QUEUE_DEADLINE_SECONDS} s "
+                    f"(answers since the push: {self.receiver.seen()[seen:]})"
+                )
+            time.sleep(0.02)
+        return time.monotonic() - started
+
+    def show_batch(self, batch: dict[str, Any]) -> list[CheckRequest]:
+        """Each queued check request as the receiver wrote it: source, action, tag, digest and the event's time."""
+        requests: list[CheckRequest] = []
+        for record in batch["Records"]:
+            request = CheckRequest.from_message(record["body"])
+            requests.append(request)
+            pushed = request.event_time.strftime("%H:%M:%S.%f")[:-3] if request.event_time else "?"
+            self.out.block(f"{request.display}  (event time {pushed})")
+        return requests
+
+    def next_hour(self) -> None:
+        """(c) The scheduled run sees both drifts and sends nothing: the push-event alert is its alert too."""
+        out = self.out
+        out.blank()
+        out.say("(c) At the next hour, the schedule runs as always:")
+        before = self.sent_count()
+        run = self.invoke("Run 4")
+        messages = self.receive()
+        self.expect(
+            run.summary.get("by_verdict") == {"drift": 2, "match": len(RELEASES) - 2},
+            f"run 4 found {run.summary.get('by_verdict')}, expected both swapped tags drifted",
+        )
+        self.expect(run.summary.get("alerts_published") == 0, "run 4 published an alert again")
+        self.expect(not messages and self.sent_count() == before, "the subscriber received a duplicate")
+        out.ok("no duplicate: both drifts persist, both were alerted once; 0 messages published.")
+        self.run4 = run
+
+    # --- 9. the evidence ------------------------------------------------------------------------------------
 
     def report(self) -> None:
         out = self.out
         out.section("The evidence table for the incident (digest-audit report)")
         table = self.cli(self.ci_env, "report", "--format", "table")
-        drifted = [line for line in table.splitlines() if f" {TARGET.tag} " in line and TARGET.repository in line]
-        self.expect(bool(drifted) and " drift " in drifted[0], "the report does not show the drifted tag")
+        for release in (TARGET, SECOND_TARGET):
+            rows = [line for line in table.splitlines() if f" {release.tag} " in line and release.repository in line]
+            self.expect(
+                bool(rows) and " drift " in rows[0], f"the report does not show {release.repository}:{release.tag}"
+            )
 
     def summary(self) -> None:
         out = self.out
         out.section("Summary")
-        for name, run in (
+        for name, invocation in (
             ("run 1 (before the attack)", self.run1),
             ("run 2 (after the attack)", self.run2),
             ("run 3 (an hour later)", self.run3),
+            ("batch 1 (queued events)", self.batch1),
+            ("batch 2 (the second swap)", self.batch2),
+            ("run 4 (the next hour)", self.run4),
         ):
-            verdicts = ", ".join(f"{count} {verdict}" for verdict, count in sorted(run.summary["by_verdict"].items()))
+            run = invocation.run
+            verdicts = ", ".join(f"{count} {verdict}" for verdict, count in sorted(run["by_verdict"].items()))
+            messages = f"{run['messages']} message(s), " if "messages" in run else ""
             out.block(
-                f"{name + ':':<28}{run.summary['checked']} checked ({verdicts}), "
-                f"{run.summary['alerts_published']} alert(s) published",
+                f"{name + ':':<28}{messages}{run['checked']} checked ({verdicts}), "
+                f"{run['alerts_published']} alert(s) published",
                 indent="",
             )
         out.block(f"{'alerted:':<28}{', '.join(self.alerted)} (drift)", indent="")
+        out.block(
+            f"{'alerted from a push event:':<28}{', '.join(self.push_alerted)} (drift), "
+            f"{self.push_alert_seconds:.1f} s after the push (TimeToDetect {self.time_to_detect:.1f} s)",
+            indent="",
+        )
         out.block(f"{'duplicates:':<28}none", indent="")
         out.block(f"{'CLI subprocesses:':<28}{self.cli_seconds:.1f} s in total", indent="")
 
@@ -549,6 +827,7 @@ class Demo:
         self.attack()
         self.detect()
         self.repeat()
+        self.push_events()
         # Close the warm container's HTTP clients and loop here, not on an interrupted path: there the loop still
         # holds the interrupted audit, and bootstrap.reset_lambda_app() would resume it against stopped services.
         _forget_lambda_app()
@@ -670,7 +949,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     console.fields(
         [
-            ("stopped", "docker-registry, token server, moto server"),
+            ("stopped", "docker-registry, token server, receiver (Function URL), moto server"),
             ("left running", "nothing (no process under the work directory)"),
             ("removed", str(workdir)),
         ],

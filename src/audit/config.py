@@ -33,6 +33,12 @@ RECEIVER_VARIABLES = (ENV_WEBHOOK_TOKEN, ENV_GITHUB_WEBHOOK_SECRET)
 #: long and random (`openssl rand -hex 32`).
 MIN_WEBHOOK_TOKEN_LENGTH = 24
 ENV_LEASE_SECONDS = "DIGEST_AUDIT_LEASE_SECONDS"
+ENV_MAX_TAGS = "DIGEST_AUDIT_MAX_TAGS_PER_REPOSITORY"
+
+#: Tag names read per repository with --track-new-tags. Ten pages of 1,000; every listed tag nobody recorded
+#: costs one HEAD per run, so 10,000 stays within a few minutes and a few MB even on a slow registry, while a
+#: registry listing millions of names cannot exhaust the Lambda's memory or time.
+DEFAULT_MAX_TAGS_PER_REPOSITORY = 10_000
 
 #: Every variable the code reads (besides AWS_* and POWERTOOLS_* which their libraries read), for docs and tests.
 ALL_VARIABLES = (
@@ -48,6 +54,7 @@ ALL_VARIABLES = (
     ENV_CONCURRENCY,
     ENV_TIMEOUT,
     ENV_LEASE_SECONDS,
+    ENV_MAX_TAGS,
 )
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -99,6 +106,7 @@ class AuditConfig:
     # How long a run lease lasts before another run may take it over: longer than the Lambda timeout (900 s
     # is Lambda's maximum), so a live run never loses it and a killed one blocks the schedule for one slot.
     lease_duration: timedelta = timedelta(seconds=900)
+    max_tags_per_repository: int = DEFAULT_MAX_TAGS_PER_REPOSITORY
     registry: RegistryOptions = field(default_factory=RegistryOptions)
 
 
@@ -195,6 +203,7 @@ def audit_config(env: Environment, registry: RegistryOptions) -> AuditConfig:
         reminder_interval=timedelta(seconds=env.number(ENV_REMINDER_INTERVAL, 86400.0, minimum=1.0)),
         unverifiable_after=env.integer(ENV_UNVERIFIABLE_AFTER, 3, minimum=1),
         lease_duration=timedelta(seconds=env.number(ENV_LEASE_SECONDS, 900.0, minimum=1.0)),
+        max_tags_per_repository=env.integer(ENV_MAX_TAGS, DEFAULT_MAX_TAGS_PER_REPOSITORY, minimum=1),
         registry=registry,
     )
 

@@ -28,6 +28,7 @@ from audit.models import (
 )
 from audit.packages import IndexFile, ProjectPage, parse_filename
 from audit.platforms import Platform, select_platform
+from audit.reference import is_valid_tag, rejected_tag_key
 
 # cosign signatures/attestations/SBOMs and the OCI 1.1 referrers fallback tag: `<alg>-<hex>[.sig|.att|.sbom]`.
 _REFERRER_TAG_RE = re.compile(r"^(?:sha256-[0-9a-f]{64}|sha512-[0-9a-f]{128})(?:\.(?:sig|att|sbom))?$")
@@ -589,7 +590,9 @@ def plan_package_checks(
             why = f"release {file.name.version} was never recorded{other}"
         else:
             continue
-        untracked.append(PackageCheck(base.with_tag(file.filename), None, file, why))
+        # A filename that is no valid tag (over 128 characters, an epoch '!' or local '+') is keyed by its hash.
+        key = file.filename if is_valid_tag(file.filename) else rejected_tag_key(file.filename)
+        untracked.append(PackageCheck(base.with_tag(key), None, file, why))
     for invalid in page.invalid[:MAX_INVALID_PER_PROJECT]:
         key = "invalid-filename-" + hashlib.sha256(invalid.encode()).hexdigest()[:16]
         why = f"the index lists a file named {invalid}, which is no wheel or sdist filename"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -15,8 +15,10 @@ from audit.models import (
     Observation,
     RecordOutcome,
     RunLogs,
+    TagListing,
     TagState,
     TrustedImage,
+    TrustSnapshot,
     WatchSettings,
 )
 from audit.packages import IndexFile, ProjectPage
@@ -49,8 +51,12 @@ class TrustStore(Protocol):
 
     def load_watch_settings(self) -> list[WatchSettings]: ...
 
-    def load_snapshot(self) -> tuple[list[TrustedImage], list[WatchSettings]]:
-        """`load_all()` and `load_watch_settings()` together, in one read of the store where it can."""
+    def load_snapshot(self) -> TrustSnapshot:
+        """`load_all()` and `load_watch_settings()` together, in one read of the store where it can.
+
+        Stored watch settings that fail validation (an item written by hand) are returned as rejected, so one
+        bad entry is reported instead of ending the audit of everything else.
+        """
         ...
 
     def get_watch_settings(self, image: str) -> WatchSettings | None: ...
@@ -75,7 +81,16 @@ class Registry(Protocol):
         self, ref: ImageRef, *, expected: Digest | None = None, platforms: bool = False
     ) -> Observation: ...
 
-    async def list_tags(self, registry: str, repository: str) -> list[str]: ...
+    async def list_tags(
+        self,
+        registry: str,
+        repository: str,
+        *,
+        max_tags: int,
+        should_continue: Callable[[], bool] | None = None,
+    ) -> TagListing:
+        """At most `max_tags` names, no further page once `should_continue()` is false; invalid names set aside."""
+        ...
 
 
 class Alerts(Protocol):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from audit import drift
+from audit.config import DEFAULT_MAX_TAGS_PER_REPOSITORY, ENV_MAX_TAGS
 from audit.errors import AuditError, PublishError, RegistryError
 from audit.models import (
     Digest,
@@ -26,6 +27,7 @@ from audit.models import (
     ImageRef,
     LiveStatus,
     Observation,
+    TagListing,
     TagState,
     TrustedImage,
     Verdict,
@@ -34,6 +36,8 @@ from audit.models import (
 )
 from audit.package_audit import PackageAuditor, PackageResult, PackageSnapshot, split_snapshot
 from audit.ports import Alerts, LeaseClaim, PackageIndex, Registry, RunLease, StateStore, TrustStore
+from audit.reference import PSEUDO_TAG_PREFIX, is_valid_tag, rejected_tag_key
+from audit.untrusted import printable
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +106,16 @@ class RunReport:
         return 0
 
 
+#: The state key of "this repository's tag list was cut at the cap" (never a valid tag, see reference.tag_key).
+TAG_LIST_CAP_KEY = f"{PSEUDO_TAG_PREFIX}tag-list-cap"
+
+
 @dataclass(frozen=True)
 class _Target:
     ref: ImageRef
     trusted: TrustedImage | None
     settings: WatchSettings | None
+    preset: tuple[Verdict, str] | None = None  # decided without asking the registry (a name it must not be asked)
 
 
 class AuditService:
@@ -127,6 +136,7 @@ class AuditService:
         max_in_flight: int = 64,
         packages: PackageIndex | None = None,
         lease: RunLease | None = None,
+        max_tags_per_repository: int = DEFAULT_MAX_TAGS_PER_REPOSITORY,
     ) -> None:
         self._trust = trust
         self._state = state
@@ -140,6 +150,7 @@ class AuditService:
         # Checks are admitted through this gate so that the remaining-time guard sees real progress;
         # the registry client bounds requests per host on its own.
         self._max_in_flight = max_in_flight
+        self._max_tags = max_tags_per_repository
         self._ever_trusted: dict[str, frozenset[Digest]] = {}
         self._packages = PackageAuditor(
             packages, trust, reverify_delay=reverify_delay, sleep=sleep, should_start=should_start
@@ -244,11 +255,16 @@ class AuditService:
         return len(keep)
 
     async def _targets(self, options: RunOptions) -> tuple[list[_Target], dict[str, str]]:
-        all_trusted, all_settings, self._package_snapshot = split_snapshot(*self._trust.load_snapshot())
+        snapshot = self._trust.load_snapshot()
+        all_trusted, all_watch, self._package_snapshot = split_snapshot(snapshot.trusted, snapshot.watch)
         trusted = [t for t in all_trusted if _selected(t.image, options, t.tag)]
-        settings = {s.image: s for s in all_settings if _selected(s.image, options)}
-        targets = [_Target(t.ref, t, settings.get(t.image)) for t in trusted]
+        settings = {s.image: s for s in all_watch if _selected(s.image, options)}
+        targets = [_trusted_target(t, settings.get(t.image)) for t in trusted]
         unlisted: dict[str, str] = {}
+        for rejected in snapshot.rejected_watch:
+            if _selected(rejected.image, options):
+                log.warning("ignoring invalid watch settings of %s: %s", rejected.image, rejected.problem)
+                unlisted[rejected.image] = f"invalid watch settings, not used: {rejected.problem}"
         tracked_tags: dict[str, set[str]] = defaultdict(set)
         for item in trusted:
             tracked_tags[item.image].add(item.tag)
@@ -265,16 +281,57 @@ class AuditService:
         for image, watch in settings.items():
             if not watch.track_new_tags:
                 continue
-            base = ImageRef(registry=watch.registry, repository=watch.repository, tag="latest")
-            try:
-                listed = await self._registry.list_tags(watch.registry, watch.repository)
-            except RegistryError as exc:
-                log.warning("cannot list tags of %s: %s", image, exc.message)
-                unlisted[image] = exc.message
-                continue
-            for tag in drift.untracked_tags(listed, tracked_tags[image], watch):
-                targets.append(_Target(base.with_tag(tag), None, watch))
+            listing = await self._list_tags(watch, unlisted)
+            if listing is not None:
+                targets.extend(self._listed_targets(watch, listing, tracked_tags[image], unlisted))
         return targets, unlisted
+
+    async def _list_tags(self, watch: WatchSettings, unlisted: dict[str, str]) -> TagListing | None:
+        """One repository's tag list; any failure is that repository's problem only (reported, not raised)."""
+        try:
+            return await self._registry.list_tags(
+                watch.registry, watch.repository, max_tags=self._max_tags, should_continue=self._should_start
+            )
+        except RegistryError as exc:
+            log.warning("cannot list tags of %s: %s", watch.image, exc.message)
+            unlisted[watch.image] = exc.message
+        except Exception as exc:  # a per-repository boundary: one surprise must not end the audit
+            # The type only: an exception's text may quote what the registry sent.
+            log.error("unexpected %s while listing tags of %s", type(exc).__name__, watch.image)  # noqa: TRY400
+            unlisted[watch.image] = f"internal error while listing tags ({type(exc).__name__})"
+        return None
+
+    def _listed_targets(
+        self, watch: WatchSettings, listing: TagListing, tracked: set[str], unlisted: dict[str, str]
+    ) -> list[_Target]:
+        """Untracked tags to check, plus findings decided from the listing alone (invalid names, the cap)."""
+        base = ImageRef(registry=watch.registry, repository=watch.repository, tag="latest")
+        targets = [
+            _Target(base.with_tag(tag), None, watch) for tag in drift.untracked_tags(listing.tags, tracked, watch)
+        ]
+        # Not subject to ignore patterns: a conforming registry cannot store such a name, so it says the
+        # registry (or someone in front of it) is not what it seems.
+        for rejected in listing.rejected:
+            # The name stays data here; every output escapes it (alerts, reports, logs).
+            reason = f"the registry lists a tag name outside the tag grammar (not queried): {rejected.name}"
+            targets.append(_Target(base.with_tag(rejected.key), None, watch, preset=(Verdict.UNTRACKED, reason)))
+        if listing.rejected_count > len(listing.rejected):
+            log.warning("%s lists %d invalid tag names", watch.image, listing.rejected_count)
+            unlisted[watch.image] = (
+                f"{listing.rejected_count} tag names outside the tag grammar; the first {len(listing.rejected)} "
+                "are reported"
+            )
+        read = len(listing.tags) + listing.rejected_count
+        if listing.stopped == "cap":
+            reason = (
+                f"the tag list has more than {self._max_tags} names; only the first {self._max_tags} were read "
+                f"(raise {ENV_MAX_TAGS}, or ask why the repository has so many tags)"
+            )
+            targets.append(_Target(base.with_tag(TAG_LIST_CAP_KEY), None, watch, preset=(Verdict.UNVERIFIABLE, reason)))
+            unlisted[watch.image] = f"tag list not fully read: the cap of {self._max_tags} names was reached"
+        elif listing.stopped is not None:
+            unlisted[watch.image] = f"tag list not fully read: time ran out after {read} names"
+        return targets
 
     async def _check(self, targets: Sequence[_Target]) -> tuple[list[TagResult], list[ImageRef]]:
         """Observe every target concurrently (the client bounds concurrency per registry)."""
@@ -282,16 +339,29 @@ class AuditService:
         gate = asyncio.Semaphore(self._max_in_flight)
 
         async def one(target: _Target) -> TagResult | None:
+            if target.preset is not None:
+                verdict, reason = target.preset
+                observation = Observation(ref=target.ref, status=LiveStatus.UNVERIFIABLE, reason=reason)
+                return TagResult(target.ref, None, observation, verdict, reason)
             async with gate:
                 if not self._should_start():
                     unreached.append(target.ref)
                     return None
                 expected = target.trusted.digest if target.trusted else None
-                observation = await self._registry.observe(target.ref, expected=expected)
+                observation = await self._observe(target.ref, expected=expected)
             return self._judge(target, observation)
 
         outcomes = await asyncio.gather(*(one(t) for t in targets))
         return [r for r in outcomes if r is not None], unreached
+
+    async def _observe(self, ref: ImageRef, *, expected: Digest | None, platforms: bool = False) -> Observation:
+        """A per-tag boundary: whatever goes wrong while observing one tag makes that tag unverifiable, no more."""
+        try:
+            return await self._registry.observe(ref, expected=expected, platforms=platforms)
+        except Exception as exc:  # see the docstring; the client itself raises nothing for a tag
+            # The type only: an exception's text may quote what the registry sent.
+            log.error("unexpected %s while checking %s", type(exc).__name__, printable(str(ref)))  # noqa: TRY400
+            return Observation(ref=ref, status=LiveStatus.UNVERIFIABLE, reason=f"internal error ({type(exc).__name__})")
 
     def _judge(self, target: _Target, observation: Observation) -> TagResult:
         if target.trusted is None:
@@ -336,7 +406,7 @@ class AuditService:
             fresh = self._trust.get(result.trusted.image, result.trusted.tag, consistent=True)
             if fresh is None:  # the record was removed meanwhile: nothing to compare with any more
                 return result
-            observation = await self._registry.observe(result.ref, expected=fresh.digest, platforms=True)
+            observation = await self._observe(result.ref, expected=fresh.digest, platforms=True)
             return self._judge(_Target(target.ref, fresh, target.settings), observation)
 
         rechecked = await asyncio.gather(*(again(i) for i in suspects))
@@ -421,6 +491,15 @@ class AuditService:
 #: `last_seen` alone moves every run; writing 10,000 items an hour for it would be waste, so it is refreshed
 #: when something else changes or when the stored value is this old.
 LAST_SEEN_REFRESH = timedelta(hours=24)
+
+
+def _trusted_target(trusted: TrustedImage, settings: WatchSettings | None) -> _Target:
+    """A trusted tag to check; a record whose tag is outside the grammar (written by hand) is never queried."""
+    if is_valid_tag(trusted.tag):
+        return _Target(trusted.ref, trusted, settings)
+    ref = trusted.ref.with_tag(rejected_tag_key(trusted.tag))
+    reason = f"the trusted record's tag is outside the tag grammar (not queried; fix or delete it): {trusted.tag[:160]}"
+    return _Target(ref, None, settings, preset=(Verdict.UNVERIFIABLE, reason))
 
 
 def _worth_saving(before: TagState | None, after: TagState) -> bool:

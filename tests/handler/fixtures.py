@@ -8,7 +8,6 @@ import importlib
 import json
 import secrets
 import sys
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from audit.config import (
 from audit.models import Digest, ImageRef, TrustedImage
 from tests.support.aws_fixtures import AwsClients, TableNames
 from tests.support.local_registry import LocalRegistry
+from tests.support.push_queue import PushQueue
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -287,69 +287,6 @@ def emitted_metrics(stdout: str) -> EmittedMetrics:
 #: The documented test credentials of events/README.md (the sample events are signed or addressed with them).
 TEST_WEBHOOK_TOKEN = "test-webhook-token-0123456789abcdefghijklmnopqrstuv"
 TEST_GITHUB_SECRET = "test-github-webhook-secret-0123456789"
-
-
-@dataclass(frozen=True)
-class PushQueue:
-    """The push-event queue on moto, read the way the Lambda SQS event source reads it."""
-
-    sqs: SQSClient
-    url: str
-    arn: str
-    region: str
-
-    def _record(self, message: Mapping[str, Any]) -> dict[str, Any]:
-        return {
-            "messageId": message["MessageId"],
-            "receiptHandle": message["ReceiptHandle"],
-            "body": message["Body"],
-            "attributes": dict(message.get("Attributes", {})),
-            "messageAttributes": {},
-            "md5OfBody": message["MD5OfBody"],
-            "eventSource": "aws:sqs",
-            "eventSourceARN": self.arn,
-            "awsRegion": self.region,
-        }
-
-    def receive_batch(self, *, expect: int = 1, deadline_seconds: float = 30.0) -> dict[str, Any]:
-        """An SQS event of the messages visible now, waiting (bounded) until at least `expect` arrived."""
-        records: list[dict[str, Any]] = []
-        deadline = time.monotonic() + deadline_seconds
-        while len(records) < expect and time.monotonic() < deadline:
-            answer = self.sqs.receive_message(
-                QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=1, AttributeNames=["All"]
-            )
-            records.extend(self._record(message) for message in answer.get("Messages", []))
-        assert len(records) >= expect, f"expected {expect} push event message(s), got {len(records)}"
-        return {"Records": records}
-
-    def delete(self, batch: Mapping[str, Any], response: Mapping[str, Any]) -> None:
-        """What the event source does after the function returned: delete all but the reported failures."""
-        failed = {item["itemIdentifier"] for item in response.get("batchItemFailures", [])}
-        for record in batch["Records"]:
-            if record["messageId"] not in failed:
-                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=record["receiptHandle"])
-
-    def counts(self) -> dict[str, int]:
-        attributes = self.sqs.get_queue_attributes(
-            QueueUrl=self.url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed"]
-        )["Attributes"]
-        return {
-            "visible": int(attributes["ApproximateNumberOfMessages"]),
-            "delayed": int(attributes["ApproximateNumberOfMessagesDelayed"]),
-        }
-
-    def bodies(self) -> list[str]:
-        """Read (and delete) every visible message body."""
-        bodies: list[str] = []
-        while True:
-            answer = self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
-            messages = answer.get("Messages", [])
-            if not messages:
-                return bodies
-            for message in messages:
-                bodies.append(message["Body"])
-                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
 
 
 def push_queue(aws: AwsClients, *, name: str | None = None) -> PushQueue:

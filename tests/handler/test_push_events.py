@@ -21,7 +21,6 @@ from tests.handler.fixtures import (
     SERVICE,
     Function,
     LambdaEnvironment,
-    PushQueue,
     emf_documents,
     emitted_metrics,
     function,
@@ -33,6 +32,7 @@ from tests.handler.fixtures import (
 )
 from tests.support.aws_fixtures import AwsClients
 from tests.support.local_registry import LocalRegistry
+from tests.support.push_queue import PushQueue
 
 pytestmark = [
     pytest.mark.integration,

@@ -22,6 +22,9 @@ pytestmark = pytest.mark.integration
 PROJECT = Path(__file__).resolve().parents[2]
 DEMO_TIMEOUT = 180
 TAMPERED = "openzaak/open-zaak:1.4.0"
+#: The release swapped in the push-event chapter, once the audit function consumes the push-event queue.
+SWAPPED_NEXT = "openzaak/open-notificaties:1.5.0"
+PUSH_EVENTS = "Push events: the next swap is caught seconds after the push, not at the next hour"
 #: Only what a shell would pass on; the pytest session's AWS variables (moto fixtures) must not leak in.
 _KEPT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
 
@@ -117,6 +120,64 @@ def test_quiet_before_the_attack_and_no_duplicate_after(demo: DemoRun) -> None:
 
 
 @pytest.mark.timeout(DEMO_TIMEOUT + 30)
+def test_queued_push_events_add_no_alert(demo: DemoRun) -> None:
+    chapter = demo.section(PUSH_EVENTS)
+    queued = chapter.partition("(b) ")[0]
+    # One check request per push: CI's four releases and the first swap, each with the digest it pushed.
+    request = r"^    distribution push 127\.0\.0\.1:\d+/(\S+)@(sha256:[0-9a-f]{12})  \(event time "
+    pushed = re.findall(request, queued, re.M)
+    releases = {TAMPERED, SWAPPED_NEXT, "openzaak/open-zaak:1.3.4", "openzaak/open-zaak:1.3.5"}
+    assert {name for name, _ in pushed} == releases
+    assert len({digest for name, digest in pushed if name == TAMPERED}) == 2  # CI's push, then the swap
+    assert "DRIFT:" not in queued
+    assert "ok: CI recorded each release seconds after its push" in queued
+    assert "already alerted by run 2 (same state, same dedup): no duplicate." in queued
+    summary = demo.section("Summary")
+    batch = r"^batch 1 \(queued events\):\s+\d+ message\(s\), 4 checked \(1 drift, 3 match\), 0 alert"
+    assert re.search(batch, summary, re.M)
+
+
+@pytest.mark.timeout(DEMO_TIMEOUT + 30)
+def test_the_next_swap_is_alerted_once_from_its_push_event(demo: DemoRun) -> None:
+    chapter = demo.section(PUSH_EVENTS)
+    swap = chapter.partition("(b) ")[2].partition("(c) ")[0]
+    assert re.search(r"^registry -> receiver /hooks/distribution: 202 accepted ", swap, re.M)
+    subjects = re.findall(r"^    Subject: (.+)$", swap, re.M)
+    assert len(subjects) == 1
+    assert re.fullmatch(rf"DRIFT: 127\.0\.0\.1:\d+/{re.escape(SWAPPED_NEXT)} \(1 of 1 tags\)", subjects[0])
+    assert chapter.count("DRIFT:") == 1
+    assert re.search(r"^    reason: .*platforms: changed linux/amd64$", swap, re.M)
+    assert '"alerts_published": 1' in swap
+    # The time from the push to the alert, measured by the demo, and the function's TimeToDetect metric.
+    assert re.search(r"^time to detect:\s+\d+\.\d s from the push to the alert in the subscriber queue$", swap, re.M)
+    assert re.search(r"^TimeToDetect:\s+\d+\.\d s \(the metric", swap, re.M)
+    assert re.search(r"^metrics \(CloudWatch EMF\): .*TimeToDetect=\d", swap, re.M)
+    summary = demo.section("Summary")
+    assert re.search(r"^batch 2 \(the second swap\):\s+\d+ message\(s\), 1 checked \(1 drift\), 1 alert", summary, re.M)
+    assert re.search(
+        rf"^alerted from a push event:\s+127\.0\.0\.1:\d+/{re.escape(SWAPPED_NEXT)} \(drift\), "
+        r"\d+\.\d s after the push \(TimeToDetect \d+\.\d s\)$",
+        summary,
+        re.M,
+    )
+
+
+@pytest.mark.timeout(DEMO_TIMEOUT + 30)
+def test_the_next_scheduled_run_adds_no_duplicate_of_the_push_event_alert(demo: DemoRun) -> None:
+    chapter = demo.section(PUSH_EVENTS)
+    next_hour = chapter.partition("(c) ")[2]
+    assert next_hour
+    assert '"alerts_published": 0' in next_hour
+    assert "DRIFT:" not in next_hour
+    assert "ok: no duplicate: both drifts persist, both were alerted once; 0 messages published." in next_hour
+    summary = demo.section("Summary")
+    assert re.search(r"^run 4 \(the next hour\):\s+4 checked \(2 drift, 2 match\), 0 alert", summary, re.M)
+    assert re.search(r"^duplicates:\s+none$", summary, re.M)
+    # The chapter is timed with the others.
+    assert re.search(rf"^    {re.escape(PUSH_EVENTS)}:\s+\d+\.\d s$", demo.stdout, re.M)
+
+
+@pytest.mark.timeout(DEMO_TIMEOUT + 30)
 def test_the_report_shows_the_drifted_tag_and_the_others_matching(demo: DemoRun) -> None:
     report = demo.section("The evidence table for the incident (digest-audit report)")
     assert report.startswith("$ digest-audit report --format table\n")
@@ -127,7 +188,7 @@ def test_the_report_shows_the_drifted_tag_and_the_others_matching(demo: DemoRun)
         "open-zaak:1.3.4": "match",
         "open-zaak:1.3.5": "match",
         "open-zaak:1.4.0": "drift",
-        "open-notificaties:1.5.0": "match",
+        "open-notificaties:1.5.0": "drift",
     }
     for row in rows:
         trusted, live = row[2], row[5]
@@ -153,6 +214,8 @@ def test_nothing_is_left_behind(demo: DemoRun) -> None:
     assert not any(_alive_with(pid, workdir) for pid in pids)
     secrets_shown = re.findall(r'"password": ([^}\s]+)', demo.stdout)
     assert secrets_shown == ["<hidden>"]
+    assert re.findall(r"Bearer (.+)", demo.stdout) == ["<the webhook token, hidden>]"]
+    assert "receiver (Function URL)" in demo.section("Clean-up")
 
 
 @pytest.mark.timeout(30)

@@ -31,7 +31,7 @@ from typing import IO, Final, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from audit.errors import AuditError, StoreError, TrustConflictError, UsageError
-from audit.models import Digest, RecordOutcome, TagState, TrustedImage, WatchSettings, utcnow
+from audit.models import Digest, RecordOutcome, TagState, TrustedImage, TrustSnapshot, WatchSettings, utcnow
 from audit.ports import LeaseClaim
 from audit.untrusted import printable
 
@@ -330,9 +330,10 @@ class FileTrustStore:
         watch = self._contents().watch
         return [watch[image] for image in sorted(watch)]
 
-    def load_snapshot(self) -> tuple[list[TrustedImage], list[WatchSettings]]:
+    def load_snapshot(self) -> TrustSnapshot:
+        # A file is read whole: an invalid watch entry in it is a clear StoreError naming the file (fix the file).
         contents = self._contents()
-        return (
+        return TrustSnapshot(
             [contents.trusted[key] for key in sorted(contents.trusted)],
             [contents.watch[image] for image in sorted(contents.watch)],
         )

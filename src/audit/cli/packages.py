@@ -31,6 +31,7 @@ from audit.packages import (
 )
 from audit.ports import PackageIndex, TrustStore
 from audit.recording import record_trusted
+from audit.reference import is_valid_tag
 from audit.untrusted import printable
 
 #: A dist/ directory holds a handful of files; more than this is the wrong directory.
@@ -62,6 +63,12 @@ def dist_files(directory: Path, spec: PackageSpec) -> list[tuple[DistFilename, D
             raise UsageError(
                 f"--dist {directory} holds {printable(path.name)}, which is not {spec.project}=={spec.version}",
                 hint="build into a clean directory (rm -rf dist && python -m build) and record that",
+            )
+        if not is_valid_tag(name.filename):
+            raise UsageError(
+                f"cannot record {printable(path.name)} yet: trust keys take filenames of at most 128 characters "
+                "without '!' (epoch) or '+' (local version)",
+                hint="record the release's other files, or rename the build (no local version) and rebuild",
             )
         found.append((name, _hash_file(path)))
     if not found:

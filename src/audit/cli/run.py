@@ -80,6 +80,7 @@ class AuditSetup:
             reverify_delay=self.reverify_delay,
             packages=packages,
             lease=self.lease,
+            max_tags_per_repository=self.config.max_tags_per_repository,
         )
 
 
@@ -147,8 +148,8 @@ def print_summary(report: RunReport, *, dry_run: bool) -> None:
         for ref in report.unreached:
             err(f"    {ref.familiar}")
     for image, reason in sorted(report.unlisted.items()):
-        err(f"  could not list the tags of {image}: {reason}")
+        err(printable(f"  could not list the tags of {image}: {reason}"))
     if report.unverifiable:
         err("  this run could not verify every tag:")
         for result in report.unverifiable:
-            err(f"    {result.ref.familiar}: {result.reason}")
+            err(printable(f"    {result.ref.familiar}: {result.reason}"))

@@ -378,3 +378,48 @@ def test_the_run_lease_is_exclusive_expires_and_is_taken_over(client: DynamoDBCl
     assert second.renew("run-b")
     second.release("run-b")
     assert first.acquire("run-c").acquired
+
+
+# --- hostile names: keys within DynamoDB's limits, hand-written watch items --------------------------------------
+
+
+def test_a_state_of_a_1100_character_tag_is_saved_under_a_bounded_key(
+    client: DynamoDBClient, tables: TableNames
+) -> None:
+    """DynamoDB refuses sort keys over 1,024 bytes (BatchWriteItem ValidationException): never ask it to store one."""
+    states = DynamoStateStore(tables.state, client)
+    long_tag = "x" * 1100
+    states.save([state(long_tag), state("1.0")])
+
+    keys = sorted(item["tag"] for item in raw_items(client, tables.state))
+    assert len(keys) == 2 and "1.0" in keys
+    [hashed] = [key for key in keys if key != "1.0"]
+    assert hashed.startswith("#invalid-tag-") and len(hashed.encode()) <= 128
+    assert set(states.load_all()) == {(IMAGE, "1.0"), (IMAGE, hashed)}
+    states.save([state(long_tag)])  # the same name maps to the same key: saved again, not duplicated
+    assert len(raw_items(client, tables.state)) == 2
+
+
+def test_a_hand_written_invalid_watch_item_is_rejected_not_fatal(
+    store: DynamoTrustStore, client: DynamoDBClient, tables: TableNames
+) -> None:
+    store.record(trusted("1.0"))
+    store.put_watch_settings(moving_watch())
+    client.put_item(
+        TableName=tables.trust,
+        Item={
+            "image": {"S": "Not A Host!/org/app"},
+            "sk": {"S": "$watch"},
+            "registry": {"S": "Not A Host!"},
+            "repository": {"S": "org/app"},
+            "track_new_tags": {"BOOL": True},
+        },
+    )
+
+    records, settings, rejected = store.load_snapshot()
+
+    assert [record.tag for record in records] == ["1.0"]
+    assert settings == [moving_watch()]
+    [bad] = rejected
+    assert bad.image == "Not A Host!/org/app"
+    assert "invalid image" in bad.problem

@@ -10,9 +10,10 @@ import pytest
 
 from audit import alerts, drift
 from audit.adapters.file_store import FileStateStore, FileTrustStore
-from audit.errors import PackageIndexError, ProjectNotFoundError
+from audit.cli.packages import dist_files
+from audit.errors import PackageIndexError, ProjectNotFoundError, UsageError
 from audit.models import Digest, ImageRef, LiveStatus, Observation, TrustedImage, Verdict, WatchSettings
-from audit.packages import IndexFile, ProjectPage, parse_filename, registry_key
+from audit.packages import IndexFile, PackageSpec, ProjectPage, parse_filename, registry_key
 from audit.service import AuditService, RunOptions
 from tests.unit.test_service import T0, Clock, RecordingAlerts, ScriptedRegistry
 
@@ -247,3 +248,19 @@ def test_package_alerts_tell_a_responder_what_to_run_with_quoted_words() -> None
         "'demo-pkg==1!2.0'",
         "sha256sum digest-audit-check/'demo_pkg-1!2.0-py3-none-any.whl'",
     ]
+
+
+def test_an_unrecorded_file_whose_name_is_no_valid_tag_is_keyed_by_its_hash() -> None:
+    long_name = "demo_pkg-1.0-py3-none-" + "manylinux_2_17_x86_64." * 6 + "any.whl"
+    listed = page(served(long_name, "extra"))
+    [_, check], _ = drift.plan_package_checks(
+        REGISTRY, "demo-pkg", [trusted(SDIST, "sdist")], listed, track_new_releases=False
+    )
+    assert check.ref.tag is not None and check.ref.tag.startswith("#")
+    assert check.served is not None and check.served.filename == long_name
+
+
+def test_record_refuses_a_filename_the_trust_keys_cannot_hold(tmp_path: Path) -> None:
+    (tmp_path / "demo_pkg-1.0+local-py3-none-any.whl").write_bytes(b"x")
+    with pytest.raises(UsageError, match="cannot record"):
+        dist_files(tmp_path, PackageSpec("demo-pkg", "1.0+local"))

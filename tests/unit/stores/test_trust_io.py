@@ -20,7 +20,7 @@ from audit.adapters.trust_io import (
     import_trust_file,
 )
 from audit.errors import StoreError, UsageError
-from audit.models import Digest, MovingMode, RecordOutcome, TrustedImage, WatchSettings
+from audit.models import Digest, MovingMode, RecordOutcome, TrustedImage, TrustSnapshot, WatchSettings
 from tests.unit.stores.builders import IMAGE, digest, full_record, trusted
 
 HEADER = ",".join(TRUST_FIELDS)
@@ -458,7 +458,7 @@ class OneRecordAtATime:
     def load_watch_settings(self) -> list[WatchSettings]:
         return self.inner.load_watch_settings()
 
-    def load_snapshot(self) -> tuple[list[TrustedImage], list[WatchSettings]]:
+    def load_snapshot(self) -> TrustSnapshot:
         return self.inner.load_snapshot()
 
     def get_watch_settings(self, image: str) -> WatchSettings | None:
