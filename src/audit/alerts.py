@@ -22,12 +22,13 @@ MAX_MESSAGE_BYTES = 240_000
 MAX_SUBJECT_CHARS = 99
 SCHEMA_VERSION = 1
 
-VERDICT_ORDER = ("drift", "missing", "unverifiable", "untracked", "resolved")
+VERDICT_ORDER = ("drift", "missing", "unverifiable", "untracked", "yanked", "resolved")
 SEVERITY = {
     "drift": "high",
     "missing": "high",
     "unverifiable": "medium",
     "untracked": "medium",
+    "yanked": "info",  # package files only: a notice, never counted as a problem
     "resolved": "info",
 }
 
@@ -254,8 +255,12 @@ def _digests(platforms: Mapping[str, Digest] | None) -> dict[str, str] | None:
 
 
 def machine_finding(finding: Finding) -> dict[str, object]:
-    """The machine form of one finding: the `check --json` fields plus the evidence and the notice."""
-    return {
+    """The machine form of one finding: the `check --json` fields plus the evidence and the notice.
+
+    Package findings also carry `yanked` (PEP 592, as `check --json` does): the reason the index gives for
+    serving the file yanked ("" for none), null when it does not; image findings keep their fields unchanged.
+    """
+    machine: dict[str, object] = {
         "id": finding.finding_id,
         "reference": finding.reference,
         "registry": finding.registry,
@@ -273,6 +278,9 @@ def machine_finding(finding: Finding) -> dict[str, object]:
         "first_seen": iso_utc(finding.first_seen),
         "notice": finding.notice.value,
     }
+    if is_package_registry(finding.registry):
+        machine["yanked"] = finding.yanked
+    return machine
 
 
 def machine_payload(run_id: str, findings: Sequence[Finding]) -> dict[str, object]:
@@ -345,7 +353,7 @@ def _package_fix_commands(finding: Finding) -> list[str]:
             f"remove:   yank or delete {shell_word(finding.tag)} in the index (PyPI: Manage project > Releases)",
             f'record:   digest-audit record {release} --index-url {index} --dist DIR --source "CI RUN URL"',
         ]
-    return []
+    return []  # a yank notice included: nothing to restore or accept, the next steps say whom to ask
 
 
 def confirm_commands(finding: Finding) -> list[str]:
@@ -463,6 +471,9 @@ PACKAGE_INTRO = {
     "it cannot say they are unchanged.",
     "untracked": "The package index serves files nobody recorded: an added wheel in a recorded release, "
     "or a release nobody recorded.",
+    "yanked": "The package index serves these recorded files yanked (PEP 592): pip no longer picks them unless "
+    "a requirement pins their exact version. This is a notice, not a drift: the status of the files is unchanged "
+    "and they still match what CI built, unless another alert says otherwise.",
     "resolved": "These earlier package alerts are resolved.",
 }
 
@@ -492,6 +503,13 @@ PACKAGE_NEXT_STEPS: dict[str, tuple[str, ...]] = {
         "If nobody uploaded them knowingly: yank or delete them at once; pip prefers a more specific wheel.",
         _ROTATE,
         "If they are legitimate, record them from the CI build (the record command).",
+    ),
+    "yanked": (
+        "Check who yanked the release and why: the yank reason shown, the project's maintainers and release "
+        "notes, the index's audit log (PyPI: the project's security history).",
+        "If nobody on the team yanked it, someone else holds a credential for the project: treat the upload "
+        "token as leaked. " + _ROTATE,
+        "If the yank was intended, nothing else is needed; a `resolved` notice follows if it is un-yanked.",
     ),
     "resolved": ("No action is needed for these files now.",),
 }
@@ -548,6 +566,8 @@ def _email_finding(finding: Finding) -> list[str]:
     ]
     if finding.reason:
         lines.append(row("Reason", finding.reason))
+    if finding.yanked is not None:
+        lines.append(row("Yanked", finding.yanked or "(no reason given)"))
     lines.append(row("Trusted digest", finding.trusted_digest or "- (not recorded)"))
     if finding.trusted_digest is not None:
         lines.append(row("  recorded at", iso_utc(finding.recorded_at) or "-"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 
@@ -322,12 +322,14 @@ def untracked_tags(listed: Sequence[str], trusted_tags: Collection[str], setting
 class Decision:
     """The state to save for a tag after this run, and the notice to publish first (if any).
 
-    `resolved` names the problem a RESOLVED notice closes (the new state no longer holds it).
+    `resolved` names the problem a RESOLVED notice closes (the new state no longer holds it). `yank_notice` is
+    the notice of a package file's yank (see `decide_yank`), which comes on top of the verdict's notice.
     """
 
     new_state: TagState
     notice: Notice | None = None
     resolved: Verdict | None = None
+    yank_notice: Notice | None = None
 
 
 def decide(
@@ -386,6 +388,9 @@ def decide(
         consecutive_unverifiable=0,
         alerted_verdict=open_verdict,
         alerted_digest=open_digest,
+        # Only decide_yank moves the yank part of a package file's state.
+        yank_notified=previous.yank_notified if previous is not None else None,
+        yank_notice_at=previous.yank_notice_at if previous is not None else None,
     )
 
     if verdict in CLEARING_VERDICTS:
@@ -436,6 +441,9 @@ def _decide_unverifiable(
         consecutive_unverifiable=streak,
         alerted_verdict=open_verdict,
         alerted_digest=None,
+        # Only decide_yank moves the yank part of a package file's state.
+        yank_notified=previous.yank_notified if previous is not None else None,
+        yank_notice_at=previous.yank_notice_at if previous is not None else None,
     )
     if previous is not None and open_verdict is Verdict.UNVERIFIABLE:
         return _remind_if_due(previous, state, now, policy)
@@ -455,6 +463,28 @@ def _remind_if_due(previous: TagState, state: TagState, now: datetime, policy: A
     return Decision(reminded, Notice.REMINDER)
 
 
+def decide_yank(decision: Decision, yanked: str | None, *, now: datetime) -> Decision:
+    """Advance the yank part of a recorded package file's state by what its index lists now (PEP 592).
+
+    `yanked` is the reason the index gives ("" for none), None when it lists the file un-yanked. Call it only
+    when the index listed the recorded file: a run that did not see the listing (index down, file gone) leaves
+    the yank part as `decide` carried it over.
+
+    A yank is news once: a NEW notice when the index starts serving the file yanked, nothing while it stays
+    yanked (whatever reason it gives later: a yank has no reminders), a RESOLVED notice when the file is served
+    un-yanked again. The verdict part is untouched: a yanked file that matches stays a match, and an open drift
+    or missing alert stays open with its own notices.
+    """
+    state = decision.new_state
+    if yanked is not None and state.yank_notified is None:
+        update: dict[str, str | datetime | None] = {"yank_notified": yanked, "yank_notice_at": now}
+        return replace(decision, new_state=state.model_copy(update=update), yank_notice=Notice.NEW)
+    if yanked is None and state.yank_notified is not None:
+        update = {"yank_notified": None, "yank_notice_at": now}
+        return replace(decision, new_state=state.model_copy(update=update), yank_notice=Notice.RESOLVED)
+    return decision
+
+
 # --------------------------------------------------------------------------------------------------- findings
 
 
@@ -467,8 +497,10 @@ def finding_for(  # noqa: PLR0917 - the service passes the six facts positionall
     notice: Notice,
     *,
     resolved: Verdict | None = None,
+    yanked: str | None = None,
 ) -> Finding:
-    """The alertable fact behind a notice; `state` is the decision's new state, `resolved` its `resolved`.
+    """The alertable fact behind a notice; `state` is the decision's new state, `resolved` its `resolved`,
+    `yanked` what a package index says about the file's yank now (PEP 592; None for images).
 
     NEW and REMINDER findings report the open problem (state.alerted_*). When this run was unverifiable but
     an older problem is still open, the finding reports that problem with its last seen digest and says the
@@ -510,6 +542,43 @@ def finding_for(  # noqa: PLR0917 - the service passes the six facts positionall
         recorded_at=trusted.recorded_at if trusted is not None else None,
         first_seen=first_seen,
         notice=notice,
+        yanked=yanked,
+    )
+
+
+def yank_finding_for(
+    trusted: TrustedImage, observation: Observation, previous: TagState | None, decision: Decision
+) -> Finding:
+    """The notice behind `decision.yank_notice`: the index started (NEW) or stopped (RESOLVED) serving a recorded
+    package file yanked. Its status is YANKED whatever the file's verdict, which has findings of its own."""
+    notice = decision.yank_notice
+    if notice is None:
+        raise ValueError("yank_finding_for needs a decision with a yank notice")
+    state = decision.new_state
+    ref = ImageRef(registry=state.registry, repository=state.repository, tag=state.tag)
+    if notice is Notice.RESOLVED:
+        was = previous.yank_notified if previous is not None else None
+        reason = f"yank resolved: the index serves the file un-yanked again (it was yanked: {was or 'no reason given'})"
+        yanked = None
+    else:
+        yanked = state.yank_notified
+        reason = f"the index serves this recorded file yanked (PEP 592): {yanked or 'no reason given'}"
+    return Finding(
+        reference=ref.familiar,
+        registry=ref.registry,
+        repository=ref.repository,
+        tag=ref.tag,
+        trusted_digest=trusted.digest,
+        live_digest=observation.live_digest if observation.status is LiveStatus.FOUND else None,
+        status=Verdict.YANKED,
+        reason=reason,
+        checked_at=observation.checked_at,
+        source=trusted.source,
+        commit=trusted.commit,
+        recorded_at=trusted.recorded_at,
+        first_seen=state.yank_notice_at if notice is Notice.NEW else None,
+        notice=notice,
+        yanked=yanked,
     )
 
 
@@ -522,7 +591,11 @@ def with_finding_id(finding: Finding, previous: TagState | None) -> Finding:
     previous notice) tells apart what would otherwise look alike: the second reminder from the first, and a
     drift that comes back after it was resolved from its first occurrence.
     """
-    before = previous.last_alerted.isoformat() if previous is not None and previous.last_alerted else ""
+    # A yank notice has its own clock: a yank that comes back after it was resolved gets an id of its own.
+    last = None
+    if previous is not None:
+        last = previous.yank_notice_at if finding.status is Verdict.YANKED else previous.last_alerted
+    before = last.isoformat() if last else ""
     facts = (
         "finding/v1",
         finding.notice.value,

@@ -151,6 +151,9 @@ class Verdict(StrEnum):
     UNVERIFIABLE = "unverifiable"
     UNTRACKED = "untracked"
     RESOLVED = "resolved"  # `check` without a pin: the live digest was established
+    # Never the verdict of a check: the status of a yank notice (the index serves a recorded package file
+    # yanked, PEP 592), which tells a person something without saying the file changed.
+    YANKED = "yanked"
 
 
 class LiveStatus(StrEnum):
@@ -314,6 +317,10 @@ class TagState(Frozen):
     # The problem that was alerted and not yet resolved: (verdict, live digest). None when nothing is open.
     alerted_verdict: Verdict | None = None
     alerted_digest: Digest | None = None
+    # Package files only (drift.decide_yank): the PEP 592 yank a notice announced and no notice resolved yet,
+    # as its reason ("" when the index gave none); None when nothing is announced. Items without it read as None.
+    yank_notified: str | None = None
+    yank_notice_at: datetime | None = None  # when the last yank notice (new or resolved) went out
 
     @property
     def image(self) -> str:
@@ -344,6 +351,9 @@ class Finding(Frozen):
     recorded_at: datetime | None = None
     first_seen: datetime | None = None
     notice: Notice = Notice.NEW
+    # Package files only: the reason the index gives for serving the file yanked (PEP 592; "" when none), None
+    # when it does not (or its listing was not read). Machine JSON carries it for package findings.
+    yanked: str | None = None
     # Stable across runs for the same notice (see drift.with_finding_id): subscribers drop repeats by it.
     finding_id: str | None = None
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from audit import drift
 from audit.errors import AuditError, PackageIndexError, ProjectNotFoundError
 from audit.models import ImageRef, LiveStatus, Observation, TrustedImage, Verdict, WatchSettings
-from audit.packages import ProjectPage, index_of, is_package_registry
+from audit.packages import IndexFile, ProjectPage, index_of, is_package_registry
 from audit.ports import PackageIndex, TrustStore
 from audit.untrusted import printable
 
@@ -37,6 +37,7 @@ class PackageResult:
     observation: Observation
     verdict: Verdict
     reason: str | None
+    served: IndexFile | None = None  # the file as the index lists it (hash, PEP 592 yank); None: not listed
 
 
 @dataclass
@@ -227,7 +228,7 @@ def _projects(snapshot: PackageSnapshot, selected: Callable[[str], bool]) -> lis
 
 def _result(check: drift.PackageCheck, observation: Observation, *, truncated: bool = False) -> PackageResult:
     judgement = drift.package_verdict(check, observation, truncated=truncated)
-    return PackageResult(check.ref, check.trusted, observation, judgement.verdict, judgement.reason)
+    return PackageResult(check.ref, check.trusted, observation, judgement.verdict, judgement.reason, check.served)
 
 
 def _all_unverifiable(project: _Project, reason: str) -> list[PackageResult]:

@@ -35,6 +35,7 @@ from audit.models import (
     utcnow,
 )
 from audit.package_audit import PackageAuditor, PackageResult, PackageSnapshot, split_snapshot
+from audit.packages import IndexFile
 from audit.ports import Alerts, LeaseClaim, PackageIndex, Registry, RunLease, StateStore, TrustStore
 from audit.reference import PSEUDO_TAG_PREFIX, is_valid_tag, rejected_tag_key
 from audit.untrusted import printable
@@ -68,6 +69,7 @@ class TagResult:
     observation: Observation
     verdict: Verdict
     reason: str | None
+    served: IndexFile | None = None  # a package file as its index lists it (PEP 592 yank included); None for tags
 
 
 @dataclass
@@ -234,14 +236,17 @@ class AuditService:
         """After a partial publish: remember the tags whose alert SNS accepted (and those with nothing to say).
 
         A message may carry several findings; SNS accepts or rejects a message as a whole, so `delivered` is
-        exactly the findings of accepted messages. The rest keep their previous state and are sent next run.
+        exactly the findings of accepted messages. A tag may have two findings (a package file's verdict and its
+        yank notice) in different messages: its state is saved only when both were accepted. The rest keep
+        their previous state and are sent next run.
         """
-        alerted = {(finding.image, finding.tag or "") for finding in delivered}
-        keep = [
-            state
-            for finding, state in decisions
-            if state is not None and (finding is None or (finding.image, finding.tag or "") in alerted)
-        ]
+        accepted = {finding.finding_id for finding in delivered}
+        unsent = {
+            (finding.image, finding.tag or "")
+            for finding, _ in decisions
+            if finding is not None and finding.finding_id not in accepted
+        }
+        keep = [state for _, state in decisions if state is not None and (state.image, state.tag) not in unsent]
         try:
             self._state.save(keep)
         except AuditError as exc:
@@ -434,6 +439,10 @@ class AuditService:
                 policy=self._policy,
                 registry_all_failed=result.ref.registry in failed_registries,
             )
+            # A recorded package file the index listed: its yank is known, and news once (see decide_yank).
+            listed = result.served if result.trusted is not None else None
+            if listed is not None:
+                decision = drift.decide_yank(decision, listed.yanked, now=now)
             finding = None
             if decision.notice is not None:
                 finding = drift.finding_for(
@@ -444,10 +453,15 @@ class AuditService:
                     decision.new_state,
                     decision.notice,
                     resolved=decision.resolved,
+                    yanked=result.served.yanked if result.served is not None else None,
                 )
                 finding = drift.with_finding_id(finding, before)
             changed = decision.new_state if _worth_saving(before, decision.new_state) else None
             decisions.append((finding, changed))
+            if decision.yank_notice is not None and result.trusted is not None:
+                # The same tag's state (saved once, above) holds both notices: see _save_delivered.
+                yank = drift.yank_finding_for(result.trusted, result.observation, before, decision)
+                decisions.append((drift.with_finding_id(yank, before), None))
         return decisions
 
     def _close_vanished(
@@ -519,7 +533,7 @@ def _already_alerted(result: TagResult, previous: dict[tuple[str, str], TagState
 
 
 def _tag_result(result: PackageResult) -> TagResult:
-    return TagResult(result.ref, result.trusted, result.observation, result.verdict, result.reason)
+    return TagResult(result.ref, result.trusted, result.observation, result.verdict, result.reason, result.served)
 
 
 def _selected(image: str, options: RunOptions, tag: str | None = None) -> bool:

@@ -419,6 +419,9 @@ def tag_state_to_item(state: TagState) -> Item:
     _put_optional(item, "last_alerted", format_timestamp(state.last_alerted) if state.last_alerted else None)
     _put_optional(item, "alerted_verdict", state.alerted_verdict.value if state.alerted_verdict else None)
     _put_optional(item, "alerted_digest", str(state.alerted_digest) if state.alerted_digest else None)
+    # A package file's announced yank; "" (a yank without a reason) is stored too, None is not.
+    _put_optional(item, "yank_notified", state.yank_notified)
+    _put_optional(item, "yank_notice_at", format_timestamp(state.yank_notice_at) if state.yank_notice_at else None)
     return item
 
 
@@ -437,6 +440,8 @@ def tag_state_from_item(item: Mapping[str, AttributeValueTypeDef], *, table: str
             "consecutive_unverifiable": _number(item, "consecutive_unverifiable") or 0,
             "alerted_verdict": _text(item, "alerted_verdict"),
             "alerted_digest": _text(item, "alerted_digest"),
+            "yank_notified": _text(item, "yank_notified"),  # absent from items written before yank notices
+            "yank_notice_at": _text(item, "yank_notice_at"),
         }
         return _validated(TagState, fields)
     except _MalformedItemError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,6 +22,9 @@ from audit.adapters.dynamodb_store import (
 from audit.adapters.file_store import FileStateStore, FileTrustStore
 from audit.adapters.trust_io import export_trust, import_trust
 from audit.models import Digest, ImageRef, MovingMode, TagState, TrustedImage, Verdict, WatchSettings
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef
 
 REGISTRIES = ["ghcr.io", "registry-1.docker.io", "localhost:5000", "127.0.0.1:5000", "registry.example.com"]
 COMPONENT = r"[a-z0-9]{1,8}(?:(?:\.|_|__|-+)[a-z0-9]{1,8}){0,2}"
@@ -98,6 +102,8 @@ def tag_states(draw: st.DrawFn) -> TagState:
         consecutive_unverifiable=draw(st.integers(min_value=0, max_value=10**6)),
         alerted_verdict=draw(st.none() | st.sampled_from(Verdict)),
         alerted_digest=draw(st.none() | digests),
+        yank_notified=draw(st.none() | st.just("") | st.text(SAFE_CHARACTERS, max_size=20)),
+        yank_notice_at=draw(st.none() | moments),
     )
 
 
@@ -162,3 +168,24 @@ def test_the_state_file_round_trips(states: list[TagState]) -> None:
     with tempfile.TemporaryDirectory() as directory:
         FileStateStore(Path(directory) / "state.json").save(states)
         assert FileStateStore(Path(directory) / "state.json").load_all() == {state.key: state for state in states}
+
+
+def test_state_items_written_before_yank_notices_still_read_and_image_items_keep_their_attributes() -> None:
+    old_item: dict[str, AttributeValueTypeDef] = {
+        "image": {"S": "registry.example.com/org/app"},
+        "tag": {"S": "1.0"},
+        "registry": {"S": "registry.example.com"},
+        "repository": {"S": "org/app"},
+        "last_verdict": {"S": "match"},
+        "first_seen": {"S": "2026-01-01T00:00:00.000000Z"},
+        "last_seen": {"S": "2026-01-02T00:00:00.000000Z"},
+        "alert_count": {"N": "0"},
+        "consecutive_unverifiable": {"N": "0"},
+    }
+    state = tag_state_from_item(old_item)
+    assert (state.yank_notified, state.yank_notice_at) == (None, None)
+    assert tag_state_to_item(state) == old_item  # nothing new is written for a tag that was never yanked
+    yanked = state.model_copy(update={"yank_notified": "", "yank_notice_at": datetime(2026, 1, 3, tzinfo=UTC)})
+    item = tag_state_to_item(yanked)
+    assert (item["yank_notified"], item["yank_notice_at"]) == ({"S": ""}, {"S": "2026-01-03T00:00:00.000000Z"})
+    assert tag_state_from_item(item) == yanked
