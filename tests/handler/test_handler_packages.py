@@ -35,19 +35,16 @@ __all__ = ["function", "lambda_env", "lambda_env_for", "new_container"]
 WHEEL = "demo_pkg-1.0-py3-none-any.whl"
 
 
-def serve_page(index: RecordedIndex, content: bytes) -> str:
+def serve_page(index: RecordedIndex, content: bytes, *, yanked: str | None = None) -> str:
     index.routes[f"/files/{WHEEL}"] = Route(200, "application/octet-stream", content)
-    page = {
-        "meta": {"api-version": "1.1"},
-        "name": "demo-pkg",
-        "files": [
-            {
-                "filename": WHEEL,
-                "url": f"/files/{WHEEL}",
-                "hashes": {"sha256": hashlib.sha256(content).hexdigest()},
-            }
-        ],
+    entry: dict[str, object] = {
+        "filename": WHEEL,
+        "url": f"/files/{WHEEL}",
+        "hashes": {"sha256": hashlib.sha256(content).hexdigest()},
     }
+    if yanked is not None:
+        entry["yanked"] = yanked or True  # PEP 592: a reason, or true without one
+    page = {"meta": {"api-version": "1.1"}, "name": "demo-pkg", "files": [entry]}
     index.routes["/simple/demo-pkg/"] = Route(200, "application/vnd.pypi.simple.v1+json", json.dumps(page).encode())
     return "sha256:" + hashlib.sha256(content).hexdigest()
 
@@ -117,3 +114,52 @@ def test_wrong_index_credentials_make_package_files_unverifiable(
     summary = function.invoke(load_event("scheduled.json"))
     assert summary["by_verdict"] == {"unverifiable": 1}
     assert "HTTP 401 (access denied)" in summary["unverifiable"][0]["reason"]
+
+
+def test_a_yanked_recorded_file_is_one_info_notice_kept_in_the_state_table_and_resolved_when_lifted(
+    function: Function, lambda_env_for: LambdaEnvironment, recorded_index: RecordedIndex
+) -> None:
+    env = lambda_env_for
+    env.allow_plain_http(recorded_index.host)
+    trusted = serve_page(recorded_index, b"wheel")
+    env.trust.record(
+        TrustedImage(
+            registry=registry_key(recorded_index.index_url),
+            repository="demo-pkg",
+            tag=WHEEL,
+            digest=Digest.parse(trusted),
+            source="https://ci.example/pipelines/9",
+            recorded_at=datetime.now(UTC),
+        )
+    )
+    assert function.invoke(load_event("scheduled.json"))["by_verdict"] == {"match": 1}
+    [before] = env.state_items()
+    assert "yank_notified" not in before  # an item as every earlier version wrote it: read by the next run
+
+    serve_page(recorded_index, b"wheel", yanked="")  # PEP 592 `"yanked": true`: no reason given
+    summary = function.invoke(load_event("scheduled.json"))
+    assert summary["by_verdict"] == {"match": 1}
+    (envelope,) = env.alerts.envelopes()
+    attributes = {name: value["Value"] for name, value in envelope["MessageAttributes"].items()}
+    assert (attributes["verdict"], attributes["severity"], attributes["notice"]) == ("yanked", "info", "new")
+    (finding,) = json.loads(envelope["Message"])["findings"]
+    assert (finding["status"], finding["notice"], finding["yanked"], finding["live_digest"]) == (
+        "yanked",
+        "new",
+        "",
+        trusted,
+    )
+    [item] = env.state_items()
+    assert (item["last_verdict"], item["yank_notified"]) == ({"S": "match"}, {"S": ""})
+
+    assert function.invoke(load_event("scheduled.json"))["by_verdict"] == {"match": 1}
+    assert env.alerts.envelopes() == []  # once, not every run
+
+    serve_page(recorded_index, b"wheel")
+    function.invoke(load_event("scheduled.json"))
+    (envelope,) = env.alerts.envelopes()
+    assert envelope["MessageAttributes"]["verdict"]["Value"] == "resolved"
+    (finding,) = json.loads(envelope["Message"])["findings"]
+    assert (finding["status"], finding["notice"], finding["yanked"]) == ("yanked", "resolved", None)
+    [item] = env.state_items()
+    assert "yank_notified" not in item

@@ -190,8 +190,15 @@ def test_resolve_adopts_what_the_index_serves_and_says_so(
 # --------------------------------------------------------------------------------------------------- recorded formats
 
 
-def pep691_page(index: RecordedIndex, files: dict[str, bytes], *, listed: dict[str, str] | None = None) -> bytes:
-    """A project page in PyPI's JSON simple API shape (PEP 691 with PEP 592 and PEP 700 fields)."""
+def pep691_page(
+    index: RecordedIndex,
+    files: dict[str, bytes],
+    *,
+    listed: dict[str, str] | None = None,
+    yanked: dict[str, str | bool] | None = None,
+) -> bytes:
+    """A project page in PyPI's JSON simple API shape (PEP 691 with PEP 592 and PEP 700 fields); by default the
+    sdist is yanked ("broken metadata")."""
     entries = []
     for name, data in files.items():
         index.routes[f"/files/{name}"] = Route(200, "application/octet-stream", data)
@@ -202,7 +209,9 @@ def pep691_page(index: RecordedIndex, files: dict[str, bytes], *, listed: dict[s
                 "url": f"http://{index.host}/files/{name}",
                 "hashes": {"sha256": digest},
                 "requires-python": ">=3.9",
-                "yanked": "broken metadata" if name.endswith(".tar.gz") else False,
+                "yanked": (yanked or {}).get(name, False)
+                if yanked is not None
+                else ("broken metadata" if name.endswith(".tar.gz") else False),
                 "size": len(data),
                 "upload-time": "2026-11-20T10:00:00.000000Z",
                 "data-dist-info-metadata": False,
@@ -230,17 +239,48 @@ def json_index(cli: CliRunner, tmp_path: Path, recorded_index: RecordedIndex) ->
 def test_the_json_simple_api_is_asked_first_and_its_yanked_release_is_a_notice(
     json_index: tuple[Audit, dict[str, bytes]], cli: CliRunner, recorded_index: RecordedIndex
 ) -> None:
-    audit, _ = json_index
+    audit, files = json_index
     code, out, _ = audit.run()
-    assert (code, out) == (0, "")
+    # The yanked sdist still matches: exit 0, one informational notice, and no other alert.
+    assert code == 0
+    name = f"pypi:{recorded_index.index_url}/demo-pkg/{SDIST}"
+    assert out.startswith(f"YANKED: {name} (1 of 2 tags)\n- {name} [new]: yanked; ")
+    assert out.count("[new]") == 1
+    assert "the index serves this recorded file yanked (PEP 592): broken metadata" in out
     assert audit.verdicts() == {WHEEL: Verdict.MATCH, SDIST: Verdict.MATCH}
+    assert FileStateStore(audit.state).load_all()[(f"pypi:{recorded_index.index_url}/demo-pkg", SDIST)].yank_notified
     accept = [headers.get("Accept", "") for path, headers in recorded_index.requests if path == "/simple/demo-pkg/"]
     assert accept and all(a.startswith("application/vnd.pypi.simple.v1+json") for a in accept)
+    assert audit.run()[:2] == (0, "")  # once, not every run
 
     result = cli("check", "--json", "pypi:demo-pkg==1.0", "--index-url", recorded_index.index_url)
     rows = {row["filename"]: row for row in json.loads(result.out)}
     assert rows[SDIST]["reason"] == "yanked (broken metadata)"
     assert rows[WHEEL]["upload_time"] == "2026-11-20T10:00:00.000000Z"
+
+    body = pep691_page(recorded_index, files, yanked={})  # un-yanked
+    recorded_index.routes["/simple/demo-pkg/"] = Route(200, "application/vnd.pypi.simple.v1+json", body)
+    code, out, _ = audit.run()
+    assert code == 0
+    assert out.startswith(f"RESOLVED: {name} (1 of 2 tags)\n- {name} [resolved]: yanked; ")
+    assert "yank resolved: the index serves the file un-yanked again (it was yanked: broken metadata)" in out
+    assert audit.run()[:2] == (0, "")
+
+
+def test_a_yank_reason_is_data_escaped_in_the_notice(
+    json_index: tuple[Audit, dict[str, bytes]], recorded_index: RecordedIndex
+) -> None:
+    audit, files = json_index
+    hostile = "see \x1b]8;;https://evil.example\x07here\x1b]8;;\x07\u202e\nBcc: everyone " + "x" * 5000
+    body = pep691_page(recorded_index, files, yanked={WHEEL: hostile})
+    recorded_index.routes["/simple/demo-pkg/"] = Route(200, "application/vnd.pypi.simple.v1+json", body)
+    code, out, _ = audit.run()
+    assert code == 0
+    [notice] = [line for line in out.splitlines() if "[new]: yanked" in line]
+    assert WHEEL in notice
+    assert not any(char in out for char in "\x1b\x07\u202e")
+    assert "see \\\\x1b]8;;https://evil.example\\\\x07here" in notice  # escaped by the index adapter, then the alert
+    assert len(notice) < 1000  # the adapter bounds a reason to 200 characters
 
 
 def test_a_drift_is_confirmed_by_the_served_bytes_and_a_lying_index_is_unverifiable(
