@@ -105,15 +105,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.inproc")
     parser.add_argument("--refs", required=True, type=Path)
     parser.add_argument("--insecure", default="127.0.0.1")
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--total-concurrency", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     parser.add_argument(
         "--transport",
         choices=["default", "explicit", "sharded"],
         default="default",
-        help="explicit: an AsyncHTTPTransport built here (pool limits = concurrency); "
+        help="default: the client's own (httpx over aiohttp); explicit: httpcore's AsyncHTTPTransport "
+        "(pool limits = concurrency); "
         "sharded: `concurrency` single-connection transports",
     )
     parser.add_argument("--profile", type=Path, help="write a cProfile text report (top 40, tottime) here")
@@ -123,7 +123,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = RegistrySettings(
         insecure_registries=frozenset({args.insecure}),
         concurrency=args.concurrency,
-        total_concurrency=args.total_concurrency,
     )
     run = _runner(args.loop)
     seconds: list[float] = []
