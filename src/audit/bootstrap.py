@@ -54,6 +54,12 @@ def registry_settings(options: RegistryOptions) -> RegistrySettings:
     )
 
 
+def check_workers(settings: RegistrySettings) -> int:
+    """How many checks run at once: twice the per-registry maximum, so one registry at its adaptive maximum
+    still leaves workers for the others, while memory stays flat at any number of tags."""
+    return 2 * settings.concurrency
+
+
 def credentials(options: RegistryOptions, *, secret_text: str | None = None) -> CredentialProvider:
     """Secret (Lambda) first, then Docker's config.json, then ECR tokens for ECR hosts."""
     providers: list[CredentialProvider] = []
@@ -190,6 +196,7 @@ class LambdaApp:
             alert_policy=self.policy,
             reverify_delay=self.config.reverify_delay,
             should_start=should_start,
+            max_in_flight=check_workers(self.registry.settings),
         )
         return self.loop.run_until_complete(service.run(options))
 

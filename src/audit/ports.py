@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from audit.models import (
@@ -46,6 +46,10 @@ class TrustStore(Protocol):
 
     def load_snapshot(self) -> tuple[list[TrustedImage], list[WatchSettings]]:
         """`load_all()` and `load_watch_settings()` together, in one read of the store where it can."""
+        ...
+
+    def snapshot_pages(self) -> Iterator[tuple[list[TrustedImage], list[WatchSettings]]]:
+        """`load_snapshot()` a page at a time as the store reads it (unsorted), so checks start at the first page."""
         ...
 
     def get_watch_settings(self, image: str) -> WatchSettings | None: ...

@@ -8,11 +8,12 @@ before the save, the next run starts from the same previous state and makes the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -31,6 +32,7 @@ from audit.models import (
     utcnow,
 )
 from audit.ports import Alerts, Registry, StateStore, TrustStore
+from audit.workers import drain
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +120,8 @@ class AuditService:
         self._clock = clock
         self._sleep = sleep
         self._should_start = should_start
-        # Checks are admitted through this gate so that the remaining-time guard sees real progress;
-        # the registry client bounds requests per host on its own.
+        # A fixed set of workers (memory stays flat at any size) that admits each check through the
+        # remaining-time guard; the registry client bounds and adapts requests per host on its own.
         self._max_in_flight = max_in_flight
         self._ever_trusted: dict[str, frozenset[Digest]] = {}
 
@@ -128,10 +130,16 @@ class AuditService:
         started = time.monotonic()
         self._ever_trusted = {}
         report = RunReport(run_id=uuid.uuid4().hex, started_at=self._clock())
-        targets, report.unlisted = await self._targets(options)
-        previous = self._state.load_all()
+        # The previous state is read while the checks run; it is needed only to decide.
+        previous_read = asyncio.ensure_future(asyncio.to_thread(self._state.load_all))
+        try:
+            targets, results, report.unreached, report.unlisted = await self._check_all(options)
+        except BaseException:
+            previous_read.cancel()
+            await asyncio.gather(previous_read, return_exceptions=True)
+            raise
+        previous = await previous_read
 
-        results, report.unreached = await self._check(targets)
         results = await self._reverify(results, {t.ref: t for t in targets}, previous)
         report.results = results
 
@@ -149,45 +157,72 @@ class AuditService:
         report.duration_ms = int((time.monotonic() - started) * 1000)
         return report
 
-    async def _targets(self, options: RunOptions) -> tuple[list[_Target], dict[str, str]]:
-        all_trusted, all_settings = self._trust.load_snapshot()
-        trusted = [t for t in all_trusted if _selected(t.image, options)]
-        settings = {s.image: s for s in all_settings if _selected(s.image, options)}
-        targets = [_Target(t.ref, t, settings.get(t.image)) for t in trusted]
-        unlisted: dict[str, str] = {}
-        tracked_tags: dict[str, set[str]] = defaultdict(set)
-        for item in trusted:
-            tracked_tags[item.image].add(item.tag)
-        for image, watch in settings.items():
-            if not watch.track_new_tags:
-                continue
-            base = ImageRef(registry=watch.registry, repository=watch.repository, tag="latest")
-            try:
-                listed = await self._registry.list_tags(watch.registry, watch.repository)
-            except RegistryError as exc:
-                log.warning("cannot list tags of %s: %s", image, exc.message)
-                unlisted[image] = exc.message
-                continue
-            for tag in drift.untracked_tags(listed, tracked_tags[image], watch):
-                targets.append(_Target(base.with_tag(tag), None, watch))
-        return targets, unlisted
+    async def _check_all(
+        self, options: RunOptions
+    ) -> tuple[list[_Target], list[TagResult], list[ImageRef], dict[str, str]]:
+        """Check every target with a fixed set of workers, starting at the first page of the trust snapshot.
 
-    async def _check(self, targets: Sequence[_Target]) -> tuple[list[TagResult], list[ImageRef]]:
-        """Observe every target concurrently (the client bounds concurrency per registry)."""
+        Records are checked as their Scan page arrives; watch settings may come in a later page, so verdicts
+        are judged once the snapshot is complete. Untracked tags are listed after it (their repositories'
+        tracked tags must be known) and fed to the same workers.
+        """
+        trusted: list[TrustedImage] = []
+        settings: dict[str, WatchSettings] = {}
+        observed: dict[ImageRef, Observation] = {}
+        untracked: list[ImageRef] = []
         unreached: list[ImageRef] = []
-        gate = asyncio.Semaphore(self._max_in_flight)
+        unlisted: dict[str, str] = {}
 
-        async def one(target: _Target) -> TagResult | None:
-            async with gate:
-                if not self._should_start():
-                    unreached.append(target.ref)
-                    return None
-                expected = target.trusted.digest if target.trusted else None
-                observation = await self._registry.observe(target.ref, expected=expected)
-            return self._judge(target, observation)
+        async def feed() -> AsyncIterator[tuple[ImageRef, Digest | None]]:
+            async for records, watch in self._snapshot_pages():
+                settings.update((entry.image, entry) for entry in watch if _selected(entry.image, options))
+                for record in records:
+                    if _selected(record.image, options):
+                        trusted.append(record)
+                        yield record.ref, record.digest
+            tracked_tags: dict[str, set[str]] = defaultdict(set)
+            for record in trusted:
+                tracked_tags[record.image].add(record.tag)
+            for image, watch_settings in sorted(settings.items()):
+                if not watch_settings.track_new_tags:
+                    continue
+                try:
+                    listed = await self._registry.list_tags(watch_settings.registry, watch_settings.repository)
+                except RegistryError as exc:
+                    log.warning("cannot list tags of %s: %s", image, exc.message)
+                    unlisted[image] = exc.message
+                    continue
+                base = ImageRef(registry=watch_settings.registry, repository=watch_settings.repository, tag="latest")
+                for tag in drift.untracked_tags(listed, tracked_tags[image], watch_settings):
+                    ref = base.with_tag(tag)
+                    untracked.append(ref)
+                    yield ref, None
 
-        outcomes = await asyncio.gather(*(one(t) for t in targets))
-        return [r for r in outcomes if r is not None], unreached
+        async def check(item: tuple[ImageRef, Digest | None]) -> None:
+            ref, expected = item
+            if not self._should_start():
+                unreached.append(ref)
+                return
+            observed[ref] = await self._registry.observe(ref, expected=expected)
+
+        await drain(feed(), check, workers=self._max_in_flight)
+        trusted.sort(key=lambda record: (record.image, record.tag))
+        targets = [_Target(t.ref, t, settings.get(t.image)) for t in trusted]
+        targets += [_Target(ref, None, settings.get(ref.image)) for ref in untracked]
+        results = [self._judge(target, observed[target.ref]) for target in targets if target.ref in observed]
+        return targets, results, unreached, unlisted
+
+    async def _snapshot_pages(self) -> AsyncIterator[tuple[list[TrustedImage], list[WatchSettings]]]:
+        """The trust store's snapshot pages, each read in a thread so the checks go on meanwhile."""
+        pages = self._trust.snapshot_pages()
+        try:
+            while (page := await asyncio.to_thread(next, pages, None)) is not None:
+                yield page
+        finally:
+            close = getattr(pages, "close", None)  # a generator: end its Scan threads now, not at collection
+            if close is not None:
+                with contextlib.suppress(ValueError):  # still running in its thread (cancelled): left to finish
+                    close()
 
     def _judge(self, target: _Target, observation: Observation) -> TagResult:
         if target.trusted is None:

@@ -15,7 +15,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Final, Literal
@@ -230,6 +230,9 @@ class FileTrustStore:
             sorted(document.trusted, key=lambda record: (record.image, record.tag)),
             sorted(document.watch, key=lambda settings: settings.image),
         )
+
+    def snapshot_pages(self) -> Iterator[tuple[list[TrustedImage], list[WatchSettings]]]:
+        yield self.load_snapshot()  # one file, one page
 
     def get_watch_settings(self, image: str) -> WatchSettings | None:
         return next((settings for settings in self._load().watch if settings.image == image), None)

@@ -23,6 +23,7 @@ from audit.drift import check_verdict, platform_absent
 from audit.errors import UsageError
 from audit.models import Digest, ImageRef, Observation, Verdict
 from audit.platforms import Platform, select_platform
+from audit.workers import drain
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -94,12 +95,18 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 async def _observe_all(options: RegistryOptions, refs: list[ImageRef], platforms: bool) -> list[Observation]:
+    """Every reference observed by a fixed set of workers (the client adapts requests in flight below it)."""
+    observations: list[Observation | None] = [None] * len(refs)
+
     async with bootstrap.registry_client(options) as client:
-        return list(
-            await asyncio.gather(
-                *(client.observe(ref, expected=ref.digest if ref.tag else None, platforms=platforms) for ref in refs)
-            )
-        )
+
+        async def observe(index: int) -> None:
+            ref = refs[index]
+            expected = ref.digest if ref.tag else None
+            observations[index] = await client.observe(ref, expected=expected, platforms=platforms)
+
+        await drain(range(len(refs)), observe, workers=bootstrap.check_workers(client.settings))
+    return [observation for observation in observations if observation is not None]
 
 
 def _parse_platform(text: str | None) -> Platform | None:

@@ -73,7 +73,15 @@ def run_audit(args: argparse.Namespace) -> int:
 
     async def audit() -> RunReport:
         async with bootstrap.registry_client(config.registry) as client:
-            service = AuditService(trust, state, client, alerts, alert_policy=policy, reverify_delay=delay)
+            service = AuditService(
+                trust,
+                state,
+                client,
+                alerts,
+                alert_policy=policy,
+                reverify_delay=delay,
+                max_in_flight=bootstrap.check_workers(client.settings),
+            )
             return await service.run(options)
 
     report = asyncio.run(audit())

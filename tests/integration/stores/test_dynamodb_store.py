@@ -142,6 +142,28 @@ def test_scans_and_queries_follow_every_page(client: DynamoDBClient, tables: Tab
     assert len(queries) >= 3 + 7
 
 
+def test_snapshot_is_read_by_parallel_scan_segments_page_by_page(client: DynamoDBClient, tables: TableNames) -> None:
+    store = DynamoTrustStore(tables.trust, client, page_size=3, scan_segments=4)
+    recorded = {trusted(f"1.{index}", "abcdef0123"[index]) for index in range(10)}
+    for item in recorded:
+        store.record(item)
+    store.put_watch_settings(moving_watch())
+    scans = Calls(client, "Scan")
+    pages = list(store.snapshot_pages())
+    records = [record for page_records, _ in pages for record in page_records]
+    assert sorted(records, key=lambda r: r.tag) == sorted(recorded, key=lambda r: r.tag)  # each exactly once
+    assert [settings for _, page_settings in pages for settings in page_settings] == [moving_watch()]
+    assert len(pages) == len(scans) >= 4  # one page per Scan call: handed on as it arrives
+    assert {(params["Segment"], params["TotalSegments"]) for params in scans.params} == {(n, 4) for n in range(4)}
+    assert store.load_snapshot() == (sorted(recorded, key=lambda r: (r.image, r.tag)), [moving_watch()])
+
+
+def test_a_failing_segment_fails_the_snapshot_with_a_store_error(client: DynamoDBClient) -> None:
+    store = DynamoTrustStore("no-such-table", client, scan_segments=3)
+    with pytest.raises(StoreError):
+        list(store.snapshot_pages())
+
+
 def test_state_load_all_follows_every_page(client: DynamoDBClient, tables: TableNames) -> None:
     store = DynamoStateStore(tables.state, client, page_size=4)
     states = [state(f"1.{index}") for index in range(30)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from email.utils import formatdate
 
@@ -112,3 +113,35 @@ def _wrong_version() -> ssl.SSLError:
 )
 def test_classify_transport_error(exc: Exception, reason: str, retry: bool) -> None:
     assert classify_transport_error(exc) == (reason, retry)
+
+
+class ClientConnectorError(OSError):
+    """Shaped like aiohttp's: the OSError it wraps in `os_error`; httpx-aiohttp raises ConnectTimeout from it."""
+
+    __module__ = "aiohttp.client_exceptions"
+
+    def __init__(self, wrapped: OSError) -> None:
+        super().__init__(str(wrapped))
+        self.os_error = wrapped
+
+
+class ServerDisconnectedError(Exception):
+    __module__ = "aiohttp.client_exceptions"
+
+
+class ServerTimeoutError(TimeoutError):
+    __module__ = "aiohttp.client_exceptions"
+
+
+@pytest.mark.parametrize(
+    ("cause", "reason"),
+    [
+        (ClientConnectorError(ConnectionRefusedError(111, "refused")), "connection refused"),
+        (ClientConnectorError(socket.gaierror(-2, "Name or service not known")), "dns lookup failed"),
+        (ClientConnectorError(OSError(113, "no route to host")), "connection failed"),
+        (ServerDisconnectedError("Server disconnected"), "connection reset"),
+        (ServerTimeoutError("Timeout on reading data from socket"), "timeout"),
+    ],
+)
+def test_aiohttp_errors_are_judged_by_what_aiohttp_raised(cause: Exception, reason: str) -> None:
+    assert classify_transport_error(_chained(httpx.ConnectTimeout(str(cause)), cause)) == (reason, True)

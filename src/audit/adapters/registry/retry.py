@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,10 +67,19 @@ def classify_transport_error(exc: Exception) -> tuple[str, bool]:
     text = " ".join(str(link) for link in chain)
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return "tls: certificate verify failed", False
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return "timeout", True
     if any(isinstance(link, ConnectionRefusedError) for link in chain):
         return "connection refused", True
+    if any(isinstance(link, socket.gaierror) for link in chain):
+        return "dns lookup failed", True
+    if any(type(link).__module__.startswith("aiohttp") for link in chain):
+        # httpx-aiohttp maps every aiohttp connection error to ConnectTimeout: judge by what aiohttp raised
+        if any(isinstance(link, TimeoutError) for link in chain):  # aiohttp's timeouts are TimeoutErrors
+            return "timeout", True
+        if any(type(link).__name__.startswith("ClientConnector") for link in chain):
+            return "connection failed", True
+        return "connection reset", True
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return "timeout", True
     if isinstance(exc, httpx.ConnectError):
         if "name or service not known" in text.lower() or "nodename nor servname" in text.lower():
             return "dns lookup failed", True
