@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 
 from audit.drift import platform_changes
 from audit.models import Digest, Finding, ImageRef, Notice, Verdict
-from audit.reference import DOCKER_HUB_API_HOST, familiar_name
+from audit.reference import DOCKER_HUB_API_HOST, familiar_name, is_valid_image, is_valid_tag
+from audit.untrusted import printable, shell_word
 
 #: SNS takes 256 KiB per message and per PublishBatch call; stay well under, attributes and subject included.
 MAX_MESSAGE_BYTES = 240_000
@@ -36,6 +37,8 @@ _CHAT_DESCRIPTION_CHARS = 3000
 _CHAT_MAX_FINDINGS = 10
 _PRINTABLE = frozenset(string.printable) - frozenset("\t\n\r\x0b\x0c")
 _RULE = "-" * 72
+#: One line of an e-mail, a chat post or the default text: untrusted parts are escaped and bounded to this.
+_LINE_CHARS = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +214,8 @@ def subject_for(
 
 
 def _ascii(text: str) -> str:
-    return "".join(ch if ch in _PRINTABLE else "?" for ch in text)
+    """Controls escaped visibly (`\\x1b`), anything else outside printable ASCII as `?`: SNS subjects are ASCII."""
+    return "".join(ch if ch in _PRINTABLE else "?" for ch in printable(text))
 
 
 def _fit_subject(head: str, name: str, tail: str) -> str:
@@ -273,6 +277,13 @@ def machine_payload(run_id: str, findings: Sequence[Finding]) -> dict[str, objec
 # --------------------------------------------------------------------------------------------------- people
 
 
+def _commands_allowed(finding: Finding) -> bool:
+    """Commands are built only for names inside the grammar; anything else is shown, escaped, but never run."""
+    if not is_valid_image(finding.registry, finding.repository):
+        return False
+    return finding.tag is None or is_valid_tag(finding.tag)
+
+
 def _pull_name(finding: Finding) -> str:
     """`image:tag` as crane and docker accept it."""
     return ImageRef(registry=finding.registry, repository=finding.repository, tag=finding.tag).familiar
@@ -290,16 +301,22 @@ def _image_at(finding: Finding, digest: Digest) -> str:
 
 
 def confirm_commands(finding: Finding) -> list[str]:
-    """Commands a person can run to see the live digest without trusting this tool."""
-    name = _pull_name(finding)
+    """Commands a person can run to see the live digest without trusting this tool.
+
+    Every interpolated value is one quoted shell word (`shell_word`), and only names inside the grammar get
+    commands at all: what a registry lists is pasted into a responder's shell.
+    """
+    if not _commands_allowed(finding):
+        return []
+    name = shell_word(_pull_name(finding))
     commands = [
         f"crane digest {name}",
         f"docker buildx imagetools inspect {name}",
-        f"skopeo inspect --raw docker://{_skopeo_name(finding)} | sha256sum",
+        f"skopeo inspect --raw {shell_word('docker://' + _skopeo_name(finding))} | sha256sum",
     ]
     changes = platform_changes(finding.trusted_platforms, finding.platforms)
     if changes is not None:
-        commands.extend(f"crane digest --platform {p} {name}" for p in changes.changed[:3])
+        commands.extend(f"crane digest --platform {shell_word(p)} {name}" for p in changes.changed[:3])
     return commands
 
 
@@ -316,23 +333,25 @@ def _platform_line(finding: Finding) -> str | None:
 
 def _fix_commands(finding: Finding) -> list[str]:
     """Concrete commands to restore or to accept what the registry serves, for the verdicts that have them."""
-    if finding.tag is None or finding.notice is Notice.RESOLVED:
+    if finding.tag is None or finding.notice is Notice.RESOLVED or not _commands_allowed(finding):
         return []
     commands: list[str] = []
+    tag = shell_word(finding.tag)
     if finding.trusted_digest is not None and finding.status in (Verdict.DRIFT, Verdict.MISSING):
-        commands.append(f"restore:  crane tag {_image_at(finding, finding.trusted_digest)} {finding.tag}")
+        commands.append(f"restore:  crane tag {shell_word(_image_at(finding, finding.trusted_digest))} {tag}")
     if finding.live_digest is not None and finding.status is Verdict.DRIFT:
         commands.append(
-            f"accept:   digest-audit record {_pull_name(finding)}@{finding.live_digest} "
+            f"accept:   digest-audit record {shell_word(f'{_pull_name(finding)}@{finding.live_digest}')} "
             '--replace --reason "WHY" --source "CI RUN URL"'
         )
     if finding.live_digest is not None and finding.status is Verdict.UNTRACKED:
         commands.append(
-            f'record:   digest-audit record {_pull_name(finding)}@{finding.live_digest} --source "CI RUN URL"'
+            f"record:   digest-audit record {shell_word(f'{_pull_name(finding)}@{finding.live_digest}')} "
+            '--source "CI RUN URL"'
         )
         commands.append(
-            f"ignore:   digest-audit watch {familiar_name(finding.registry, finding.repository)} "
-            f"--ignore '{finding.tag}'"
+            f"ignore:   digest-audit watch {shell_word(familiar_name(finding.registry, finding.repository))} "
+            f"--ignore {shell_word(finding.tag)}"
         )
     return commands
 
@@ -392,7 +411,7 @@ def _default_text(subject: str, run_id: str, findings: Sequence[Finding]) -> str
         line += f"; live {live}; trusted {trusted}"
         if finding.reason:
             line += f"; {finding.reason}"
-        lines.append(line)
+        lines.append(printable(line, max_chars=_LINE_CHARS))
     lines.append(f"run {run_id}")
     return "\n".join(lines)
 
@@ -402,7 +421,8 @@ def _email_text(group: _Group, subject: str, findings: Sequence[Finding], *, par
     counts = f"Run {group.run_id}: {len(findings)} finding(s) of {group.total_tags} audited tag(s)"
     lines.append(counts + (f", part {part} of {parts}" if parts > 1 else "") + ".")
     for number, finding in enumerate(findings, start=1):
-        lines.extend(["", _RULE, f"[{number}] {finding.reference} ({finding.notice.value})", ""])
+        heading = printable(f"[{number}] {finding.reference} ({finding.notice.value})", max_chars=_LINE_CHARS)
+        lines.extend(["", _RULE, heading, ""])
         lines.extend(_email_finding(finding))
     lines.extend(["", _RULE, "What to do next:"])
     lines.extend(f"  {n}. {step}" for n, step in enumerate(NEXT_STEPS.get(group.verdict, ()), start=1))
@@ -412,7 +432,8 @@ def _email_text(group: _Group, subject: str, findings: Sequence[Finding], *, par
 
 def _email_finding(finding: Finding) -> list[str]:
     def row(label: str, value: object) -> str:
-        return f"  {label + ':':<17}{value}"
+        # Every value may carry what a registry or a recorder said: one visible line, controls escaped.
+        return f"  {label + ':':<17}{printable(str(value), max_chars=_LINE_CHARS)}"
 
     lines = [
         row("Image", f"{finding.registry}/{finding.repository}"),
@@ -433,8 +454,12 @@ def _email_finding(finding: Finding) -> list[str]:
     if platforms is not None:
         lines.append(row("Platforms", platforms))
     if finding.notice is not Notice.RESOLVED:
-        lines.append("  Confirm by hand:")
-        lines.extend(f"    {command}" for command in confirm_commands(finding))
+        confirm = confirm_commands(finding)
+        if confirm:
+            lines.append("  Confirm by hand:")
+            lines.extend(f"    {command}" for command in confirm)
+        else:
+            lines.append("  No commands: the name is outside the image name grammar, so it is not safe to paste.")
         fixes = _fix_commands(finding)
         if fixes:
             lines.append("  Then, depending on what you find:")
@@ -478,8 +503,9 @@ def _chat_notification(group: _Group, subject: str, findings: Sequence[Finding],
 
 def _chat_steps(verdict: str, findings: Sequence[Finding]) -> list[str]:
     steps = list(NEXT_STEPS.get(verdict, ()))
-    if len(findings) == 1 and verdict != "resolved":
-        steps.insert(0, f"Confirm by hand: `{confirm_commands(findings[0])[0]}`")
+    commands = confirm_commands(findings[0]) if len(findings) == 1 and verdict != "resolved" else []
+    if commands:
+        steps.insert(0, f"Confirm by hand: `{commands[0]}`")
     return steps
 
 
@@ -492,4 +518,4 @@ def _chat_line(finding: Finding) -> str:
     text = " - ".join(parts)
     if finding.reason:
         text += f": {finding.reason}"
-    return f"• {text}"
+    return f"• {printable(text, max_chars=_LINE_CHARS)}"

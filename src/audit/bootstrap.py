@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -43,6 +44,21 @@ if TYPE_CHECKING:
     from audit.adapters.sns_alerts import SnsAlerts
     from audit.ports import StateStore, TrustStore
     from audit.service import RunOptions, RunReport
+
+
+#: The AWS SDK and its HTTP library print request headers (SigV4 signatures, session tokens) and response bodies
+#: (a Secrets Manager `SecretString` with registry passwords) at DEBUG. Their loggers are pinned to WARNING, so
+#: no root level (LOG_LEVEL, Lambda's ApplicationLogLevel=DEBUG, `-vv`) can make them print a secret.
+SDK_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer")
+
+
+def pin_sdk_loggers() -> None:
+    for name in SDK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# Every entry point (the Lambda handler, every CLI command that reaches AWS) imports this module before boto3.
+pin_sdk_loggers()
 
 
 def registry_settings(options: RegistryOptions) -> RegistrySettings:
@@ -195,7 +211,8 @@ class LambdaApp:
             self.alerts,
             alert_policy=self.policy,
             reverify_delay=self.config.reverify_delay,
-            should_start=should_start,
+            should_start=should_start,  # also ends tag listing: no further page once time is short
+            max_tags_per_repository=self.config.max_tags_per_repository,
             max_in_flight=check_workers(self.registry.settings),
         )
         return self.loop.run_until_complete(service.run(options))
@@ -237,6 +254,7 @@ def read_secret(secret_id: str) -> str:
     """The registry credentials JSON, cached by Powertools for five minutes."""
     from aws_lambda_powertools.utilities import parameters  # noqa: PLC0415 - deferred, see above
 
+    pin_sdk_loggers()  # again, in case something reconfigured logging since import (idempotent, cheap)
     try:
         value = parameters.get_secret(secret_id, max_age=300)
     except Exception as exc:  # Powertools wraps botocore errors in its own types

@@ -21,6 +21,12 @@ ENV_UNVERIFIABLE_AFTER = "DIGEST_AUDIT_UNVERIFIABLE_AFTER"
 ENV_INSECURE_REGISTRIES = "DIGEST_AUDIT_INSECURE_REGISTRIES"
 ENV_CONCURRENCY = "DIGEST_AUDIT_CONCURRENCY"
 ENV_TIMEOUT = "DIGEST_AUDIT_TIMEOUT"
+ENV_MAX_TAGS = "DIGEST_AUDIT_MAX_TAGS_PER_REPOSITORY"
+
+#: Tag names read per repository with --track-new-tags. Ten pages of 1,000; every listed tag nobody recorded
+#: costs one HEAD per run, so 10,000 stays within a few minutes and a few MB even on a slow registry, while a
+#: registry listing millions of names cannot exhaust the Lambda's memory or time.
+DEFAULT_MAX_TAGS_PER_REPOSITORY = 10_000
 
 #: Every variable the code reads (besides AWS_* and POWERTOOLS_* which their libraries read), for docs and tests.
 ALL_VARIABLES = (
@@ -35,6 +41,7 @@ ALL_VARIABLES = (
     ENV_INSECURE_REGISTRIES,
     ENV_CONCURRENCY,
     ENV_TIMEOUT,
+    ENV_MAX_TAGS,
 )
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -83,6 +90,7 @@ class AuditConfig:
     reverify_delay: float = 5.0
     reminder_interval: timedelta = timedelta(hours=24)
     unverifiable_after: int = 3
+    max_tags_per_repository: int = DEFAULT_MAX_TAGS_PER_REPOSITORY
     registry: RegistryOptions = field(default_factory=RegistryOptions)
 
 
@@ -178,5 +186,6 @@ def audit_config(env: Environment, registry: RegistryOptions) -> AuditConfig:
         reverify_delay=env.number(ENV_REVERIFY_DELAY, 5.0),
         reminder_interval=timedelta(seconds=env.number(ENV_REMINDER_INTERVAL, 86400.0, minimum=1.0)),
         unverifiable_after=env.integer(ENV_UNVERIFIABLE_AFTER, 3, minimum=1),
+        max_tags_per_repository=env.integer(ENV_MAX_TAGS, DEFAULT_MAX_TAGS_PER_REPOSITORY, minimum=1),
         registry=registry,
     )

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from audit.errors import InvalidDigestError, InvalidReferenceError
-from audit.reference import familiar_name, parse_digest, parse_reference
+from audit.reference import familiar_name, is_valid_image, is_valid_tag, parse_digest, parse_reference
+from audit.untrusted import has_unsafe_characters, printable
 
 
 class Frozen(BaseModel):
@@ -197,8 +199,18 @@ class TrustedImage(Frozen):
         return ImageRef(registry=self.registry, repository=self.repository, tag=self.tag)
 
 
+#: Bounds of one repository's watch settings: they come from files, imports and hand-written table items.
+MAX_IGNORE_PATTERNS = 100
+MAX_PATTERN_LENGTH = 256
+MAX_MOVING_TAGS = 1000
+
+
 class WatchSettings(Frozen):
-    """Per-repository settings: report unrecorded tags, tags to ignore, tags allowed to move."""
+    """Per-repository settings: report unrecorded tags, tags to ignore, tags allowed to move.
+
+    Validated wherever they are built (CLI, import, files, table items): the name is a normalised image name,
+    moving tags follow the tag grammar, ignore patterns are bounded and free of control characters.
+    """
 
     registry: str
     repository: str
@@ -206,9 +218,62 @@ class WatchSettings(Frozen):
     ignore: tuple[str, ...] = ()
     moving: dict[str, MovingMode] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _validate(self) -> Self:
+        if not is_valid_image(self.registry, self.repository):
+            shown = printable(f"{self.registry}/{self.repository}", max_chars=300)
+            raise ValueError(
+                f"invalid image '{shown}': registry must be a host[:port] and repository a lowercase path, "
+                "as `digest-audit watch` stores them (e.g. registry ghcr.io, repository org/app)"
+            )
+        if len(self.ignore) > MAX_IGNORE_PATTERNS:
+            raise ValueError(f"at most {MAX_IGNORE_PATTERNS} ignore patterns, not {len(self.ignore)}")
+        for pattern in self.ignore:
+            if not pattern or len(pattern) > MAX_PATTERN_LENGTH or has_unsafe_characters(pattern):
+                raise ValueError(
+                    f"invalid ignore pattern '{printable(pattern, max_chars=80)}': "
+                    f"1-{MAX_PATTERN_LENGTH} characters without control characters"
+                )
+        if len(self.moving) > MAX_MOVING_TAGS:
+            raise ValueError(f"at most {MAX_MOVING_TAGS} moving tags, not {len(self.moving)}")
+        for tag in self.moving:
+            if not is_valid_tag(tag):
+                raise ValueError(f"invalid moving tag '{printable(tag, max_chars=160)}': not a valid tag name")
+        return self
+
     @property
     def image(self) -> str:
         return f"{self.registry}/{self.repository}"
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedTag:
+    """A name a registry listed that is outside the tag grammar: never queried, only reported."""
+
+    key: str  # `reference.tag_key` of the raw name: bounded, never a valid tag
+    name: str  # the raw name, cut to a bounded length: data, to be escaped by every output (`printable`)
+
+
+@dataclass(frozen=True, slots=True)
+class TagListing:
+    """What one repository's tag list said, read page by page within the bounds the caller set."""
+
+    tags: tuple[str, ...]  # names that follow the grammar, unique, in the registry's order
+    rejected: tuple[RejectedTag, ...] = ()  # names outside the grammar (the first few, see `rejected_count`)
+    rejected_count: int = 0
+    stopped: str | None = None  # why listing ended before the last page ("cap", "time"); None: complete
+
+    @property
+    def complete(self) -> bool:
+        return self.stopped is None
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedWatch:
+    """Stored watch settings that failed validation: reported, never used."""
+
+    image: str  # printable, bounded
+    problem: str
 
 
 class RecordOutcome(StrEnum):
@@ -279,3 +344,11 @@ class Finding(Frozen):
     def alert_verdict(self) -> str:
         """The verdict a message is grouped and filtered by: resolved notices travel as `resolved`."""
         return "resolved" if self.notice is Notice.RESOLVED else self.status.value
+
+
+class TrustSnapshot(NamedTuple):
+    """Everything the audit reads from the trust store at the start of a run."""
+
+    trusted: list[TrustedImage]
+    watch: list[WatchSettings]
+    rejected_watch: list[RejectedWatch] = []  # noqa: RUF012 - a NamedTuple default, never mutated

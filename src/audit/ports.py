@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from audit.models import (
@@ -11,8 +11,10 @@ from audit.models import (
     ImageRef,
     Observation,
     RecordOutcome,
+    TagListing,
     TagState,
     TrustedImage,
+    TrustSnapshot,
     WatchSettings,
 )
 
@@ -44,11 +46,15 @@ class TrustStore(Protocol):
 
     def load_watch_settings(self) -> list[WatchSettings]: ...
 
-    def load_snapshot(self) -> tuple[list[TrustedImage], list[WatchSettings]]:
-        """`load_all()` and `load_watch_settings()` together, in one read of the store where it can."""
+    def load_snapshot(self) -> TrustSnapshot:
+        """`load_all()` and `load_watch_settings()` together, in one read of the store where it can.
+
+        Stored watch settings that fail validation (an item written by hand) are returned as rejected, so one
+        bad entry is reported instead of ending the audit of everything else.
+        """
         ...
 
-    def snapshot_pages(self) -> Iterator[tuple[list[TrustedImage], list[WatchSettings]]]:
+    def snapshot_pages(self) -> Iterator[TrustSnapshot]:
         """`load_snapshot()` a page at a time as the store reads it (unsorted), so checks start at the first page."""
         ...
 
@@ -74,7 +80,16 @@ class Registry(Protocol):
         self, ref: ImageRef, *, expected: Digest | None = None, platforms: bool = False
     ) -> Observation: ...
 
-    async def list_tags(self, registry: str, repository: str) -> list[str]: ...
+    async def list_tags(
+        self,
+        registry: str,
+        repository: str,
+        *,
+        max_tags: int,
+        should_continue: Callable[[], bool] | None = None,
+    ) -> TagListing:
+        """At most `max_tags` names, no further page once `should_continue()` is false; invalid names set aside."""
+        ...
 
 
 class Alerts(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -21,6 +22,11 @@ _HOST_RE = re.compile(
 _DIGEST_LENGTHS = {"sha256": 64, "sha512": 128}
 _HEX_RE = re.compile(r"^[0-9a-f]+$")
 MAX_NAME_LENGTH = 255
+MAX_TAG_LENGTH = 128
+#: Keys of names outside the grammar (and of per-repository pseudo entries) start with this character, which no
+#: valid tag can start with, so they never collide with a real tag and never pass `is_valid_tag`.
+PSEUDO_TAG_PREFIX = "#"
+_PSEUDO_TAG_RE = re.compile(r"#[a-z0-9-]{1,127}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +50,43 @@ def parse_digest(text: str) -> tuple[str, str]:
             f"invalid digest {text!r}: {algorithm} needs exactly {expected} lowercase hex characters"
         )
     return algorithm, hex_part
+
+
+def is_valid_tag(tag: str) -> bool:
+    """Whether `tag` follows the grammar `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}` (so it is URL- and shell-safe)."""
+    return _TAG_RE.fullmatch(tag) is not None
+
+
+def is_valid_repository(repository: str) -> bool:
+    """Whether `repository` is a normalised path of lowercase components (`org/app`), within MAX_NAME_LENGTH."""
+    return len(repository) <= MAX_NAME_LENGTH and _PATH_RE.fullmatch(repository) is not None
+
+
+def is_valid_image(registry: str, repository: str) -> bool:
+    """Whether `registry/repository` is a stored image name exactly as `parse_reference` normalises it."""
+    try:
+        parsed = parse_reference(f"{registry}/{repository}")
+    except InvalidReferenceError:
+        return False
+    return (parsed.registry, parsed.repository, parsed.tag) == (registry, repository, DEFAULT_TAG)
+
+
+def tag_key(tag: str) -> str:
+    """A bounded, grammar-disjoint key for a tag: the tag itself when valid, a key made here as is, else a hash.
+
+    Used wherever a tag becomes a key (state table, state file): a name a registry made up can be 70,000
+    characters of anything, and must neither break a key limit nor be mistaken for a real tag. Idempotent.
+    """
+    if is_valid_tag(tag) or _PSEUDO_TAG_RE.fullmatch(tag):
+        return tag
+    return rejected_tag_key(tag)
+
+
+def rejected_tag_key(name: str) -> str:
+    """The key of a name a registry listed outside the grammar: always a hash, so that a listed name that merely
+    looks like one of our keys (`#tag-list-cap`) cannot take that key over."""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{PSEUDO_TAG_PREFIX}invalid-tag-{digest[:32]}"
 
 
 def _looks_like_host(component: str) -> bool:

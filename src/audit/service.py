@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from audit import drift
+from audit.config import DEFAULT_MAX_TAGS_PER_REPOSITORY, ENV_MAX_TAGS
 from audit.errors import RegistryError
 from audit.models import (
     Digest,
@@ -25,13 +26,17 @@ from audit.models import (
     ImageRef,
     LiveStatus,
     Observation,
+    TagListing,
     TagState,
     TrustedImage,
+    TrustSnapshot,
     Verdict,
     WatchSettings,
     utcnow,
 )
 from audit.ports import Alerts, Registry, StateStore, TrustStore
+from audit.reference import PSEUDO_TAG_PREFIX
+from audit.untrusted import printable
 from audit.workers import drain
 
 log = logging.getLogger(__name__)
@@ -87,11 +92,16 @@ class RunReport:
         return 0
 
 
+#: The state key of "this repository's tag list was cut at the cap" (never a valid tag, see reference.tag_key).
+TAG_LIST_CAP_KEY = f"{PSEUDO_TAG_PREFIX}tag-list-cap"
+
+
 @dataclass(frozen=True)
 class _Target:
     ref: ImageRef
     trusted: TrustedImage | None
     settings: WatchSettings | None
+    preset: tuple[Verdict, str] | None = None  # decided without asking the registry (a name it must not be asked)
 
 
 class AuditService:
@@ -110,6 +120,7 @@ class AuditService:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         should_start: Callable[[], bool] = lambda: True,
         max_in_flight: int = 64,
+        max_tags_per_repository: int = DEFAULT_MAX_TAGS_PER_REPOSITORY,
     ) -> None:
         self._trust = trust
         self._state = state
@@ -123,6 +134,7 @@ class AuditService:
         # A fixed set of workers (memory stays flat at any size) that admits each check through the
         # remaining-time guard; the registry client bounds and adapts requests per host on its own.
         self._max_in_flight = max_in_flight
+        self._max_tags = max_tags_per_repository
         self._ever_trusted: dict[str, frozenset[Digest]] = {}
 
     async def run(self, options: RunOptions | None = None) -> RunReport:
@@ -169,50 +181,103 @@ class AuditService:
         trusted: list[TrustedImage] = []
         settings: dict[str, WatchSettings] = {}
         observed: dict[ImageRef, Observation] = {}
-        untracked: list[ImageRef] = []
+        listed: list[_Target] = []
         unreached: list[ImageRef] = []
         unlisted: dict[str, str] = {}
 
         async def feed() -> AsyncIterator[tuple[ImageRef, Digest | None]]:
-            async for records, watch in self._snapshot_pages():
-                settings.update((entry.image, entry) for entry in watch if _selected(entry.image, options))
-                for record in records:
+            async for page in self._snapshot_pages():
+                settings.update((entry.image, entry) for entry in page.watch if _selected(entry.image, options))
+                for rejected in page.rejected_watch:
+                    if _selected(rejected.image, options):
+                        log.warning("ignoring invalid watch settings of %s: %s", rejected.image, rejected.problem)
+                        unlisted[rejected.image] = f"invalid watch settings, not used: {rejected.problem}"
+                for record in page.trusted:
                     if _selected(record.image, options):
                         trusted.append(record)
                         yield record.ref, record.digest
             tracked_tags: dict[str, set[str]] = defaultdict(set)
             for record in trusted:
                 tracked_tags[record.image].add(record.tag)
-            for image, watch_settings in sorted(settings.items()):
-                if not watch_settings.track_new_tags:
+            for image, watch in sorted(settings.items()):
+                if not watch.track_new_tags:
                     continue
-                try:
-                    listed = await self._registry.list_tags(watch_settings.registry, watch_settings.repository)
-                except RegistryError as exc:
-                    log.warning("cannot list tags of %s: %s", image, exc.message)
-                    unlisted[image] = exc.message
+                listing = await self._list_tags(watch, unlisted)
+                if listing is None:
                     continue
-                base = ImageRef(registry=watch_settings.registry, repository=watch_settings.repository, tag="latest")
-                for tag in drift.untracked_tags(listed, tracked_tags[image], watch_settings):
-                    ref = base.with_tag(tag)
-                    untracked.append(ref)
-                    yield ref, None
+                for target in self._listed_targets(watch, listing, tracked_tags[image], unlisted):
+                    listed.append(target)
+                    if target.preset is None:
+                        yield target.ref, None
 
         async def check(item: tuple[ImageRef, Digest | None]) -> None:
             ref, expected = item
             if not self._should_start():
                 unreached.append(ref)
                 return
-            observed[ref] = await self._registry.observe(ref, expected=expected)
+            observed[ref] = await self._observe(ref, expected=expected)
 
         await drain(feed(), check, workers=self._max_in_flight)
         trusted.sort(key=lambda record: (record.image, record.tag))
-        targets = [_Target(t.ref, t, settings.get(t.image)) for t in trusted]
-        targets += [_Target(ref, None, settings.get(ref.image)) for ref in untracked]
-        results = [self._judge(target, observed[target.ref]) for target in targets if target.ref in observed]
+        targets = [_Target(t.ref, t, settings.get(t.image)) for t in trusted] + listed
+        results: list[TagResult] = []
+        for target in targets:
+            if target.preset is not None:
+                verdict, reason = target.preset
+                observation = Observation(ref=target.ref, status=LiveStatus.UNVERIFIABLE, reason=reason)
+                results.append(TagResult(target.ref, None, observation, verdict, reason))
+            elif target.ref in observed:
+                results.append(self._judge(target, observed[target.ref]))
         return targets, results, unreached, unlisted
 
-    async def _snapshot_pages(self) -> AsyncIterator[tuple[list[TrustedImage], list[WatchSettings]]]:
+    async def _list_tags(self, watch: WatchSettings, unlisted: dict[str, str]) -> TagListing | None:
+        """One repository's tag list; any failure is that repository's problem only (reported, not raised)."""
+        try:
+            return await self._registry.list_tags(
+                watch.registry, watch.repository, max_tags=self._max_tags, should_continue=self._should_start
+            )
+        except RegistryError as exc:
+            log.warning("cannot list tags of %s: %s", watch.image, exc.message)
+            unlisted[watch.image] = exc.message
+        except Exception as exc:  # a per-repository boundary: one surprise must not end the audit
+            # The type only: an exception's text may quote what the registry sent.
+            log.error("unexpected %s while listing tags of %s", type(exc).__name__, watch.image)  # noqa: TRY400
+            unlisted[watch.image] = f"internal error while listing tags ({type(exc).__name__})"
+        return None
+
+    def _listed_targets(
+        self, watch: WatchSettings, listing: TagListing, tracked: set[str], unlisted: dict[str, str]
+    ) -> list[_Target]:
+        """Untracked tags to check, plus findings decided from the listing alone (invalid names, the cap)."""
+        base = ImageRef(registry=watch.registry, repository=watch.repository, tag="latest")
+        targets = [
+            _Target(base.with_tag(tag), None, watch) for tag in drift.untracked_tags(listing.tags, tracked, watch)
+        ]
+        # Not subject to ignore patterns: a conforming registry cannot store such a name, so it says the
+        # registry (or someone in front of it) is not what it seems.
+        for rejected in listing.rejected:
+            # The name stays data here; every output escapes it (alerts, reports, logs).
+            reason = f"the registry lists a tag name outside the tag grammar (not queried): {rejected.name}"
+            targets.append(_Target(base.with_tag(rejected.key), None, watch, preset=(Verdict.UNTRACKED, reason)))
+        if listing.rejected_count > len(listing.rejected):
+            log.warning("%s lists %d invalid tag names", watch.image, listing.rejected_count)
+            unlisted[watch.image] = (
+                f"{listing.rejected_count} tag names outside the tag grammar; the first {len(listing.rejected)} "
+                "are reported"
+            )
+        read = len(listing.tags) + listing.rejected_count
+        if listing.stopped == "cap":
+            reason = (
+                f"the tag list has more than {self._max_tags} names; only the first {self._max_tags} were read "
+                f"(raise {ENV_MAX_TAGS}, or ask why the repository has so many tags)"
+            )
+            targets.append(_Target(base.with_tag(TAG_LIST_CAP_KEY), None, watch, preset=(Verdict.UNVERIFIABLE, reason)))
+            unlisted[watch.image] = f"tag list not fully read: the cap of {self._max_tags} names was reached"
+        elif listing.stopped is not None:
+            unlisted[watch.image] = f"tag list not fully read: time ran out after {read} names"
+        return targets
+
+    async def _snapshot_pages(self) -> AsyncIterator[TrustSnapshot]:
         """The trust store's snapshot pages, each read in a thread so the checks go on meanwhile."""
         pages = self._trust.snapshot_pages()
         try:
@@ -223,6 +288,15 @@ class AuditService:
             if close is not None:
                 with contextlib.suppress(ValueError):  # still running in its thread (cancelled): left to finish
                     close()
+
+    async def _observe(self, ref: ImageRef, *, expected: Digest | None, platforms: bool = False) -> Observation:
+        """A per-tag boundary: whatever goes wrong while observing one tag makes that tag unverifiable, no more."""
+        try:
+            return await self._registry.observe(ref, expected=expected, platforms=platforms)
+        except Exception as exc:  # see the docstring; the client itself raises nothing for a tag
+            # The type only: an exception's text may quote what the registry sent.
+            log.error("unexpected %s while checking %s", type(exc).__name__, printable(str(ref)))  # noqa: TRY400
+            return Observation(ref=ref, status=LiveStatus.UNVERIFIABLE, reason=f"internal error ({type(exc).__name__})")
 
     def _judge(self, target: _Target, observation: Observation) -> TagResult:
         if target.trusted is None:
@@ -267,7 +341,7 @@ class AuditService:
             fresh = self._trust.get(result.trusted.image, result.trusted.tag, consistent=True)
             if fresh is None:  # the record was removed meanwhile: nothing to compare with any more
                 return result
-            observation = await self._registry.observe(result.ref, expected=fresh.digest, platforms=True)
+            observation = await self._observe(result.ref, expected=fresh.digest, platforms=True)
             return self._judge(_Target(target.ref, fresh, target.settings), observation)
 
         rechecked = await asyncio.gather(*(again(i) for i in suspects))

@@ -647,3 +647,35 @@ def test_record_resolve_refuses_a_tag_the_registry_does_not_have(
         "  hint: check the name, the tag and the registry credentials\n",
     )
     assert DynamoTrustStore(tables.trust, aws.dynamodb()).load_all() == []
+
+
+# --------------------------------------------------------------------------------------------------- hostile data
+
+
+def test_an_invalid_watch_entry_is_refused_on_import_and_one_warning_at_run_time(
+    cli: CliRunner, registry: LocalRegistry, repo: str, aws: AwsClients, tables: TableNames, tmp_path: Path
+) -> None:
+    release = registry.pusher.push_image(repo, "1.0", "oci")
+    assert cli("record", pinned(registry, release), "--source", SOURCE).code == 0
+    bad = {"registry": "Not A Host!", "repository": "org/app", "track_new_tags": True}
+    document = write_json(tmp_path / "import.json", {"schema_version": 1, "trusted": [], "watch": [bad]})
+
+    refused = cli("trust", "import", document)
+    assert refused.code == 2
+    assert "watch entry 1" in refused.err and "invalid image 'Not A Host!/org/app'" in refused.err
+    assert "Traceback" not in refused.err
+
+    # Written to the table by hand instead: the audit of everything else goes on.
+    aws.dynamodb().put_item(
+        TableName=tables.trust,
+        Item={
+            "image": {"S": "Not A Host!/org/app"},
+            "sk": {"S": "$watch"},
+            **{name: {"S": value} for name, value in bad.items() if isinstance(value, str)},
+            "track_new_tags": {"BOOL": True},
+        },
+    )
+    run = cli("run", "--dry-run")
+    assert run.code == 3  # not a usage error (2): one entry could not be used, every tag was checked
+    assert "checked 1 tag(s): 1 match" in run.err
+    assert "could not list the tags of Not A Host!/org/app: invalid watch settings, not used" in run.err

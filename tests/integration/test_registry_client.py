@@ -604,7 +604,7 @@ async def test_list_tags_returns_every_tag_in_registry_order(
     for tag in expected[1:]:
         registry.pusher.tag(image, tag)
 
-    tags = await plain_client.list_tags(registry.host, repository)
+    tags = list((await plain_client.list_tags(registry.host, repository)).tags)
 
     assert sorted(tags) == expected
     assert tags == registry_tag_list(registry, repository)
@@ -643,7 +643,7 @@ async def test_list_tags_follows_link_pages(
 
     with LoopbackServer(tags_page) as front:
         async with RegistryClient(RegistrySettings(insecure_registries=frozenset({front.host}))) as client:
-            tags = await client.list_tags(front.host, repository)
+            tags = list((await client.list_tags(front.host, repository)).tags)
 
     assert tags == every_tag
     assert len(tags) == 30

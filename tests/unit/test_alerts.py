@@ -163,7 +163,7 @@ def test_drift_email_is_a_report_a_person_can_act_on() -> None:
     [
         (Verdict.MISSING, Notice.NEW, ("deleted on purpose", "lifecycle", "crane tag")),
         (Verdict.UNVERIFIABLE, Notice.NEW, ("credentials", "network", "rate limits", "crane digest")),
-        (Verdict.UNTRACKED, Notice.NEW, ("digest-audit record", "--ignore '1.3.5'", "who pushed")),
+        (Verdict.UNTRACKED, Notice.NEW, ("digest-audit record", "--ignore 1.3.5", "who pushed")),
         (Verdict.MATCH, Notice.RESOLVED, ("No action is needed", "resolved")),
     ],
 )

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from audit.drift import (
     PINNED,
@@ -115,9 +116,9 @@ def test_policy_for_defaults_to_pinned() -> None:
 
 
 def test_policy_for_takes_exact_tags_not_patterns() -> None:
-    settings = WatchSettings(
-        registry=REF.registry, repository=REF.repository, moving={"1.*": MovingMode.LATEST_RECORDED}
-    )
+    with pytest.raises(ValidationError, match="invalid moving tag"):  # a pattern is not a tag name
+        WatchSettings(registry=REF.registry, repository=REF.repository, moving={"1.*": MovingMode.LATEST_RECORDED})
+    settings = WatchSettings(registry=REF.registry, repository=REF.repository, moving={"1": MovingMode.LATEST_RECORDED})
     assert policy_for(settings, "1.3").pinned
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from audit.models import (
     MovingMode,
     Notice,
     Observation,
+    TagListing,
     TrustedImage,
     Verdict,
     WatchSettings,
@@ -53,11 +54,18 @@ class ScriptedRegistry:
             return Observation(ref=ref, status=LiveStatus.MISSING, reason="tag not found")
         return Observation(ref=ref, status=LiveStatus.FOUND, live_digest=live, confirmed_by_content=True)
 
-    async def list_tags(self, registry: str, repository: str) -> list[str]:
+    async def list_tags(
+        self,
+        registry: str,
+        repository: str,
+        *,
+        max_tags: int,
+        should_continue: Callable[[], bool] | None = None,
+    ) -> TagListing:
         image = f"{registry}/{repository}"
         if image not in self.tags:
             raise RegistryError(f"cannot list tags of {image}: http 503")
-        return self.tags[image]
+        return TagListing(tuple(self.tags[image]))
 
 
 class RecordingAlerts:

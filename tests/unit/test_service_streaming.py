@@ -9,7 +9,7 @@ from pathlib import Path
 
 from audit.adapters.file_store import FileStateStore, FileTrustStore
 from audit.drift import AlertPolicy
-from audit.models import Digest, ImageRef, LiveStatus, Observation, TrustedImage, WatchSettings
+from audit.models import Digest, ImageRef, LiveStatus, Observation, TrustedImage, TrustSnapshot, WatchSettings
 from audit.service import AuditService, RunOptions
 from tests.unit.test_service import T0, RecordingAlerts, ScriptedRegistry, digest
 
@@ -30,16 +30,16 @@ def record(repository: str, tag: str, char: str = "a") -> TrustedImage:
 class PagedTrust(FileTrustStore):
     """A trust store whose snapshot comes in pages; the second page waits until a check of the first ran."""
 
-    def __init__(self, path: Path, pages: list[tuple[list[TrustedImage], list[WatchSettings]]]) -> None:
+    def __init__(self, path: Path, pages: list[TrustSnapshot]) -> None:
         super().__init__(path)
         self.pages = pages
-        for records, _ in pages:
-            for item in records:
+        for page in pages:
+            for item in page.trusted:
                 self.record(item)  # for the reads besides the snapshot (history, digests ever recorded)
         self.first_checked = threading.Event()
         self.second_page_waited = False
 
-    def snapshot_pages(self) -> Iterator[tuple[list[TrustedImage], list[WatchSettings]]]:
+    def snapshot_pages(self) -> Iterator[TrustSnapshot]:
         for number, page in enumerate(self.pages):
             if number == 1:
                 # a Scan page that takes a while: the checks of page one must not wait for it
@@ -85,10 +85,10 @@ def service(tmp_path: Path, trust: FileTrustStore, registry: ScriptedRegistry, w
 async def test_checks_start_at_the_first_page_and_settings_from_a_later_page_still_apply(tmp_path: Path) -> None:
     first = [record("org/app", "1.0"), record("org/app", "latest", "b")]
     moving = WatchSettings(registry=REGISTRY, repository="org/app", moving={"latest": "any-trusted"})
-    later = ([record("org/lib", "2.0")], [moving])
-    trust = PagedTrust(tmp_path / "trust.json", [(first, []), later])
+    later = TrustSnapshot([record("org/lib", "2.0")], [moving])
+    trust = PagedTrust(tmp_path / "trust.json", [TrustSnapshot(first, []), later])
     registry = CountingRegistry(trust)
-    for item in (*first, *later[0]):
+    for item in (*first, *later.trusted):
         registry.served[(item.image, item.tag)] = item.digest
     registry.served[(f"{REGISTRY}/org/app", "latest")] = digest("a")  # latest moved to the 1.0 release
 
@@ -104,7 +104,7 @@ async def test_checks_start_at_the_first_page_and_settings_from_a_later_page_sti
 
 async def test_a_fixed_set_of_workers_checks_every_tag(tmp_path: Path) -> None:
     records = [record(f"org/app{n % 7}", f"1.{n}") for n in range(120)]
-    trust = PagedTrust(tmp_path / "trust.json", [(records[:50], []), (records[50:], [])])
+    trust = PagedTrust(tmp_path / "trust.json", [TrustSnapshot(records[:50], []), TrustSnapshot(records[50:], [])])
     trust.first_checked.set()
     registry = CountingRegistry()
     for item in records:
@@ -119,7 +119,7 @@ async def test_a_fixed_set_of_workers_checks_every_tag(tmp_path: Path) -> None:
 
 async def test_the_remaining_time_guard_still_stops_new_checks(tmp_path: Path) -> None:
     records = [record("org/app", f"1.{n}") for n in range(30)]
-    trust = PagedTrust(tmp_path / "trust.json", [(records, [])])
+    trust = PagedTrust(tmp_path / "trust.json", [TrustSnapshot(records, [])])
     registry = CountingRegistry()
     started = [0]
 

@@ -102,6 +102,7 @@ EXPECTED_ENVIRONMENT = (
     "DIGEST_AUDIT_INSECURE_REGISTRIES",
     "DIGEST_AUDIT_CONCURRENCY",
     "DIGEST_AUDIT_TIMEOUT",
+    "DIGEST_AUDIT_MAX_TAGS_PER_REPOSITORY",
     "POWERTOOLS_SERVICE_NAME",
     "POWERTOOLS_METRICS_NAMESPACE",
     "LOG_LEVEL",
@@ -320,6 +321,7 @@ def test_environment_has_every_variable_the_code_reads(template: dict[str, Any])
         ("DIGEST_AUDIT_INSECURE_REGISTRIES", "InsecureRegistries", ""),
         ("DIGEST_AUDIT_CONCURRENCY", "RegistryConcurrency", 64),
         ("DIGEST_AUDIT_TIMEOUT", "RegistryTimeoutSeconds", 10),
+        ("DIGEST_AUDIT_MAX_TAGS_PER_REPOSITORY", "MaxTagsPerRepository", 10000),
     ],
 )
 def test_tunables_come_from_parameters_with_the_code_defaults(

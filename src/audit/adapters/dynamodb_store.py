@@ -25,6 +25,7 @@ Every botocore failure becomes a StoreError naming the table, the operation and 
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
 import time
@@ -45,8 +46,19 @@ from pydantic import ValidationError
 
 from audit.adapters.file_store import check_record_request, concurrent_change_error, trust_conflict_error
 from audit.config import ENV_STATE_TABLE, ENV_TRUST_TABLE
-from audit.errors import AuditError, StoreError
-from audit.models import Digest, RecordOutcome, TagState, TrustedImage, WatchSettings, utcnow
+from audit.errors import AuditError, InvalidReferenceError, StoreError
+from audit.models import (
+    Digest,
+    RecordOutcome,
+    RejectedWatch,
+    TagState,
+    TrustedImage,
+    TrustSnapshot,
+    WatchSettings,
+    utcnow,
+)
+from audit.reference import MAX_TAG_LENGTH, is_valid_tag, tag_key
+from audit.untrusted import printable
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -67,6 +79,9 @@ STATE_SORT_KEY = "tag"
 CURRENT_PREFIX = "tag#"
 HISTORY_PREFIX = "history#"
 WATCH_SORT_KEY = "$watch"
+
+#: Partition keys longer than this are hashed (DynamoDB allows 2,048 bytes; valid image names are ≤ 255 chars).
+MAX_STATE_IMAGE_BYTES = 1024
 
 #: BatchWriteItem accepts at most 25 requests.
 BATCH_LIMIT = 25
@@ -253,12 +268,23 @@ def _malformed(exc: _MalformedItemError, item: Mapping[str, AttributeValueTypeDe
 # --- trust items -------------------------------------------------------------------------------------------
 
 
+def _trust_tag(tag: str) -> str:
+    """Trust keys hold valid tags only (≤ 128 characters, no '#'), so every key stays far below DynamoDB's
+    1,024-byte sort key limit and the three kinds of items cannot collide: anything else is refused."""
+    if not is_valid_tag(tag):
+        raise InvalidReferenceError(
+            f"invalid tag '{printable(tag, max_chars=160)}' for a trust record",
+            hint=f"a tag is 1-{MAX_TAG_LENGTH} characters of letters, digits, '_', '.' and '-'",
+        )
+    return tag
+
+
 def current_sort_key(tag: str) -> str:
-    return f"{CURRENT_PREFIX}{tag}"
+    return f"{CURRENT_PREFIX}{_trust_tag(tag)}"
 
 
 def history_prefix(tag: str) -> str:
-    return f"{HISTORY_PREFIX}{tag}#"
+    return f"{HISTORY_PREFIX}{_trust_tag(tag)}#"
 
 
 def history_sort_key(tag: str, superseded_at: datetime, old_digest: Digest) -> str:
@@ -336,10 +362,25 @@ def watch_settings_from_item(item: Mapping[str, AttributeValueTypeDef], *, table
 # --- state items -------------------------------------------------------------------------------------------
 
 
+def state_sort_key(tag: str) -> str:
+    """The state table's sort key of a tag: `reference.tag_key`, so never above 128 characters (DynamoDB: 1,024
+    bytes). The service already keys names outside the grammar this way; this is the last line of defence, so
+    that a save after a successful publish cannot fail on a key a registry made up."""
+    return tag_key(tag)
+
+
+def state_partition_key(image: str) -> str:
+    """`registry/repository` as stored; names come from validated references (≤ 255 characters), and anything
+    longer than DynamoDB's 2,048-byte partition key limit allows is hashed rather than failing the save."""
+    if len(image.encode()) <= MAX_STATE_IMAGE_BYTES:
+        return image
+    return f"#invalid-image-{hashlib.sha256(image.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}"
+
+
 def tag_state_to_item(state: TagState) -> Item:
     item: Item = {
-        STATE_PARTITION_KEY: {"S": state.image},
-        STATE_SORT_KEY: {"S": state.tag},
+        STATE_PARTITION_KEY: {"S": state_partition_key(state.image)},
+        STATE_SORT_KEY: {"S": state_sort_key(state.tag)},
         "registry": {"S": state.registry},
         "repository": {"S": state.repository},
         "last_verdict": {"S": state.last_verdict.value},
@@ -595,18 +636,24 @@ class DynamoTrustStore:
         settings = [watch_settings_from_item(item, table=self.table_name) for item in items]
         return sorted(settings, key=lambda entry: entry.image)
 
-    def load_snapshot(self) -> tuple[list[TrustedImage], list[WatchSettings]]:
-        """One Scan for both: a filter does not lower the read cost, a second pass over the table would double it."""
+    def load_snapshot(self) -> TrustSnapshot:
+        """One Scan for both: a filter does not lower the read cost, a second pass over the table would double it.
+
+        Watch items are written by `watch`/`trust import` (validated) but can be edited by hand: an invalid one
+        is returned as rejected rather than failing the whole audit.
+        """
         records: list[TrustedImage] = []
         settings: list[WatchSettings] = []
-        for page_records, page_settings in self.snapshot_pages():
-            records += page_records
-            settings += page_settings
+        rejected: list[RejectedWatch] = []
+        for page in self.snapshot_pages():
+            records += page.trusted
+            settings += page.watch
+            rejected += page.rejected_watch
         records.sort(key=lambda record: (record.image, record.tag))
         settings.sort(key=lambda entry: entry.image)
-        return records, settings
+        return TrustSnapshot(records, settings, rejected)
 
-    def snapshot_pages(self) -> Iterator[tuple[list[TrustedImage], list[WatchSettings]]]:
+    def snapshot_pages(self) -> Iterator[TrustSnapshot]:
         """The snapshot a Scan page at a time, as pages arrive from `scan_segments` parallel Scan segments.
 
         A page is at most 1 MB (about 3,000 records); a table beyond one page is read by the segments at once,
@@ -623,12 +670,17 @@ class DynamoTrustStore:
         for items in self._parallel_scan(request):
             records: list[TrustedImage] = []
             settings: list[WatchSettings] = []
+            rejected: list[RejectedWatch] = []
             for item in items:
                 if item[TRUST_SORT_KEY] == {"S": WATCH_SORT_KEY}:
-                    settings.append(watch_settings_from_item(item, table=self.table_name))
+                    try:
+                        settings.append(watch_settings_from_item(item, table=self.table_name))
+                    except StoreError as exc:
+                        image = printable(_text(item, TRUST_PARTITION_KEY) or "?", max_chars=300)
+                        rejected.append(RejectedWatch(image, printable(exc.message, max_chars=600)))
                 else:
                     records.append(trusted_image_from_item(item, table=self.table_name))
-            yield records, settings
+            yield TrustSnapshot(records, settings, rejected)
 
     def _parallel_scan(self, request: ScanInputTypeDef) -> Iterator[list[Item]]:
         segments = self._scan_segments

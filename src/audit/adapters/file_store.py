@@ -23,7 +23,7 @@ from typing import Final, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from audit.errors import AuditError, StoreError, TrustConflictError, UsageError
-from audit.models import Digest, RecordOutcome, TagState, TrustedImage, WatchSettings, utcnow
+from audit.models import Digest, RecordOutcome, TagState, TrustedImage, TrustSnapshot, WatchSettings, utcnow
 
 SCHEMA_VERSION: Final = 1
 
@@ -224,14 +224,15 @@ class FileTrustStore:
     def load_watch_settings(self) -> list[WatchSettings]:
         return sorted(self._load().watch, key=lambda settings: settings.image)
 
-    def load_snapshot(self) -> tuple[list[TrustedImage], list[WatchSettings]]:
+    def load_snapshot(self) -> TrustSnapshot:
+        # A file is read whole: an invalid watch entry in it is a clear StoreError naming the file (fix the file).
         document = self._load()
-        return (
+        return TrustSnapshot(
             sorted(document.trusted, key=lambda record: (record.image, record.tag)),
             sorted(document.watch, key=lambda settings: settings.image),
         )
 
-    def snapshot_pages(self) -> Iterator[tuple[list[TrustedImage], list[WatchSettings]]]:
+    def snapshot_pages(self) -> Iterator[TrustSnapshot]:
         yield self.load_snapshot()  # one file, one page
 
     def get_watch_settings(self, image: str) -> WatchSettings | None:

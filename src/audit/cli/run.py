@@ -21,6 +21,7 @@ from audit.config import Environment, audit_config
 from audit.errors import UsageError
 from audit.ports import Alerts
 from audit.service import AuditService, RunOptions, RunReport
+from audit.untrusted import printable
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -80,6 +81,7 @@ def run_audit(args: argparse.Namespace) -> int:
                 alerts,
                 alert_policy=policy,
                 reverify_delay=delay,
+                max_tags_per_repository=config.max_tags_per_repository,
                 max_in_flight=bootstrap.check_workers(client.settings),
             )
             return await service.run(options)
@@ -104,8 +106,8 @@ def print_summary(report: RunReport, *, dry_run: bool) -> None:
         for ref in report.unreached:
             err(f"    {ref.familiar}")
     for image, reason in sorted(report.unlisted.items()):
-        err(f"  could not list the tags of {image}: {reason}")
+        err(printable(f"  could not list the tags of {image}: {reason}"))
     if report.unverifiable:
         err("  this run could not verify every tag:")
         for result in report.unverifiable:
-            err(f"    {result.ref.familiar}: {result.reason}")
+            err(printable(f"    {result.ref.familiar}: {result.reason}"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pydantic import ValidationError
+
 from audit import bootstrap
 from audit.cli.common import add_store_options
 from audit.config import Environment, RegistryOptions, audit_config
@@ -72,13 +74,19 @@ def run_watch(args: argparse.Namespace) -> int:
         moving.pop(tag, None)
     ignore = [pattern for pattern in current.ignore if pattern not in args.no_ignore]
     ignore.extend(pattern for pattern in args.ignore if pattern not in ignore)
-    updated = WatchSettings(
-        registry=ref.registry,
-        repository=ref.repository,
-        track_new_tags=current.track_new_tags if args.track is None else args.track,
-        ignore=tuple(ignore),
-        moving=moving,
-    )
+    try:
+        updated = WatchSettings(
+            registry=ref.registry,
+            repository=ref.repository,
+            track_new_tags=current.track_new_tags if args.track is None else args.track,
+            ignore=tuple(ignore),
+            moving=moving,
+        )
+    except ValidationError as exc:
+        problem = "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())
+        raise UsageError(
+            f"invalid watch settings for {familiar_name(ref.registry, ref.repository)}: {problem}"
+        ) from None
     if _changes_requested(args) and updated != current:
         store.put_watch_settings(updated)
     print(describe(updated))

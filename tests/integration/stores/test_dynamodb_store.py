@@ -18,7 +18,7 @@ from audit.adapters.dynamodb_store import (
     trusted_image_to_item,
 )
 from audit.errors import StoreError, TrustConflictError
-from audit.models import RecordOutcome
+from audit.models import RecordOutcome, TrustSnapshot
 from tests.support.aws_fixtures import AwsClients, TableNames
 from tests.unit.stores.builders import IMAGE, digest, moving_watch, state, trusted
 
@@ -150,12 +150,14 @@ def test_snapshot_is_read_by_parallel_scan_segments_page_by_page(client: DynamoD
     store.put_watch_settings(moving_watch())
     scans = Calls(client, "Scan")
     pages = list(store.snapshot_pages())
-    records = [record for page_records, _ in pages for record in page_records]
+    records = [record for page in pages for record in page.trusted]
     assert sorted(records, key=lambda r: r.tag) == sorted(recorded, key=lambda r: r.tag)  # each exactly once
-    assert [settings for _, page_settings in pages for settings in page_settings] == [moving_watch()]
+    assert [settings for page in pages for settings in page.watch] == [moving_watch()]
     assert len(pages) == len(scans) >= 4  # one page per Scan call: handed on as it arrives
     assert {(params["Segment"], params["TotalSegments"]) for params in scans.params} == {(n, 4) for n in range(4)}
-    assert store.load_snapshot() == (sorted(recorded, key=lambda r: (r.image, r.tag)), [moving_watch()])
+    assert store.load_snapshot() == TrustSnapshot(
+        sorted(recorded, key=lambda r: (r.image, r.tag)), [moving_watch()], []
+    )
 
 
 def test_a_failing_segment_fails_the_snapshot_with_a_store_error(client: DynamoDBClient) -> None:
@@ -365,3 +367,48 @@ def test_a_malformed_digest_is_reported_not_raised_raw(
         store.get(IMAGE, "1.0")
     with pytest.raises(StoreError, match="malformed: invalid digest"):
         store.digests_ever_recorded(IMAGE)
+
+
+# --- hostile names: keys within DynamoDB's limits, hand-written watch items --------------------------------------
+
+
+def test_a_state_of_a_1100_character_tag_is_saved_under_a_bounded_key(
+    client: DynamoDBClient, tables: TableNames
+) -> None:
+    """DynamoDB refuses sort keys over 1,024 bytes (BatchWriteItem ValidationException): never ask it to store one."""
+    states = DynamoStateStore(tables.state, client)
+    long_tag = "x" * 1100
+    states.save([state(long_tag), state("1.0")])
+
+    keys = sorted(item["tag"] for item in raw_items(client, tables.state))
+    assert len(keys) == 2 and "1.0" in keys
+    [hashed] = [key for key in keys if key != "1.0"]
+    assert hashed.startswith("#invalid-tag-") and len(hashed.encode()) <= 128
+    assert set(states.load_all()) == {(IMAGE, "1.0"), (IMAGE, hashed)}
+    states.save([state(long_tag)])  # the same name maps to the same key: saved again, not duplicated
+    assert len(raw_items(client, tables.state)) == 2
+
+
+def test_a_hand_written_invalid_watch_item_is_rejected_not_fatal(
+    store: DynamoTrustStore, client: DynamoDBClient, tables: TableNames
+) -> None:
+    store.record(trusted("1.0"))
+    store.put_watch_settings(moving_watch())
+    client.put_item(
+        TableName=tables.trust,
+        Item={
+            "image": {"S": "Not A Host!/org/app"},
+            "sk": {"S": "$watch"},
+            "registry": {"S": "Not A Host!"},
+            "repository": {"S": "org/app"},
+            "track_new_tags": {"BOOL": True},
+        },
+    )
+
+    records, settings, rejected = store.load_snapshot()
+
+    assert [record.tag for record in records] == ["1.0"]
+    assert settings == [moving_watch()]
+    [bad] = rejected
+    assert bad.image == "Not A Host!/org/app"
+    assert "invalid image" in bad.problem

@@ -197,7 +197,8 @@ def test_a_snapshot_is_load_all_and_load_watch_settings_in_one_read(trust_store:
     trust_store.record(trusted("2.0", "f", reason="rebuild"), replace=True)  # history stays out
     for index in range(3):
         trust_store.put_watch_settings(watch(f"org/app{index}", track_new_tags=True))
-    records, settings = trust_store.load_snapshot()
+    records, settings, rejected = trust_store.load_snapshot()
+    assert rejected == []
     assert records == trust_store.load_all()
     assert settings == trust_store.load_watch_settings()
     assert len(records) == 7

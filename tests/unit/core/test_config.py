@@ -77,3 +77,14 @@ def test_missing_ca_file_is_a_usage_error(tmp_path: Path) -> None:
         registry_options(Environment({}), ca_file=tmp_path / "nope.pem")
     assert "--ca-file" in info.value.message
     assert info.value.exit_code == 2
+
+
+def test_the_tag_cap_per_repository_is_configurable_and_positive() -> None:
+    def config(env: dict[str, str]) -> int:
+        environment = Environment(env)
+        return audit_config(environment, registry_options(environment)).max_tags_per_repository
+
+    assert config({}) == 10_000
+    assert config({"DIGEST_AUDIT_MAX_TAGS_PER_REPOSITORY": "250"}) == 250
+    with pytest.raises(ConfigError, match="DIGEST_AUDIT_MAX_TAGS_PER_REPOSITORY='0' must be at least 1"):
+        config({"DIGEST_AUDIT_MAX_TAGS_PER_REPOSITORY": "0"})

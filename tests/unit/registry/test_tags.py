@@ -23,7 +23,7 @@ def registry_with_tags(count: int, **kwargs: object) -> FakeRegistry:
 async def test_single_page() -> None:
     registry = registry_with_tags(3)
     async with make_client(registry) as client:
-        tags = await client.list_tags(REGISTRY, REPO)
+        tags = list((await client.list_tags(REGISTRY, REPO)).tags)
     assert tags == ["v0000", "v0001", "v0002"]
     [request] = registry.requests
     assert request.url.path == f"/v2/{REPO}/tags/list"
@@ -34,7 +34,7 @@ async def test_single_page() -> None:
 async def test_relative_link_pages_are_all_followed_with_credentials() -> None:
     registry = registry_with_tags(25, auth="bearer", page_size_cap=10)
     async with make_client(registry) as client:
-        tags = await client.list_tags(REGISTRY, REPO)
+        tags = list((await client.list_tags(REGISTRY, REPO)).tags)
     assert tags == [f"v{n:04d}" for n in range(25)]
     pages = registry.registry_requests("GET")
     assert [p.url.params.get("last") for p in pages] == [None, None, "v0009", "v0019"]  # 401, then 3 pages
@@ -53,7 +53,7 @@ async def test_absolute_link_to_the_same_origin_keeps_credentials() -> None:
 
     registry.hooks.append(absolute)
     async with make_client(registry) as client:
-        tags = await client.list_tags(REGISTRY, REPO)
+        tags = list((await client.list_tags(REGISTRY, REPO)).tags)
     assert tags == ["v0000", "v0001"]
     assert registry.requests[-1].authorization == "Bearer tok-1"
 
@@ -71,7 +71,7 @@ async def test_link_to_another_origin_gets_no_credentials() -> None:
 
     registry.hooks.append(elsewhere)
     async with make_client(registry) as client:
-        tags = await client.list_tags(REGISTRY, REPO)
+        tags = list((await client.list_tags(REGISTRY, REPO)).tags)
     assert tags == ["v0000", "from-elsewhere"]
     [followed] = [r for r in registry.requests if r.url.host == "pages.example"]
     assert followed.authorization is None
@@ -107,14 +107,14 @@ async def test_null_tags_is_an_empty_list() -> None:
     registry = registry_with_tags(0)
     registry.hooks.append(lambda request: httpx.Response(200, json={"name": REPO, "tags": None}))
     async with make_client(registry) as client:
-        assert await client.list_tags(REGISTRY, REPO) == []
+        assert (await client.list_tags(REGISTRY, REPO)).tags == ()
 
 
 async def test_cosign_tags_are_returned_too() -> None:
     registry = registry_with_tags(1)
     registry.push(REPO, "sha256-" + "a" * 64 + ".sig", b"{}")
     async with make_client(registry) as client:
-        tags = await client.list_tags(REGISTRY, REPO)
+        tags = list((await client.list_tags(REGISTRY, REPO)).tags)
     assert "sha256-" + "a" * 64 + ".sig" in tags
 
 
@@ -149,7 +149,7 @@ async def test_docker_hub_names_are_normalised() -> None:
         return httpx.Response(200, json={"tags": ["1.27"]})
 
     async with make_client(httpx.MockTransport(handler)) as client:
-        assert await client.list_tags("docker.io", "library/nginx") == ["1.27"]
+        assert (await client.list_tags("docker.io", "library/nginx")).tags == ("1.27",)
     assert str(seen[0]) == "https://registry-1.docker.io/v2/library/nginx/tags/list?n=1000"
 
 

@@ -13,11 +13,12 @@ from botocore.stub import Stubber
 from audit.adapters.dynamodb_store import (
     DynamoStateStore,
     DynamoTrustStore,
+    current_sort_key,
     store_error,
     tag_state_to_item,
     trusted_image_to_item,
 )
-from audit.errors import StoreError, TrustConflictError
+from audit.errors import InvalidReferenceError, StoreError, TrustConflictError
 from tests.unit.stores.builders import IMAGE, state, trusted
 
 if TYPE_CHECKING:
@@ -186,3 +187,24 @@ def test_a_stubbed_missing_table_reaches_the_caller_as_store_error(client: Dynam
     stubber.add_client_error("get_item", "ResourceNotFoundException", "Requested resource not found")
     with pytest.raises(StoreError, match="GetItem on table 'trust' failed: the table does not exist"):
         DynamoTrustStore("trust", client).get(IMAGE, "1.0")
+
+
+# --- keys within DynamoDB's limits by construction -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tag", ["x" * 1100, "v1\x1b[2J", "a#b", "../../escape", "$watch"])
+def test_trust_keys_refuse_a_tag_outside_the_grammar(tag: str) -> None:
+    with pytest.raises(InvalidReferenceError, match="invalid tag"):
+        current_sort_key(tag)
+    with pytest.raises(InvalidReferenceError, match="invalid tag"):
+        trusted_image_to_item(trusted("1.0").model_copy(update={"tag": tag}))
+
+
+@pytest.mark.parametrize("tag", ["x" * 1100, "y" * 70_000, "v1\x1b[2J", "../../escape", "é" * 600])
+def test_state_keys_of_a_tag_outside_the_grammar_are_bounded_hashes(tag: str) -> None:
+    item = tag_state_to_item(state(tag))
+    key = item["tag"]["S"]
+    assert key.startswith("#invalid-tag-") and len(key.encode()) <= 128
+    assert tag_state_to_item(state(tag))["tag"] == item["tag"]  # stable
+    assert tag_state_to_item(state("1.0"))["tag"] == {"S": "1.0"}
+    assert len(item["image"]["S"].encode()) <= 2048

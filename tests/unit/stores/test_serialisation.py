@@ -63,6 +63,10 @@ def trusted_images(draw: st.DrawFn) -> TrustedImage:
     )
 
 
+# Ignore patterns refuse control and format characters (WatchSettings validation).
+SAFE_CHARACTERS = st.characters(blacklist_categories=("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"))
+
+
 @st.composite
 def watch_settings(draw: st.DrawFn) -> WatchSettings:
     ref = draw(image_refs())
@@ -70,7 +74,7 @@ def watch_settings(draw: st.DrawFn) -> WatchSettings:
         registry=ref.registry,
         repository=ref.repository,
         track_new_tags=draw(st.booleans()),
-        ignore=tuple(draw(st.lists(st.text(min_size=1, max_size=12), max_size=4))),
+        ignore=tuple(draw(st.lists(st.text(SAFE_CHARACTERS, min_size=1, max_size=12), max_size=4))),
         moving=draw(st.dictionaries(tags, st.sampled_from(MovingMode), max_size=3)),
     )
 

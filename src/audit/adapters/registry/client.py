@@ -50,9 +50,26 @@ from audit.adapters.registry.transport import (
     CappedTransport,
     aiohttp_transport,
 )
-from audit.errors import ConfigError, CredentialsError, InvalidReferenceError
-from audit.models import MANIFEST_ACCEPT, Digest, ImageRef, LiveStatus, MediaType, Observation
-from audit.reference import normalise_registry, parse_reference
+from audit.config import DEFAULT_MAX_TAGS_PER_REPOSITORY
+from audit.errors import ConfigError, CredentialsError, InvalidDigestError, InvalidReferenceError
+from audit.models import (
+    MANIFEST_ACCEPT,
+    Digest,
+    ImageRef,
+    LiveStatus,
+    MediaType,
+    Observation,
+    RejectedTag,
+    TagListing,
+)
+from audit.reference import (
+    is_valid_repository,
+    is_valid_tag,
+    normalise_registry,
+    parse_digest,
+    parse_reference,
+    rejected_tag_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +77,14 @@ DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 REDIRECT_STATUS: Final = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS: Final = 5
 MAX_TOKEN_BODY: Final = 1024 * 1024
-MAX_TAG_PAGE_BYTES: Final = 16 * 1024 * 1024
+#: n=1000 names of at most 128 characters are ~135 KB; 4 MiB leaves room for registries that ignore `n`, while
+#: one parsed page stays far below the Lambda's memory.
+MAX_TAG_PAGE_BYTES: Final = 4 * 1024 * 1024
 TAGS_PAGE_SIZE: Final = 1000
 MAX_TAG_PAGES: Final = 10_000
+DEFAULT_MAX_TAGS: Final = DEFAULT_MAX_TAGS_PER_REPOSITORY
+MAX_REJECTED_KEPT: Final = 100  # rejected names kept per repository for reporting; the rest are only counted
+MAX_REJECTED_SHOWN: Final = 160  # characters of a rejected name kept for reports and alerts (escaped there)
 TAGS_ACCEPT: Final = "application/json"
 #: Requests in flight per registry at most. 64 is where the bench's raw loop stops gaining through a 50 ms
 #: proxy for 2,000 tags and where loopback has long levelled off; the adaptive limit only gets there while
@@ -153,6 +175,22 @@ def _origin(url: httpx.URL) -> Origin:
 
 def _pull_scope(repository: str) -> str:
     return f"repository:{repository}:pull"
+
+
+def _manifest_url(endpoint: _Endpoint, repository: str, reference: str) -> str:
+    """`<base>/v2/<repository>/manifests/<tag or digest>`, only for names inside the grammar.
+
+    A name from a registry or a table could hold `..`, `/`, `?`, `#` or controls; such a name never becomes a
+    URL, so every request stays under `/v2/<repository>/`.
+    """
+    if not is_valid_repository(repository):
+        raise RegistryFailure("invalid repository name (outside the distribution grammar)", FailureKind.BAD_NAME)
+    if not is_valid_tag(reference):
+        try:
+            parse_digest(reference)
+        except InvalidDigestError:
+            raise RegistryFailure("invalid tag name (outside the distribution grammar)", FailureKind.BAD_NAME) from None
+    return f"{endpoint.base}/v2/{repository}/manifests/{reference}"
 
 
 def _missing_reason(body: bytes, *, by_digest: bool) -> str:
@@ -274,14 +312,28 @@ class RegistryClient:
                 registry=ref.registry,
             ) from None
 
-    async def list_tags(self, registry: str, repository: str) -> list[str]:
-        """Every tag of a repository, all pages (`Link: rel="next"`) followed, in the registry's order."""
+    async def list_tags(
+        self,
+        registry: str,
+        repository: str,
+        *,
+        max_tags: int = DEFAULT_MAX_TAGS,
+        should_continue: Callable[[], bool] | None = None,
+    ) -> TagListing:
+        """The tags of a repository, page by page (`Link: rel="next"`), in the registry's order.
+
+        At most `max_tags` names are read (then `stopped="cap"`), and no further page is asked for once
+        `should_continue()` says no (`stopped="time"`). Names outside the tag grammar are set aside as rejected,
+        never queried. Memory stays bounded by `max_tags`, whatever the registry sends.
+        """
         registry = normalise_registry(registry)
         parsed = parse_reference(f"{registry}/{repository}")
         if parsed.registry != registry:
             raise InvalidReferenceError(f"invalid registry host {registry!r}")
+        if max_tags < 1:
+            raise ValueError("max_tags must be at least 1")
         try:
-            return await self._list_tags(registry, parsed.repository)
+            return await self._list_tags(registry, parsed.repository, max_tags, should_continue)
         except RegistryFailure as failure:
             raise RegistryRequestError(
                 f"cannot list the tags of {registry}/{parsed.repository}: {failure.reason}",
@@ -300,7 +352,7 @@ class RegistryClient:
         if ref.tag is None and asked is None:
             raise ValueError(f"{ref} has neither a tag nor a digest")
         endpoint = self._endpoint(ref.registry)
-        url = f"{endpoint.base}/v2/{ref.repository}/manifests/{ref.manifest_reference}"
+        url = _manifest_url(endpoint, ref.repository, ref.manifest_reference)
         scope = _pull_scope(ref.repository)
         head = await self._request(
             endpoint, "HEAD", url, scope=scope, accept=MANIFEST_ACCEPT, cap=MAX_ERROR_BODY, evidence=evidence
@@ -348,7 +400,7 @@ class RegistryClient:
     async def _fetch_manifest(self, ref: ImageRef) -> Manifest:
         evidence = _Evidence()
         endpoint = self._endpoint(ref.registry)
-        url = f"{endpoint.base}/v2/{ref.repository}/manifests/{ref.manifest_reference}"
+        url = _manifest_url(endpoint, ref.repository, ref.manifest_reference)
         reply = await self._request(
             endpoint,
             "GET",
@@ -369,14 +421,22 @@ class RegistryClient:
             raise RegistryFailure("manifest content does not match the requested digest", FailureKind.BAD_RESPONSE)
         return manifest
 
-    async def _list_tags(self, registry: str, repository: str) -> list[str]:
+    async def _list_tags(
+        self, registry: str, repository: str, max_tags: int, should_continue: Callable[[], bool] | None
+    ) -> TagListing:
         endpoint = self._endpoint(registry)
         scope = _pull_scope(repository)
-        url = httpx.URL(f"{endpoint.base}/v2/{repository}/tags/list?n={TAGS_PAGE_SIZE}")
+        list_path = f"/v2/{repository}/tags/list"
+        url = httpx.URL(f"{endpoint.base}{list_path}?n={min(TAGS_PAGE_SIZE, max_tags)}")
         visited = {url}
         tags: list[str] = []
         seen: set[str] = set()
-        for _ in range(MAX_TAG_PAGES):
+        rejected: dict[str, RejectedTag] = {}
+        rejected_count = 0
+        read = 0
+        for page in range(MAX_TAG_PAGES):
+            if page and should_continue is not None and not should_continue():
+                return TagListing(tuple(tags), tuple(rejected.values()), rejected_count, stopped="time")
             reply = await self._request(endpoint, "GET", url, scope=scope, accept=TAGS_ACCEPT, cap=MAX_TAG_PAGE_BYTES)
             if reply.status == 404:
                 unknown = "NAME_UNKNOWN" in error_codes(reply.body)
@@ -386,15 +446,33 @@ class RegistryClient:
             if reply.status != 200:
                 raise status_failure(reply.status)
             if reply.truncated:
-                raise RegistryFailure("tag list page larger than 16 MiB", FailureKind.BAD_RESPONSE)
-            for tag in _parse_tag_page(reply.body):
-                if tag not in seen:
-                    seen.add(tag)
-                    tags.append(tag)
+                raise RegistryFailure(
+                    f"tag list page larger than {MAX_TAG_PAGE_BYTES // (1024 * 1024)} MiB", FailureKind.BAD_RESPONSE
+                )
+            names = _parse_tag_page(reply.body)
+            for name in names:
+                if read >= max_tags:
+                    return TagListing(tuple(tags), tuple(rejected.values()), rejected_count, stopped="cap")
+                read += 1
+                if is_valid_tag(name):
+                    if name not in seen:
+                        seen.add(name)
+                        tags.append(name)
+                    continue
+                key = rejected_tag_key(name)
+                if key not in rejected:
+                    rejected_count += 1
+                    if len(rejected) < MAX_REJECTED_KEPT:
+                        rejected[key] = RejectedTag(key, name[:MAX_REJECTED_SHOWN])
             link = next_link(reply.headers.get_list("link"))
             if link is None:
-                return tags
+                return TagListing(tuple(tags), tuple(rejected.values()), rejected_count)
+            if read >= max_tags:
+                return TagListing(tuple(tags), tuple(rejected.values()), rejected_count, stopped="cap")
             url = self._checked_target(reply.url, link, what="tag list link")
+            if _origin(url) == endpoint.origin and url.path != list_path:
+                # On the registry's own origin (where credentials go) a Link only pages this repository's list.
+                raise RegistryFailure("tag list link leaves the repository", FailureKind.BAD_RESPONSE)
             if url in visited:
                 raise RegistryFailure("tag list pagination loops", FailureKind.BAD_RESPONSE)
             visited.add(url)

@@ -15,6 +15,7 @@ tag. Hints are keyed by kind, never guessed from the wording of a reason.
     ├── SERVER          5xx or the token server in trouble
     ├── SCHEMA1         a Docker schema 1 manifest: never verifiable
     ├── BAD_RESPONSE    malformed, oversized, lying headers, unexpected status, redirect loops
+    ├── BAD_NAME        a repository or tag name outside the distribution grammar: never sent
     └── OTHER
 """
 
@@ -37,6 +38,7 @@ class FailureKind(StrEnum):
     SERVER = "server"
     SCHEMA1 = "schema1"
     BAD_RESPONSE = "bad-response"
+    BAD_NAME = "bad-name"
     OTHER = "other"
 
 
@@ -92,6 +94,7 @@ _HINTS: dict[FailureKind, str] = {
     FailureKind.NOT_FOUND: "check the spelling of the image name, and that the credentials can see the repository",
     FailureKind.SERVER: "{registry} is having trouble; retry later",
     FailureKind.BAD_RESPONSE: "retry later; if it persists, check the registry with `curl -I` on the same URL",
+    FailureKind.BAD_NAME: "the name is outside the distribution grammar; fix the record or ignore the tag",
     FailureKind.OTHER: "retry later; if it persists, check the registry with `curl -I` on the same URL",
 }
 
