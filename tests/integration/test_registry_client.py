@@ -809,3 +809,30 @@ async def test_a_redirect_to_plain_http_that_is_not_listed_is_refused() -> None:
     assert observation.status is LiveStatus.UNVERIFIABLE
     assert observation.reason == "insecure redirect"
     assert cdn.requests == []
+
+
+# --- proxies from the environment ----------------------------------------------------------------------------
+
+
+async def test_a_proxy_from_the_environment_carries_the_requests(
+    registry: LocalRegistry, repository: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = registry.pusher.push_image(repository, "v1", "docker")
+
+    def proxy(request: Recorded) -> Reply:  # answers in the registry's place, as a caching proxy might
+        return Reply(200, {"Content-Type": MediaType.DOCKER_MANIFEST.value, "Docker-Content-Digest": image.digest})
+
+    with LoopbackServer(proxy) as forward:
+        monkeypatch.setenv("HTTP_PROXY", forward.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        settings = RegistrySettings(insecure_registries=frozenset({registry.host}))
+        async with RegistryClient(settings) as client:
+            observation = await client.observe(ref(registry, repository, "v1"))
+        monkeypatch.setenv("NO_PROXY", registry.host.partition(":")[0])
+        async with RegistryClient(settings) as client:
+            direct = await client.observe(ref(registry, repository, "v1"))
+    assert str(observation.live_digest) == image.digest
+    # the absolute-form request line of a forward proxy
+    assert [r.path for r in forward.requests] == [f"http://{registry.host}/v2/{repository}/manifests/v1"]
+    assert str(direct.live_digest) == image.digest  # NO_PROXY: straight to the registry, the proxy saw nothing more

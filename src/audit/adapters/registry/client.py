@@ -49,6 +49,7 @@ from audit.adapters.registry.transport import (
     BodyTooLarge,
     CappedTransport,
     aiohttp_transport,
+    environment_mounts,
 )
 from audit.config import DEFAULT_MAX_TAGS_PER_REPOSITORY
 from audit.errors import ConfigError, CredentialsError, InvalidDigestError, InvalidReferenceError
@@ -660,14 +661,27 @@ class RegistryClient:
             per_host = self.settings.concurrency
             # A plain-http registry never does TLS, so it never loads the CA bundle (~40 ms) for nothing.
             plain = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            transport = CappedTransport(aiohttp_transport(self._tls, per_host=per_host))
-            mounts["http://"] = CappedTransport(aiohttp_transport(lambda: plain, per_host=per_host))
+            contexts: dict[str, Callable[[], ssl.SSLContext]] = {"http": lambda: plain, "https": self._tls}
+            direct: dict[str, httpx.AsyncBaseTransport] = {
+                scheme: CappedTransport(aiohttp_transport(context, per_host=per_host))
+                for scheme, context in contexts.items()
+            }
+            transport = direct["https"]
+            mounts["http://"] = direct["http"]
+            mounts.update(
+                environment_mounts(
+                    direct,
+                    lambda scheme, proxy: CappedTransport(
+                        aiohttp_transport(contexts[scheme], per_host=per_host, proxy=proxy)
+                    ),
+                )
+            )
         self._http = httpx.AsyncClient(
             transport=transport,
             mounts=mounts,
             timeout=httpx.Timeout(self.settings.timeout),
             follow_redirects=False,  # followed by hand in _request, to keep Authorization on its origin
-            trust_env=False,  # the aiohttp transport reads proxies from the environment itself
+            trust_env=False,  # proxies from the environment are mounted above (httpx ignores them with a transport)
             event_hooks={"request": [self._count_hook]},
         )
         return self._http
