@@ -25,15 +25,23 @@ import httpx
 
 from audit.adapters.registry import RegistryClient, RegistrySettings
 from audit.drift import check_verdict
-from audit.models import ImageRef
+from audit.models import ImageRef, Observation
+from audit.workers import drain
 
 
 async def observe_all(
     references: Sequence[ImageRef], settings: RegistrySettings, transport: httpx.AsyncBaseTransport | None
 ) -> tuple[float, dict[str, int], dict[str, int]]:
+    references_order = {ref: index for index, ref in enumerate(references)}
     async with RegistryClient(settings, transport=transport) as client:
         started = time.perf_counter()
-        observations = await asyncio.gather(*(client.observe(ref, expected=ref.digest) for ref in references))
+        observations: list[Observation] = []
+
+        async def observe(ref: ImageRef) -> None:
+            observations.append(await client.observe(ref, expected=ref.digest))
+
+        await drain(references, observe, workers=2 * settings.concurrency)  # as `check` does
+        observations.sort(key=lambda observation: references_order[observation.ref])
         seconds = time.perf_counter() - started
         verdicts = Counter(
             check_verdict(observation, ref.digest, None)[0].value
