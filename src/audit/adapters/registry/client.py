@@ -633,9 +633,10 @@ class RegistryClient:
             except BodyTooLarge:  # a 401 body read inside the auth flow
                 raise RegistryFailure("response too large", FailureKind.BAD_RESPONSE) from None
             try:
-                body, truncated = await _read_body(response, cap if response.status_code == 200 else MAX_ERROR_BODY)
-                if request.method == "HEAD":  # a HEAD answer has no body (reading it returns the connection)
+                if request.method == "HEAD":  # no body to read: closing returns the connection to the pool
                     body, truncated = b"", False
+                else:
+                    body, truncated = await _read_body(response, cap if response.status_code == 200 else MAX_ERROR_BODY)
             finally:
                 await response.aclose()
         return _Reply(response.status_code, response.headers, body, truncated, response.request.url)
