@@ -21,7 +21,7 @@ bench: bench-deps
 	$(BENCH_RUN) $(BENCH_ARGS)
 
 bench-10k: bench-deps
-	$(BENCH_RUN) --repos 250 --tags 40 --rounds 1 --out bench/results-10k.json --markdown "" $(BENCH_ARGS)
+	$(BENCH_RUN) --repos 250 --tags 40 --rounds 1 --memory-tags 0 --out bench/results-10k.json --markdown "" $(BENCH_ARGS)
 
 bench-quick: bench-deps
 	$(BENCH_RUN) --quick $(BENCH_ARGS)

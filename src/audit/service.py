@@ -142,15 +142,21 @@ class AuditService:
         started = time.monotonic()
         self._ever_trusted = {}
         report = RunReport(run_id=uuid.uuid4().hex, started_at=self._clock())
-        # The previous state is read while the checks run; it is needed only to decide.
-        previous_read = asyncio.ensure_future(asyncio.to_thread(self._state.load_all))
+        # The previous state is needed only to decide: it is read while the checks run, once the trust snapshot
+        # is in (two big Scans at once would add their peaks).
+        previous_read: list[asyncio.Future[dict[tuple[str, str], TagState]]] = []
+
+        def read_previous() -> None:
+            previous_read.append(asyncio.ensure_future(asyncio.to_thread(self._state.load_all)))
+
         try:
-            targets, results, report.unreached, report.unlisted = await self._check_all(options)
+            targets, results, report.unreached, report.unlisted = await self._check_all(options, read_previous)
         except BaseException:
-            previous_read.cancel()
-            await asyncio.gather(previous_read, return_exceptions=True)
+            for pending in previous_read:
+                pending.cancel()
+            await asyncio.gather(*previous_read, return_exceptions=True)
             raise
-        previous = await previous_read
+        previous = await previous_read[0] if previous_read else self._state.load_all()
 
         results = await self._reverify(results, {t.ref: t for t in targets}, previous)
         report.results = results
@@ -170,7 +176,7 @@ class AuditService:
         return report
 
     async def _check_all(
-        self, options: RunOptions
+        self, options: RunOptions, snapshot_read: Callable[[], None]
     ) -> tuple[list[_Target], list[TagResult], list[ImageRef], dict[str, str]]:
         """Check every target with a fixed set of workers, starting at the first page of the trust snapshot.
 
@@ -196,6 +202,7 @@ class AuditService:
                     if _selected(record.image, options):
                         trusted.append(record)
                         yield record.ref, record.digest
+            snapshot_read()
             tracked_tags: dict[str, set[str]] = defaultdict(set)
             for record in trusted:
                 tracked_tags[record.image].add(record.tag)

@@ -88,6 +88,8 @@ BATCH_LIMIT = 25
 #: Parallel Scan segments for the trust snapshot: enough to overlap the Scan with the checks and to read a
 #: 10,000-record table (about 4 pages) in the time of one page; boto3 clients are thread-safe.
 SCAN_SEGMENTS = 4
+#: Items per snapshot Scan page (about 400 KB of records); 10,000 records are 10 calls, 4 at a time.
+SNAPSHOT_PAGE_ITEMS = 1000
 
 _TRUST_NAMES = {"#image": TRUST_PARTITION_KEY, "#sk": TRUST_SORT_KEY}
 
@@ -665,8 +667,9 @@ class DynamoTrustStore:
             "ExpressionAttributeNames": {"#sk": TRUST_SORT_KEY},
             "ExpressionAttributeValues": {":prefix": {"S": CURRENT_PREFIX}, ":watch": {"S": WATCH_SORT_KEY}},
         }
-        if self._page_size is not None:
-            request["Limit"] = self._page_size
+        # Pages of at most SNAPSHOT_PAGE_ITEMS: the segments' raw pages are in memory at once, and a smaller
+        # first page reaches the checks sooner.
+        request["Limit"] = min(self._page_size or SNAPSHOT_PAGE_ITEMS, SNAPSHOT_PAGE_ITEMS)
         for items in self._parallel_scan(request):
             records: list[TrustedImage] = []
             settings: list[WatchSettings] = []
@@ -763,12 +766,14 @@ class DynamoStateStore:
 
     def load_all(self) -> dict[tuple[str, str], TagState]:
         request: ScanInputTypeDef = {"TableName": self.table_name}
-        if self._page_size is not None:
-            request["Limit"] = self._page_size
+        # Small pages, converted as they come: the raw items of one page are the only transient copy.
+        request["Limit"] = min(self._page_size or SNAPSHOT_PAGE_ITEMS, SNAPSHOT_PAGE_ITEMS)
+        states: dict[tuple[str, str], TagState] = {}
         with self._call("Scan"):
-            items = list(_scan_pages(self._client, request))
-        states = (tag_state_from_item(item, table=self.table_name) for item in items)
-        return {state.key: state for state in states}
+            for item in _scan_pages(self._client, request):  # converted as read: one page of raw items at a time
+                state = tag_state_from_item(item, table=self.table_name)
+                states[state.key] = state
+        return states
 
     def save(self, changed: Sequence[TagState]) -> None:
         # BatchWriteItem rejects two requests for one key in a batch; the last state of a key wins.
