@@ -132,6 +132,8 @@ def summarise(report: RunReport, *, dry_run: bool) -> dict[str, Any]:
         "alerts_published": report.alerts_published,
         "findings": len(report.findings),
         "unreached": [str(ref) for ref in report.unreached],
+        # Repositories whose tags were not all listed (the guard stopped paging, the cap, an error): not clean.
+        "unlisted": dict(sorted(report.unlisted.items())),
         "unverifiable": [{"reference": str(r.ref), "reason": r.reason} for r in report.unverifiable],
         "dry_run": dry_run,
         "duration_ms": report.duration_ms,

@@ -35,7 +35,7 @@ from audit.models import (
     utcnow,
 )
 from audit.ports import Alerts, Registry, StateStore, TrustStore
-from audit.reference import PSEUDO_TAG_PREFIX
+from audit.reference import PSEUDO_TAG_PREFIX, is_valid_tag, rejected_tag_key
 from audit.untrusted import printable
 from audit.workers import drain
 
@@ -201,7 +201,8 @@ class AuditService:
                 for record in page.trusted:
                     if _selected(record.image, options):
                         trusted.append(record)
-                        yield record.ref, record.digest
+                        if is_valid_tag(record.tag):  # else judged without asking (see _trusted_target)
+                            yield record.ref, record.digest
             snapshot_read()
             tracked_tags: dict[str, set[str]] = defaultdict(set)
             for record in trusted:
@@ -226,7 +227,7 @@ class AuditService:
 
         await drain(feed(), check, workers=self._max_in_flight)
         trusted.sort(key=lambda record: (record.image, record.tag))
-        targets = [_Target(t.ref, t, settings.get(t.image)) for t in trusted] + listed
+        targets = [_trusted_target(t, settings.get(t.image)) for t in trusted] + listed
         results: list[TagResult] = []
         for target in targets:
             if target.preset is not None:
@@ -431,6 +432,15 @@ class AuditService:
 #: `last_seen` alone moves every run; writing 10,000 items an hour for it would be waste, so it is refreshed
 #: when something else changes or when the stored value is this old.
 LAST_SEEN_REFRESH = timedelta(hours=24)
+
+
+def _trusted_target(trusted: TrustedImage, settings: WatchSettings | None) -> _Target:
+    """A trusted tag to check; a record whose tag is outside the grammar (written by hand) is never queried."""
+    if is_valid_tag(trusted.tag):
+        return _Target(trusted.ref, trusted, settings)
+    ref = trusted.ref.with_tag(rejected_tag_key(trusted.tag))
+    reason = f"the trusted record's tag is outside the tag grammar (not queried; fix or delete it): {trusted.tag[:160]}"
+    return _Target(ref, None, settings, preset=(Verdict.UNVERIFIABLE, reason))
 
 
 def _worth_saving(before: TagState | None, after: TagState) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from datetime import timedelta
@@ -250,3 +251,23 @@ async def test_invalid_watch_settings_stored_by_hand_are_one_warning(
     assert report.unlisted == {"Not A Host!/org/app": "invalid watch settings, not used: registry: invalid"}
     assert report.worst_exit_code() == 3
     assert "invalid watch settings" in caplog.text
+
+
+async def test_a_trusted_record_with_a_tag_outside_the_grammar_is_unverifiable_never_queried(world: World) -> None:
+    """Such a record can only be written by hand (the stores refuse it); it is reported, and alerted like any
+    unverifiable tag once it stays so (its state key is a bounded hash, so the streak is remembered)."""
+    bad = "v9;id\x1b[2J" + "x" * 1100
+    trusted = world.trust.load_all()[0]
+    document = json.loads(world.trust.path.read_text())
+    document["trusted"].append({**trusted.model_dump(mode="json"), "tag": bad})
+    world.trust.path.write_text(json.dumps(document))
+
+    alerted: list[Finding] = []
+    for _ in range(3):
+        report, findings = await run(world, world.registry)
+        alerted.extend(findings)
+    verdicts = {result.ref.tag: result.verdict for result in report.results}
+    assert verdicts == {"1.0": Verdict.MATCH, rejected_tag_key(bad): Verdict.UNVERIFIABLE}
+    assert [ref.tag for ref, _ in world.registry.observed] == ["1.0"] * 3
+    [finding] = alerted  # after DIGEST_AUDIT_UNVERIFIABLE_AFTER runs in a row
+    assert finding.status is Verdict.UNVERIFIABLE and "fix or delete it" in (finding.reason or "")

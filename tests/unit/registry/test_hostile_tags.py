@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
 
 from audit.adapters.registry import RegistryRequestError
-from audit.adapters.registry.client import MAX_REJECTED_KEPT
+from audit.adapters.registry.client import MAX_REJECTED_KEPT, MAX_TAG_PAGE_BYTES
 from audit.models import ImageRef, LiveStatus
 from audit.reference import is_valid_tag
 
@@ -164,3 +166,21 @@ async def test_a_listed_name_that_looks_like_one_of_our_keys_gets_a_hash_of_its_
     keys = [rejected.key for rejected in listing.rejected]
     assert len(set(keys)) == 2
     assert "#tag-list-cap" not in keys and "#invalid-tag-0123456789abcdef0123456789abcdef" not in keys
+
+
+async def test_a_tag_list_page_is_read_up_to_its_byte_cap_only() -> None:
+    chunk = b" " * 65536  # valid JSON whitespace, endlessly
+    sent: list[int] = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        for _ in range(2000):  # 128 MiB if anyone read it all
+            sent.append(len(chunk))
+            yield chunk
+
+    registry = FakeRegistry()
+    registry.hooks.append(lambda request: httpx.Response(200, content=endless()))
+    async with make_client(registry) as client:
+        with pytest.raises(RegistryRequestError) as caught:
+            await client.list_tags(REGISTRY, REPO)
+    assert caught.value.reason == "tag list page larger than 4 MiB"
+    assert sum(sent) <= MAX_TAG_PAGE_BYTES + len(chunk)
