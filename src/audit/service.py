@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from audit import drift
@@ -227,15 +227,18 @@ class AuditService:
 
         await drain(feed(), check, workers=self._max_in_flight)
         trusted.sort(key=lambda record: (record.image, record.tag))
-        targets = [_trusted_target(t, settings.get(t.image)) for t in trusted] + listed
+        targets: list[_Target] = []
         results: list[TagResult] = []
-        for target in targets:
+        for target in [_trusted_target(t, settings.get(t.image)) for t in trusted] + listed:
             if target.preset is not None:
                 verdict, reason = target.preset
                 observation = Observation(ref=target.ref, status=LiveStatus.UNVERIFIABLE, reason=reason)
                 results.append(TagResult(target.ref, None, observation, verdict, reason))
             elif target.ref in observed:
-                results.append(self._judge(target, observed[target.ref]))
+                observation = observed.pop(target.ref)
+                target = replace(target, ref=observation.ref)  # noqa: PLW2901 - one ImageRef per tag, shared
+                results.append(self._judge(target, observation))
+            targets.append(target)
         return targets, results, unreached, unlisted
 
     async def _list_tags(self, watch: WatchSettings, unlisted: dict[str, str]) -> TagListing | None:
