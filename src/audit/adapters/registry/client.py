@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import random
 import ssl
 import time
@@ -71,8 +70,6 @@ from audit.reference import (
     parse_reference,
     rejected_tag_key,
 )
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 REDIRECT_STATUS: Final = frozenset({301, 302, 303, 307, 308})
