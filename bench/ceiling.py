@@ -1,4 +1,4 @@
-"""The ceiling: the fastest manifest-HEAD loop we can write here (raw asyncio streams, keep-alive, no library).
+"""The references: a raw asyncio manifest-HEAD loop (keep-alive, no library), and the compiled one (ceiling.c).
 
 Run as a subprocess (`python -m bench.ceiling`) so it has a core to itself like the auditor does. It sends the
 same Accept header as digest-audit, reads each response head, and checks the Docker-Content-Digest against
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -96,3 +97,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# --- the compiled ceiling (bench/ceiling.c) ----------------------------------------------------------------
+
+C_SOURCE = Path(__file__).with_name("ceiling.c")
+
+
+def build_compiled(directory: Path) -> Path:
+    """Compile bench/ceiling.c with gcc -O2 into `directory` (at bench run time; nothing is shipped)."""
+    binary = directory / "ceiling"
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(C_SOURCE)], check=True, capture_output=True)
+    return binary
+
+
+def compiled_seconds(
+    binary: Path, target: str, refs: Path, concurrency: int, rounds: int
+) -> tuple[list[float], dict[str, int]]:
+    """Seconds per round of the compiled loop with `concurrency` connections, and the last round's outcome."""
+    host, _, port = target.rpartition(":")
+    command = [str(binary), host, port, str(refs), str(concurrency), str(rounds), MANIFEST_ACCEPT]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    raw = json.loads(done.stdout)
+    return [float(s) for s in raw["seconds"]], {key: int(raw[key]) for key in ("match", "drift", "other")}

@@ -25,15 +25,23 @@ import httpx
 
 from audit.adapters.registry import RegistryClient, RegistrySettings
 from audit.drift import check_verdict
-from audit.models import ImageRef
+from audit.models import ImageRef, Observation
+from audit.workers import drain
 
 
 async def observe_all(
     references: Sequence[ImageRef], settings: RegistrySettings, transport: httpx.AsyncBaseTransport | None
 ) -> tuple[float, dict[str, int], dict[str, int]]:
+    references_order = {ref: index for index, ref in enumerate(references)}
     async with RegistryClient(settings, transport=transport) as client:
         started = time.perf_counter()
-        observations = await asyncio.gather(*(client.observe(ref, expected=ref.digest) for ref in references))
+        observations: list[Observation] = []
+
+        async def observe(ref: ImageRef) -> None:
+            observations.append(await client.observe(ref, expected=ref.digest))
+
+        await drain(references, observe, workers=2 * settings.concurrency)  # as `check` does
+        observations.sort(key=lambda observation: references_order[observation.ref])
         seconds = time.perf_counter() - started
         verdicts = Counter(
             check_verdict(observation, ref.digest, None)[0].value
@@ -105,15 +113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.inproc")
     parser.add_argument("--refs", required=True, type=Path)
     parser.add_argument("--insecure", default="127.0.0.1")
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--total-concurrency", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     parser.add_argument(
         "--transport",
         choices=["default", "explicit", "sharded"],
         default="default",
-        help="explicit: an AsyncHTTPTransport built here (pool limits = concurrency); "
+        help="default: the client's own (httpx over aiohttp); explicit: httpcore's AsyncHTTPTransport "
+        "(pool limits = concurrency); "
         "sharded: `concurrency` single-connection transports",
     )
     parser.add_argument("--profile", type=Path, help="write a cProfile text report (top 40, tottime) here")
@@ -123,7 +131,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = RegistrySettings(
         insecure_registries=frozenset({args.insecure}),
         concurrency=args.concurrency,
-        total_concurrency=args.total_concurrency,
     )
     run = _runner(args.loop)
     seconds: list[float] = []

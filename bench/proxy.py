@@ -3,7 +3,9 @@
 It sits in front of the registry (latency runs) or moto (counting DynamoDB/SNS calls of a subprocess). Each
 client connection gets its own upstream connection; requests on it are handled one at a time, as HTTP/1.1
 without pipelining is, so N connections give at most N requests per latency period: the bound we compare to.
-A connection that does not start with an HTTP method (a TLS probe) is piped through untouched.
+A connection that does not start with an HTTP method (TLS) is piped through, each chunk from the client held
+back by the same latency without holding back the chunks behind it: one request costs one latency whether it
+travels alone on an HTTP/1.1 connection or among many streams of one HTTP/2 connection.
 """
 
 from __future__ import annotations
@@ -171,7 +173,7 @@ class LatencyProxy:
             if first[0] not in _METHOD_START:
                 self.log.raw_connections += 1
                 upstream_writer.write(first)
-                await _pipe_both(client_reader, client_writer, upstream_reader, upstream_writer)
+                await _pipe_both(client_reader, client_writer, upstream_reader, upstream_writer, self.latency)
                 return
             prefix = first
             while True:
@@ -224,19 +226,42 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         await writer.drain()
 
 
+async def _delayed_pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, latency: float) -> None:
+    """Forward every chunk `latency` seconds after it arrived, in order, without serialising the waits."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+
+    async def forward() -> None:
+        while (item := await queue.get()) is not None:
+            due, chunk = item
+            if (wait := due - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            writer.write(chunk)
+            await writer.drain()
+
+    forwarder = asyncio.create_task(forward())
+    try:
+        while chunk := await reader.read(65536):
+            queue.put_nowait((loop.time() + latency, chunk))
+    finally:
+        queue.put_nowait(None)
+        await forwarder
+
+
 async def _pipe_both(
     client_reader: asyncio.StreamReader,
     client_writer: asyncio.StreamWriter,
     upstream_reader: asyncio.StreamReader,
     upstream_writer: asyncio.StreamWriter,
+    latency: float = 0.0,
 ) -> None:
-    async def one_way(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def one_way(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
         with contextlib.suppress(ConnectionError, OSError):
-            await _pipe(reader, writer)
+            await (_delayed_pipe(reader, writer, delay) if delay > 0 else _pipe(reader, writer))
         with contextlib.suppress(ConnectionError, OSError):
             writer.write_eof()
 
-    await asyncio.gather(one_way(client_reader, upstream_writer), one_way(upstream_reader, client_writer))
+    await asyncio.gather(one_way(client_reader, upstream_writer, latency), one_way(upstream_reader, client_writer, 0.0))
 
 
 @contextlib.contextmanager

@@ -67,8 +67,8 @@ def _throughput_rows(section: Json, ceiling_rate: float | None, naive_rate: floa
     scan = ", ".join(f"{level}: {_fmt(_num(rate))}" for level, rate in _map(ceiling, "scan_tags_per_s").items())
     rows = [
         [
-            f"ceiling: raw asyncio HEAD loop, {_fmt(_num(ceiling, 'best_concurrency'))} connections "
-            f"(scan by connections: {scan})",
+            f"ceiling: compiled C HEAD loop (bench/ceiling.c, epoll), {_fmt(_num(ceiling, 'best_concurrency'))} "
+            f"connections (scan by connections: {scan})",
             _spread(ceiling, "tags_per_s"),
             "1.00x",
             _ratio(ceiling_rate, naive_rate, 0),
@@ -78,6 +78,21 @@ def _throughput_rows(section: Json, ceiling_rate: float | None, naive_rate: floa
             "-",
         ]
     ]
+    reference = _map(section, "asyncio_loop")
+    if reference:
+        rows.append(
+            [
+                "reference: raw asyncio HEAD loop (bench/ceiling.py), "
+                f"{_fmt(_num(reference, 'concurrency'))} connections",
+                _spread(reference, "tags_per_s"),
+                f"{_fmt(_num(reference, 'ratio_to_ceiling', 'median'), 2)}x",
+                _ratio(_num(reference, "tags_per_s", "median"), naive_rate, 0),
+                "1",
+                "0",
+                "-",
+                "-",
+            ]
+        )
     naive = _map(section, "naive")
     rows.append(
         [
@@ -210,14 +225,12 @@ def render(results: Json) -> str:
     latency = _map(results, "latency")
     lat_ceiling = _num(latency, "ceiling", "tags_per_s", "median")
     lat_naive = _num(latency, "naive", "tags_per_s", "median")
-    bound = _num(latency, "concurrency_bound_tags_per_s")
     lines += [
         "",
         f"## Through a {_fmt(_num(latency, 'latency_ms'))} ms-per-request proxy",
         "",
-        f"Concurrency bound of the default 16 connections: {_fmt(bound)} tags/s; "
-        f"`check` reaches {_ratio(_num(latency, 'check', 'tags_per_s', 'median'), bound)} of it. "
-        "The ceiling here is the best of the listed connection counts, so it can exceed the bound.",
+        f"The ceiling here is the compiled loop with {_fmt(_num(latency, 'ceiling', 'best_concurrency'))} "
+        "connections (target 2); `check` runs with default settings (requests in flight adapt, at most 64).",
         "",
     ]
     lines += _table(_HEADERS, _throughput_rows(latency, lat_ceiling, lat_naive))
@@ -249,6 +262,66 @@ def render(results: Json) -> str:
         f"- `-X importtime` cumulative ms: {dict(_map(startup, 'importtime_cumulative_ms'))}",
         f"- largest self import times ms: {dict(_map(startup, 'importtime_top_self_ms'))}",
     ]
+    transport = _map(results, "transport_cost")
+    if transport:
+        lines += [
+            f"- the aiohttp transport (imported at the first request, never by `import handler`): "
+            f"+{_fmt(_num(transport, 'import_s_added'), 3)} s import over httpx alone; installed "
+            f"{_fmt(_num(transport, 'installed_kib_total'))} KiB ({dict(_map(transport, 'installed_kib'))})",
+        ]
+    memory = _map(results, "memory")
+    if memory:
+        run = _map(memory, "run_dynamodb")
+        phases = _map(memory, "run_phases")
+        lines += [
+            "",
+            f"## {_fmt(_num(memory, 'tags'))} tags: memory and `run` on DynamoDB by phase (one round)",
+            "",
+            f"- `check --json -f`: {_fmt(_num(memory, 'check', 'seconds'), 2)} s "
+            f"({_fmt(_num(memory, 'check', 'tags_per_s'))} tags/s), peak RSS "
+            f"**{_fmt(_num(memory, 'check', 'max_rss_mib'), 1)} MiB**; verdicts right: {_right(_map(memory, 'check'))}",
+            f"- `run` on DynamoDB (moto) first run: {_fmt(_num(run, 'first', 'seconds'), 2)} s, peak RSS "
+            f"**{_fmt(_num(run, 'first', 'max_rss_mib'), 1)} MiB**, calls {dict(_map(run, 'first', 'aws_calls'))}",
+            f"- `run` on DynamoDB steady run: {_fmt(_num(run, 'steady', 'seconds'), 2)} s, peak RSS "
+            f"**{_fmt(_num(run, 'steady', 'max_rss_mib'), 1)} MiB**, calls {dict(_map(run, 'steady', 'aws_calls'))}; "
+            f"verdicts right: {_right(run)}",
+            f"- phases of one `run` (dry run, in one process, {_fmt(_num(phases, 'segments'))} parallel Scan "
+            f"segments): {_fmt(_num(phases, 'scan_pages'))} Scan pages, the first at "
+            f"{_fmt(_num(phases, 'first_page_s'), 2)} s, the last at {_fmt(_num(phases, 'scan_done_s'), 2)} s; "
+            f"checks from {_fmt(_num(phases, 'first_check_s'), 2)} s to {_fmt(_num(phases, 'checks_done_s'), 2)} s "
+            f"(overlapping the Scan for {_fmt(_num(phases, 'overlap_s'), 2)} s); total "
+            f"{_fmt(_num(phases, 'total_s'), 2)} s; calls {dict(_map(phases, 'aws_calls'))}",
+        ]
+    http2 = _map(results, "http2")
+    if http2:
+        rows = []
+        for name, data in _map(http2, "by_variant").items():
+            runs = _node(data, "runs")
+            cpu = (
+                [float(str(run.get("cpu_s"))) for run in runs if isinstance(run, Mapping)]
+                if isinstance(runs, list)
+                else []
+            )
+            versions = (
+                [run.get("http_versions") for run in runs if isinstance(run, Mapping)] if isinstance(runs, list) else []
+            )
+            rows.append(
+                [
+                    str(name),
+                    _fmt(_num(data, "tags_per_s")),
+                    _fmt(min(cpu), 2) if cpu else "-",
+                    str(versions[-1] if versions and versions[-1] else "HTTP/1.1"),
+                ]
+            )
+        lines += [
+            "",
+            f"## HTTP/2 or HTTP/1.1, TLS, {_fmt(_num(http2, 'latency_ms'))} ms away ({_fmt(_num(http2, 'tags'))} tags)",
+            "",
+            f"docker-registry over TLS negotiates `{http2.get('alpn_direct')}` by ALPN (through the proxy: "
+            f"`{http2.get('alpn_through_proxy')}`). Best of the rounds, `RegistryClient.observe` in one process:",
+            "",
+            *_table(["transport", "tags/s", "client CPU s", "responses by version"], rows),
+        ]
     profile = _node(loopback, "client_loop", "profile_top_tottime")
     if isinstance(profile, list) and profile:
         lines += ["", "cProfile of one warm client-loop round (loopback; tottime, cumtime, function):", "", "```"]

@@ -4,10 +4,11 @@ metrics, return a summary (for a batch: the partial batch response)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -22,7 +23,31 @@ SERVICE_NAME = os.environ.get("POWERTOOLS_SERVICE_NAME", "digest-audit")
 METRICS_NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "DigestAudit")
 logger = Logger(service=SERVICE_NAME)
 metrics = Metrics(namespace=METRICS_NAMESPACE, service=SERVICE_NAME)
-tracer = Tracer()
+
+type LambdaHandler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
+
+
+def tracing_enabled(environ: dict[str, str] | None = None) -> bool:
+    """Whether X-Ray tracing is on: inside Lambda (not SAM local), unless POWERTOOLS_TRACE_DISABLED says no.
+
+    The same rule Powertools' Tracer applies to itself; asked here first because merely building a Tracer
+    imports the X-Ray SDK (about 80 ms, with botocore's session), which a process that never traces should
+    not pay at start-up.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("POWERTOOLS_TRACE_DISABLED", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    return "AWS_LAMBDA_FUNCTION_NAME" in env and "AWS_SAM_LOCAL" not in env
+
+
+def traced(handler: LambdaHandler) -> LambdaHandler:
+    """`Tracer().capture_lambda_handler`, with the X-Ray SDK imported only when tracing is on."""
+    if not tracing_enabled():
+        return handler
+    from aws_lambda_powertools import Tracer  # noqa: PLC0415 - deferred on purpose, see tracing_enabled
+
+    wrapped: LambdaHandler = Tracer().capture_lambda_handler(handler)
+    return wrapped
 
 
 class AuditEvent(BaseModel):
@@ -59,7 +84,7 @@ def parse_event(event: Any) -> AuditEvent:
 
 
 @metrics.log_metrics
-@tracer.capture_lambda_handler
+@traced
 @logger.inject_lambda_context(log_event=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if is_sqs_batch(event):

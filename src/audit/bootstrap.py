@@ -1,7 +1,8 @@
 """Composition root: wires the real adapters (httpx registry client, DynamoDB/SNS or local files) from settings.
 
-boto3, the stores and the engine are imported where they are first needed: `digest-audit check` uses none of
-them, and importing boto3 alone costs about 90 ms of start-up per process.
+boto3, the stores, the registry client (httpx) and the engine are imported where they are first needed:
+`digest-audit check` uses no boto3 (about 90 ms of start-up per process), and `import handler` (the Lambda's
+cold start) loads no adapter before the first invocation builds them.
 """
 
 from __future__ import annotations
@@ -15,21 +16,6 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from audit.adapters.package_index import (
-    CodeArtifactCredentials,
-    IndexSettings,
-    NetrcCredentials,
-    PackageIndexClient,
-)
-from audit.adapters.registry import (
-    ChainCredentials,
-    CredentialProvider,
-    DockerConfigCredentials,
-    EcrCredentials,
-    RegistryClient,
-    RegistrySettings,
-    StaticCredentials,
-)
 from audit.config import (
     ENV_CREDENTIALS_SECRET,
     ENV_STATE_TABLE,
@@ -50,6 +36,8 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_sns import SNSClient
 
+    from audit.adapters.package_index import PackageIndexClient
+    from audit.adapters.registry import CredentialProvider, RegistryClient, RegistrySettings, StaticCredentials
     from audit.adapters.sns_alerts import SnsAlerts
     from audit.ports import RunLease, StateStore, TrustStore
     from audit.service import RunOptions, RunReport
@@ -71,6 +59,8 @@ pin_sdk_loggers()
 
 
 def registry_settings(options: RegistryOptions) -> RegistrySettings:
+    from audit.adapters.registry import RegistrySettings  # noqa: PLC0415 - deferred: see the module docstring
+
     return RegistrySettings(
         insecure_registries=options.insecure_registries,
         ca_file=options.ca_file,
@@ -79,8 +69,20 @@ def registry_settings(options: RegistryOptions) -> RegistrySettings:
     )
 
 
+def check_workers(settings: RegistrySettings) -> int:
+    """How many checks run at once: twice the per-registry maximum, so one registry at its adaptive maximum
+    still leaves workers for the others, while memory stays flat at any number of tags."""
+    return 2 * settings.concurrency
+
+
 def credentials(options: RegistryOptions, *, secret_text: str | None = None) -> CredentialProvider:
     """Secret (Lambda) first, then Docker's config.json, then ECR tokens for ECR hosts."""
+    from audit.adapters.registry import (  # noqa: PLC0415 - deferred: see the module docstring
+        ChainCredentials,
+        DockerConfigCredentials,
+        EcrCredentials,
+    )
+
     providers: list[CredentialProvider] = []
     if secret_text is not None:
         providers.append(static_credentials(secret_text, origin=options.credentials_secret or "secret"))
@@ -91,6 +93,8 @@ def credentials(options: RegistryOptions, *, secret_text: str | None = None) -> 
 
 
 def static_credentials(secret_text: str, *, origin: str) -> StaticCredentials:
+    from audit.adapters.registry import StaticCredentials  # noqa: PLC0415 - deferred: see the module docstring
+
     try:
         mapping = json.loads(secret_text)
     except json.JSONDecodeError:
@@ -102,6 +106,8 @@ def static_credentials(secret_text: str, *, origin: str) -> StaticCredentials:
 
 
 def registry_client(options: RegistryOptions, *, secret_text: str | None = None) -> RegistryClient:
+    from audit.adapters.registry import RegistryClient  # noqa: PLC0415 - deferred: see the module docstring
+
     return RegistryClient(registry_settings(options), credentials(options, secret_text=secret_text))
 
 
@@ -110,6 +116,14 @@ def package_index(
 ) -> PackageIndexClient:
     """Index credentials: the same secret map as registries (host -> username/password or token), `netrc` for
     the CLI, and CodeArtifact tokens (`codeartifact:GetAuthorizationToken`) for CodeArtifact hosts."""
+    from audit.adapters.package_index import (  # noqa: PLC0415 - deferred: see the module docstring
+        CodeArtifactCredentials,
+        IndexSettings,
+        NetrcCredentials,
+        PackageIndexClient,
+    )
+    from audit.adapters.registry import ChainCredentials  # noqa: PLC0415 - deferred: see the module docstring
+
     providers: list[CredentialProvider] = []
     if secret_text is not None:
         providers.append(static_credentials(secret_text, origin=options.credentials_secret or "secret"))
@@ -275,6 +289,7 @@ class LambdaApp:
             packages=self.packages,
             lease=self.lease,
             max_tags_per_repository=self.config.max_tags_per_repository,
+            max_in_flight=check_workers(self.registry.settings),
         )
         return self.loop.run_until_complete(service.run(options))
 

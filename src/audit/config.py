@@ -87,7 +87,7 @@ class RegistryOptions:
     insecure_registries: frozenset[str] = frozenset()
     ca_file: Path | None = None
     timeout: float = 10.0
-    concurrency: int = 16
+    concurrency: int = 64  # the most requests in flight per registry host; adaptive below it
     docker_config: Path | None = None
     enable_ecr: bool = True
     credentials_secret: str | None = None
@@ -187,7 +187,7 @@ def registry_options(
         | parse_insecure_registries(insecure, origin="--insecure-registry"),
         ca_file=ca_file,
         timeout=timeout if timeout is not None else env.number(ENV_TIMEOUT, 10.0, minimum=0.1),
-        concurrency=concurrency if concurrency is not None else env.integer(ENV_CONCURRENCY, 16, minimum=1),
+        concurrency=concurrency if concurrency is not None else env.integer(ENV_CONCURRENCY, 64, minimum=1),
         docker_config=docker_config,
         enable_ecr=env.flag(ENV_ENABLE_ECR, True),
         credentials_secret=env.text(ENV_CREDENTIALS_SECRET),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -57,6 +57,10 @@ class TrustStore(Protocol):
         Stored watch settings that fail validation (an item written by hand) are returned as rejected, so one
         bad entry is reported instead of ending the audit of everything else.
         """
+        ...
+
+    def snapshot_pages(self) -> Iterator[TrustSnapshot]:
+        """`load_snapshot()` a page at a time as the store reads it (unsorted), so checks start at the first page."""
         ...
 
     def get_watch_settings(self, image: str) -> WatchSettings | None: ...

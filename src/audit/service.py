@@ -10,12 +10,13 @@ whose alert was not accepted and makes the same decisions again (with the same f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from audit import drift
@@ -30,6 +31,7 @@ from audit.models import (
     TagListing,
     TagState,
     TrustedImage,
+    TrustSnapshot,
     Verdict,
     WatchSettings,
     utcnow,
@@ -39,6 +41,7 @@ from audit.packages import IndexFile
 from audit.ports import Alerts, LeaseClaim, PackageIndex, Registry, RunLease, StateStore, TrustStore
 from audit.reference import PSEUDO_TAG_PREFIX, is_valid_tag, rejected_tag_key
 from audit.untrusted import printable
+from audit.workers import drain
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +152,8 @@ class AuditService:
         self._clock = clock
         self._sleep = sleep
         self._should_start = should_start
-        # Checks are admitted through this gate so that the remaining-time guard sees real progress;
-        # the registry client bounds requests per host on its own.
+        # A fixed set of workers (memory stays flat at any size) that admits each check through the
+        # remaining-time guard; the registry client bounds and adapts requests per host on its own.
         self._max_in_flight = max_in_flight
         self._max_tags = max_tags_per_repository
         self._ever_trusted: dict[str, frozenset[Digest]] = {}
@@ -189,10 +192,21 @@ class AuditService:
 
     async def _audit(self, options: RunOptions, report: RunReport) -> None:
         self._ever_trusted = {}
-        targets, report.unlisted = await self._targets(options)
-        previous = self._state.load_all()
+        # The previous state is needed only to decide: it is read while the checks run, once the trust snapshot
+        # is in (two big Scans at once would add their peaks).
+        previous_read: list[asyncio.Future[dict[tuple[str, str], TagState]]] = []
 
-        results, report.unreached = await self._check(targets)
+        def read_previous() -> None:
+            previous_read.append(asyncio.ensure_future(asyncio.to_thread(self._state.load_all)))
+
+        try:
+            targets, results, report.unreached, report.unlisted = await self._check_all(options, read_previous)
+        except BaseException:
+            for pending in previous_read:
+                pending.cancel()
+            await asyncio.gather(*previous_read, return_exceptions=True)
+            raise
+        previous = await previous_read[0] if previous_read else self._state.load_all()
         targets, results = _without_vanished_untracked(targets, results, options)
         results = await self._reverify(results, {t.ref: t for t in targets}, previous)
         # Package files: their own small path, the same TagResults into the same decide/publish/save flow.
@@ -259,37 +273,92 @@ class AuditService:
         log.info("remembered %d tag state(s) of accepted alerts; the rest is sent again next run", len(keep))
         return len(keep)
 
-    async def _targets(self, options: RunOptions) -> tuple[list[_Target], dict[str, str]]:
-        snapshot = self._trust.load_snapshot()
-        all_trusted, all_watch, self._package_snapshot = split_snapshot(snapshot.trusted, snapshot.watch)
-        trusted = [t for t in all_trusted if _selected(t.image, options, t.tag)]
-        settings = {s.image: s for s in all_watch if _selected(s.image, options)}
-        targets = [_trusted_target(t, settings.get(t.image)) for t in trusted]
+    async def _check_all(
+        self, options: RunOptions, snapshot_read: Callable[[], None]
+    ) -> tuple[list[_Target], list[TagResult], list[ImageRef], dict[str, str]]:
+        """Check every target with a fixed set of workers, starting at the first page of the trust snapshot.
+
+        Records are checked as their Scan page arrives; watch settings may come in a later page, so verdicts
+        are judged once the snapshot is complete. Untracked tags are listed after it (their repositories'
+        tracked tags must be known) and fed to the same workers; a targeted run lists nothing and checks only
+        its named tags. Package records and settings are set aside for the package path.
+        """
+        trusted: list[TrustedImage] = []
+        settings: dict[str, WatchSettings] = {}
+        package_trusted: list[TrustedImage] = []
+        package_settings: list[WatchSettings] = []
+        observed: dict[ImageRef, Observation] = {}
+        listed: list[_Target] = []
+        unreached: list[ImageRef] = []
         unlisted: dict[str, str] = {}
-        for rejected in snapshot.rejected_watch:
-            if _selected(rejected.image, options):
-                log.warning("ignoring invalid watch settings of %s: %s", rejected.image, rejected.problem)
-                unlisted[rejected.image] = f"invalid watch settings, not used: {rejected.problem}"
-        tracked_tags: dict[str, set[str]] = defaultdict(set)
-        for item in trusted:
-            tracked_tags[item.image].add(item.tag)
-        if options.tags is not None:
-            # Named tags only: no listing; an unrecorded one is checked where its repository tracks new tags.
-            for image, tag in sorted(options.tags):
-                watch = settings.get(image)
-                if watch is None or not watch.track_new_tags:
+
+        async def feed() -> AsyncIterator[tuple[ImageRef, Digest | None]]:
+            async for page in self._snapshot_pages():
+                images, image_settings, packages = split_snapshot(page.trusted, page.watch)
+                package_trusted.extend(packages.trusted)
+                package_settings.extend(packages.settings)
+                settings.update((entry.image, entry) for entry in image_settings if _selected(entry.image, options))
+                for rejected in page.rejected_watch:
+                    if _selected(rejected.image, options):
+                        log.warning("ignoring invalid watch settings of %s: %s", rejected.image, rejected.problem)
+                        unlisted[rejected.image] = f"invalid watch settings, not used: {rejected.problem}"
+                for record in images:
+                    if _selected(record.image, options, record.tag):
+                        trusted.append(record)
+                        if is_valid_tag(record.tag):  # else judged without asking (see _trusted_target)
+                            yield record.ref, record.digest
+            snapshot_read()
+            tracked_tags: dict[str, set[str]] = defaultdict(set)
+            for record in trusted:
+                tracked_tags[record.image].add(record.tag)
+            if options.tags is not None:
+                # Named tags only: no listing; an unrecorded one is checked where its repository tracks new tags.
+                for image, tag in sorted(options.tags):
+                    watch = settings.get(image)
+                    if watch is None or not watch.track_new_tags:
+                        continue
+                    base = ImageRef(registry=watch.registry, repository=watch.repository, tag="latest")
+                    for untracked in drift.untracked_tags([tag], tracked_tags[image], watch):
+                        listed.append(_Target(base.with_tag(untracked), None, watch))
+                        yield listed[-1].ref, None
+                return
+            for image, watch in sorted(settings.items()):
+                if not watch.track_new_tags:
                     continue
-                base = ImageRef(registry=watch.registry, repository=watch.repository, tag="latest")
-                for untracked in drift.untracked_tags([tag], tracked_tags[image], watch):
-                    targets.append(_Target(base.with_tag(untracked), None, watch))
-            return targets, unlisted
-        for image, watch in settings.items():
-            if not watch.track_new_tags:
-                continue
-            listing = await self._list_tags(watch, unlisted)
-            if listing is not None:
-                targets.extend(self._listed_targets(watch, listing, tracked_tags[image], unlisted))
-        return targets, unlisted
+                listing = await self._list_tags(watch, unlisted)
+                if listing is None:
+                    continue
+                for target in self._listed_targets(watch, listing, tracked_tags[image], unlisted):
+                    listed.append(target)
+                    if target.preset is None:
+                        yield target.ref, None
+
+        async def check(item: tuple[ImageRef, Digest | None]) -> None:
+            ref, expected = item
+            if not self._should_start():
+                unreached.append(ref)
+                return
+            observed[ref] = await self._observe(ref, expected=expected)
+
+        await drain(feed(), check, workers=self._max_in_flight)
+        self._package_snapshot = PackageSnapshot(
+            tuple(sorted(package_trusted, key=lambda record: (record.image, record.tag))),
+            tuple(sorted(package_settings, key=lambda entry: entry.image)),
+        )
+        trusted.sort(key=lambda record: (record.image, record.tag))
+        targets: list[_Target] = []
+        results: list[TagResult] = []
+        for target in [_trusted_target(t, settings.get(t.image)) for t in trusted] + listed:
+            if target.preset is not None:
+                verdict, reason = target.preset
+                observation = Observation(ref=target.ref, status=LiveStatus.UNVERIFIABLE, reason=reason)
+                results.append(TagResult(target.ref, None, observation, verdict, reason))
+            elif target.ref in observed:
+                observation = observed.pop(target.ref)
+                target = replace(target, ref=observation.ref)  # noqa: PLW2901 - one ImageRef per tag, shared
+                results.append(self._judge(target, observation))
+            targets.append(target)
+        return targets, results, unreached, unlisted
 
     async def _list_tags(self, watch: WatchSettings, unlisted: dict[str, str]) -> TagListing | None:
         """One repository's tag list; any failure is that repository's problem only (reported, not raised)."""
@@ -338,26 +407,17 @@ class AuditService:
             unlisted[watch.image] = f"tag list not fully read: time ran out after {read} names"
         return targets
 
-    async def _check(self, targets: Sequence[_Target]) -> tuple[list[TagResult], list[ImageRef]]:
-        """Observe every target concurrently (the client bounds concurrency per registry)."""
-        unreached: list[ImageRef] = []
-        gate = asyncio.Semaphore(self._max_in_flight)
-
-        async def one(target: _Target) -> TagResult | None:
-            if target.preset is not None:
-                verdict, reason = target.preset
-                observation = Observation(ref=target.ref, status=LiveStatus.UNVERIFIABLE, reason=reason)
-                return TagResult(target.ref, None, observation, verdict, reason)
-            async with gate:
-                if not self._should_start():
-                    unreached.append(target.ref)
-                    return None
-                expected = target.trusted.digest if target.trusted else None
-                observation = await self._observe(target.ref, expected=expected)
-            return self._judge(target, observation)
-
-        outcomes = await asyncio.gather(*(one(t) for t in targets))
-        return [r for r in outcomes if r is not None], unreached
+    async def _snapshot_pages(self) -> AsyncIterator[TrustSnapshot]:
+        """The trust store's snapshot pages, each read in a thread so the checks go on meanwhile."""
+        pages = self._trust.snapshot_pages()
+        try:
+            while (page := await asyncio.to_thread(next, pages, None)) is not None:
+                yield page
+        finally:
+            close = getattr(pages, "close", None)  # a generator: end its Scan threads now, not at collection
+            if close is not None:
+                with contextlib.suppress(ValueError):  # still running in its thread (cancelled): left to finish
+                    close()
 
     async def _observe(self, ref: ImageRef, *, expected: Digest | None, platforms: bool = False) -> Observation:
         """A per-tag boundary: whatever goes wrong while observing one tag makes that tag unverifiable, no more."""

@@ -164,7 +164,7 @@ def test_the_app_builds_from_the_template_environment_and_reads_nothing_else(
     assert config.reminder_interval == timedelta(hours=24)
     assert config.unverifiable_after == 3
     assert config.registry.timeout == 10
-    assert config.registry.concurrency == 16
+    assert config.registry.concurrency == 64
     assert config.registry.enable_ecr is False
     assert config.registry.credentials_secret is None
     assert config.registry.insecure_registries == frozenset()

@@ -497,6 +497,7 @@ def test_a_table_that_does_not_exist_is_named_with_the_init_hint(
     assert len(lines) == 2
 
 
+# "Linux/AMD64" is no longer malformed: platforms are normalised as docker pull does (platforms.py)
 @pytest.mark.parametrize("platform", ["linux", "linux/", "linux/amd64/v8/extra", "linux amd64"])
 def test_check_refuses_a_malformed_platform(
     bare_cli: CliRunner, registry: LocalRegistry, repo: str, platform: str
@@ -563,7 +564,7 @@ def test_check_selects_one_platform_of_an_index(bare_cli: CliRunner, registry: L
         "match"
     )
     absent = bare_cli("check", "--json", "--platform", "linux/s390x", registry.reference(repo, "2.0"))
-    assert absent.code == 2
+    assert absent.code == 2  # a usage problem listing what the index has, never `missing` (platforms.py)
     assert json.loads(absent.out)[0]["reason"] == (
         "platform linux/s390x is not in the index (it has linux/amd64, linux/arm64/v8)"
     )

@@ -809,3 +809,95 @@ async def test_a_redirect_to_plain_http_that_is_not_listed_is_refused() -> None:
     assert observation.status is LiveStatus.UNVERIFIABLE
     assert observation.reason == "insecure redirect"
     assert cdn.requests == []
+
+
+# --- proxies from the environment ----------------------------------------------------------------------------
+
+
+async def test_a_proxy_from_the_environment_carries_the_requests(
+    registry: LocalRegistry, repository: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = registry.pusher.push_image(repository, "v1", "docker")
+
+    def proxy(request: Recorded) -> Reply:  # answers in the registry's place, as a caching proxy might
+        return Reply(200, {"Content-Type": MediaType.DOCKER_MANIFEST.value, "Docker-Content-Digest": image.digest})
+
+    with LoopbackServer(proxy) as forward:
+        monkeypatch.setenv("HTTP_PROXY", forward.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        settings = RegistrySettings(insecure_registries=frozenset({registry.host}))
+        async with RegistryClient(settings) as client:
+            observation = await client.observe(ref(registry, repository, "v1"))
+        monkeypatch.setenv("NO_PROXY", registry.host.partition(":")[0])
+        async with RegistryClient(settings) as client:
+            direct = await client.observe(ref(registry, repository, "v1"))
+    assert str(observation.live_digest) == image.digest
+    # the absolute-form request line of a forward proxy
+    assert [r.path for r in forward.requests] == [f"http://{registry.host}/v2/{repository}/manifests/v1"]
+    assert str(direct.live_digest) == image.digest  # NO_PROXY: straight to the registry, the proxy saw nothing more
+
+
+# --- the aiohttp transport: bodies and time are bounded on real sockets too -----------------------------------
+
+
+async def test_a_gzip_bomb_over_a_real_socket_is_refused_not_inflated() -> None:
+    import gzip  # noqa: PLC0415
+    import tracemalloc  # noqa: PLC0415
+
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=9)
+
+    def bombing(request: Recorded) -> Reply:
+        headers = {"Content-Type": MediaType.DOCKER_MANIFEST.value, "Content-Encoding": "gzip"}
+        return Reply(200, headers, b"" if request.method == "HEAD" else bomb)  # no digest header: a GET follows
+
+    with LoopbackServer(bombing) as server:
+        settings = RegistrySettings(insecure_registries=frozenset({server.host}))
+        tracemalloc.start()
+        try:
+            async with RegistryClient(settings) as client:
+                observation = await client.observe(ImageRef.parse(f"{server.host}/team/app:1.0"))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert observation.status is LiveStatus.UNVERIFIABLE
+    assert observation.reason == "manifest larger than 4 MiB"
+    assert peak < 16 * 1024 * 1024  # never the 64 MiB the body inflates to
+
+
+async def test_a_registry_sending_one_byte_a_second_is_cut_off_by_the_timeout() -> None:
+    """The timeout bounds a whole request: a trickle that keeps every read short still ends in `timeout`."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n\r\n"
+    trickling: list[asyncio.Task[None]] = []
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        for byte in answer:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.2)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        trickling.append(task)
+        try:
+            await trickle(reader, writer)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    host = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        settings = RegistrySettings(insecure_registries=frozenset({host}), timeout=1.0, max_attempts=1)
+        async with RegistryClient(settings) as client:
+            observation = await client.observe(ImageRef.parse(f"{host}/team/app:1.0"))
+    finally:
+        server.close()
+        for task in trickling:
+            task.cancel()
+    assert observation.status is LiveStatus.UNVERIFIABLE
+    assert observation.reason == "timeout"
+    assert len(trickling) == 1  # one attempt, cut off mid-answer (the whole answer takes 16 s to trickle)

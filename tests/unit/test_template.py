@@ -385,7 +385,7 @@ def test_environment_has_every_variable_the_code_reads(template: dict[str, Any])
         ("DIGEST_AUDIT_REMINDER_INTERVAL", "ReminderIntervalSeconds", 86400),
         ("DIGEST_AUDIT_UNVERIFIABLE_AFTER", "UnverifiableAfter", 3),
         ("DIGEST_AUDIT_INSECURE_REGISTRIES", "InsecureRegistries", ""),
-        ("DIGEST_AUDIT_CONCURRENCY", "RegistryConcurrency", 16),
+        ("DIGEST_AUDIT_CONCURRENCY", "RegistryConcurrency", 64),
         ("DIGEST_AUDIT_TIMEOUT", "RegistryTimeoutSeconds", 10),
         ("DIGEST_AUDIT_MAX_TAGS_PER_REPOSITORY", "MaxTagsPerRepository", 10000),
     ],

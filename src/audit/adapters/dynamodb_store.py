@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -103,6 +105,11 @@ MAX_STATE_IMAGE_BYTES = 1024
 
 #: BatchWriteItem accepts at most 25 requests.
 BATCH_LIMIT = 25
+#: Parallel Scan segments for the trust snapshot: enough to overlap the Scan with the checks and to read a
+#: 10,000-record table (about 4 pages) in the time of one page; boto3 clients are thread-safe.
+SCAN_SEGMENTS = 4
+#: Items per snapshot Scan page (about 400 KB of records); 10,000 records are 10 calls, 4 at a time.
+SNAPSHOT_PAGE_ITEMS = 1000
 
 _TRUST_NAMES = {"#image": TRUST_PARTITION_KEY, "#sk": TRUST_SORT_KEY}
 
@@ -476,7 +483,11 @@ def _query_pages(client: DynamoDBClient, request: QueryInputTypeDef) -> Iterator
 
 
 class DynamoTrustStore:
-    """ports.TrustStore on the trust table. `page_size` caps items per Scan/Query page (for tests)."""
+    """ports.TrustStore on the trust table. `page_size` caps items per Scan/Query page (for tests).
+
+    `scan_segments`: the snapshot Scan is split into this many segments read in parallel (DynamoDB's parallel
+    Scan); a table of one page costs that many Scan calls instead of one, for the same read capacity.
+    """
 
     def __init__(
         self,
@@ -484,11 +495,15 @@ class DynamoTrustStore:
         client: DynamoDBClient,
         *,
         page_size: int | None = None,
+        scan_segments: int = SCAN_SEGMENTS,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        if scan_segments < 1:
+            raise ValueError("scan_segments must be at least 1")
         self.table_name = table_name
         self._client = client
         self._page_size = page_size
+        self._scan_segments = scan_segments
         self._clock = clock
 
     def _call(self, operation: str) -> AbstractContextManager[None]:
@@ -667,25 +682,93 @@ class DynamoTrustStore:
         Watch items are written by `watch`/`trust import` (validated) but can be edited by hand: an invalid one
         is returned as rejected rather than failing the whole audit.
         """
-        items = self._scan(
-            "begins_with(#sk, :prefix) OR #sk = :watch",
-            {":prefix": {"S": CURRENT_PREFIX}, ":watch": {"S": WATCH_SORT_KEY}},
-        )
         records: list[TrustedImage] = []
         settings: list[WatchSettings] = []
         rejected: list[RejectedWatch] = []
-        for item in items:
-            if item[TRUST_SORT_KEY] == {"S": WATCH_SORT_KEY}:
-                try:
-                    settings.append(watch_settings_from_item(item, table=self.table_name))
-                except StoreError as exc:
-                    image = printable(_text(item, TRUST_PARTITION_KEY) or "?", max_chars=300)
-                    rejected.append(RejectedWatch(image, printable(exc.message, max_chars=600)))
-            else:
-                records.append(trusted_image_from_item(item, table=self.table_name))
+        for page in self.snapshot_pages():
+            records += page.trusted
+            settings += page.watch
+            rejected += page.rejected_watch
         records.sort(key=lambda record: (record.image, record.tag))
         settings.sort(key=lambda entry: entry.image)
         return TrustSnapshot(records, settings, rejected)
+
+    def snapshot_pages(self) -> Iterator[TrustSnapshot]:
+        """The snapshot a Scan page at a time, as pages arrive from `scan_segments` parallel Scan segments.
+
+        A page is at most 1 MB (about 3,000 records); a table beyond one page is read by the segments at once,
+        and the caller starts work on each page while the others are still being read.
+        """
+        request: ScanInputTypeDef = {
+            "TableName": self.table_name,
+            "FilterExpression": "begins_with(#sk, :prefix) OR #sk = :watch",
+            "ExpressionAttributeNames": {"#sk": TRUST_SORT_KEY},
+            "ExpressionAttributeValues": {":prefix": {"S": CURRENT_PREFIX}, ":watch": {"S": WATCH_SORT_KEY}},
+        }
+        # Pages of at most SNAPSHOT_PAGE_ITEMS: the segments' raw pages are in memory at once, and a smaller
+        # first page reaches the checks sooner.
+        request["Limit"] = min(self._page_size or SNAPSHOT_PAGE_ITEMS, SNAPSHOT_PAGE_ITEMS)
+        for items in self._parallel_scan(request):
+            records: list[TrustedImage] = []
+            settings: list[WatchSettings] = []
+            rejected: list[RejectedWatch] = []
+            for item in items:
+                if item[TRUST_SORT_KEY] == {"S": WATCH_SORT_KEY}:
+                    try:
+                        settings.append(watch_settings_from_item(item, table=self.table_name))
+                    except StoreError as exc:
+                        image = printable(_text(item, TRUST_PARTITION_KEY) or "?", max_chars=300)
+                        rejected.append(RejectedWatch(image, printable(exc.message, max_chars=600)))
+                else:
+                    records.append(trusted_image_from_item(item, table=self.table_name))
+            yield TrustSnapshot(records, settings, rejected)
+
+    def _parallel_scan(self, request: ScanInputTypeDef) -> Iterator[list[Item]]:
+        segments = self._scan_segments
+        if segments == 1:
+            with self._call("Scan"):
+                page_request = request
+                while True:
+                    page = self._client.scan(**page_request)
+                    yield page.get("Items", [])
+                    last_key = page.get("LastEvaluatedKey")
+                    if not last_key:
+                        return
+                    page_request = {**page_request, "ExclusiveStartKey": last_key}
+        arrived: queue.Queue[list[Item] | BaseException | None] = queue.Queue()
+        stop = threading.Event()
+
+        def scan_segment(segment: int) -> None:
+            try:
+                segment_request: ScanInputTypeDef = {**request, "Segment": segment, "TotalSegments": segments}
+                with self._call("Scan"):
+                    while not stop.is_set():
+                        page = self._client.scan(**segment_request)
+                        arrived.put(page.get("Items", []))
+                        last_key = page.get("LastEvaluatedKey")
+                        if not last_key:
+                            break
+                        segment_request = {**segment_request, "ExclusiveStartKey": last_key}
+            except BaseException as exc:  # handed to the reading thread, which raises it
+                arrived.put(exc)
+            else:
+                arrived.put(None)
+
+        threads = [threading.Thread(target=scan_segment, args=(n,), daemon=True) for n in range(segments)]
+        for thread in threads:
+            thread.start()
+        try:
+            finished = 0
+            while finished < segments:
+                entry = arrived.get()
+                if entry is None:
+                    finished += 1
+                elif isinstance(entry, BaseException):
+                    raise entry
+                else:
+                    yield entry
+        finally:
+            stop.set()  # a reader that stopped early (or failed) ends the other segments after their page
 
     def get_watch_settings(self, image: str) -> WatchSettings | None:
         item = self._get_item(image, WATCH_SORT_KEY, consistent=True)
@@ -723,16 +806,16 @@ class DynamoStateStore:
 
     def load_all(self) -> dict[tuple[str, str], TagState]:
         request: ScanInputTypeDef = {"TableName": self.table_name}
-        if self._page_size is not None:
-            request["Limit"] = self._page_size
+        # Small pages, converted as they come: the raw items of one page are the only transient copy.
+        request["Limit"] = min(self._page_size or SNAPSHOT_PAGE_ITEMS, SNAPSHOT_PAGE_ITEMS)
+        states: dict[tuple[str, str], TagState] = {}
         with self._call("Scan"):
-            items = list(_scan_pages(self._client, request))
-        states = (
-            tag_state_from_item(item, table=self.table_name)
-            for item in items
-            if not item.get(STATE_PARTITION_KEY, {}).get("S", "").startswith(RESERVED_PREFIX)
-        )
-        return {state.key: state for state in states}
+            for item in _scan_pages(self._client, request):  # converted as read: one page of raw items at a time
+                if item.get(STATE_PARTITION_KEY, {}).get("S", "").startswith(RESERVED_PREFIX):
+                    continue  # the run lease, not a tag's state
+                state = tag_state_from_item(item, table=self.table_name)
+                states[state.key] = state
+        return states
 
     def save(self, changed: Sequence[TagState]) -> None:
         # BatchWriteItem rejects two requests for one key in a batch; the last state of a key wins.

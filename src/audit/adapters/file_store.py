@@ -338,6 +338,9 @@ class FileTrustStore:
             [contents.watch[image] for image in sorted(contents.watch)],
         )
 
+    def snapshot_pages(self) -> Iterator[TrustSnapshot]:
+        yield self.load_snapshot()  # one file, one page
+
     def get_watch_settings(self, image: str) -> WatchSettings | None:
         return self._contents().watch.get(image)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from audit.models import Digest, ImageRef, Observation, Verdict
 from audit.packages import is_package_spec
 from audit.platforms import Platform, select_platform
 from audit.untrusted import printable
+from audit.workers import drain
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -78,16 +80,19 @@ def run_check(args: argparse.Namespace) -> int:
     references = parse_references(args.references, args.file)
     options = registry_options_from(args)
     want_platforms = bool(args.platforms or platform)
-    observations = asyncio.run(_observe_all(options, [ref for _, ref in references], want_platforms))
-    rows = [
-        _row(typed, ref, observation, platform)
-        for (typed, ref), observation in zip(references, observations, strict=True)
-    ]
-    absent = [
-        typed
-        for (typed, _), observation in zip(references, observations, strict=True)
-        if platform_absent(observation, platform)
-    ]
+    found: list[dict[str, Any] | None] = [None] * len(references)
+    absent_at: list[int] = []
+
+    def answered(index: int, observation: Observation) -> None:
+        # Each observation becomes its output row at once and is dropped: memory per tag stays one row.
+        typed, ref = references[index]
+        found[index] = _row(typed, ref, observation, platform)
+        if platform_absent(observation, platform):
+            absent_at.append(index)
+
+    asyncio.run(_observe_all(options, [ref for _, ref in references], want_platforms, answered))
+    rows = [row for row in found if row is not None]
+    absent = [references[index][0] for index in sorted(absent_at)]
     if args.json:
         print_json(rows)
     else:
@@ -106,13 +111,18 @@ def run_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _observe_all(options: RegistryOptions, refs: list[ImageRef], platforms: bool) -> list[Observation]:
+async def _observe_all(
+    options: RegistryOptions, refs: list[ImageRef], platforms: bool, answered: Callable[[int, Observation], None]
+) -> None:
+    """Every reference observed by a fixed set of workers (the client adapts requests in flight below it)."""
     async with bootstrap.registry_client(options) as client:
-        return list(
-            await asyncio.gather(
-                *(client.observe(ref, expected=ref.digest if ref.tag else None, platforms=platforms) for ref in refs)
-            )
-        )
+
+        async def observe(index: int) -> None:
+            ref = refs[index]
+            expected = ref.digest if ref.tag else None
+            answered(index, await client.observe(ref, expected=expected, platforms=platforms))
+
+        await drain(range(len(refs)), observe, workers=bootstrap.check_workers(client.settings))
 
 
 def _parse_platform(text: str | None) -> Platform | None:

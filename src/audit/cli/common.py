@@ -26,7 +26,11 @@ def add_registry_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--ca-file", type=Path, help="a PEM CA bundle added to the system trust store")
     group.add_argument("--docker-config", type=Path, metavar="DIR", help="directory holding config.json")
-    group.add_argument("--concurrency", type=positive_int, help="requests in flight per registry host (default 16)")
+    group.add_argument(
+        "--concurrency",
+        type=positive_int,
+        help="the most requests in flight per registry host; adaptive below it (default 64)",
+    )
     group.add_argument("--timeout", type=positive_float, help="seconds per request (default 10)")
 
 

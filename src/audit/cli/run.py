@@ -81,6 +81,7 @@ class AuditSetup:
             packages=packages,
             lease=self.lease,
             max_tags_per_repository=self.config.max_tags_per_repository,
+            max_in_flight=bootstrap.check_workers(bootstrap.registry_settings(self.config.registry)),
         )
 
 

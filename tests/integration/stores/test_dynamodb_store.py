@@ -20,7 +20,7 @@ from audit.adapters.dynamodb_store import (
     trusted_image_to_item,
 )
 from audit.errors import StoreError, TrustConflictError
-from audit.models import RecordOutcome
+from audit.models import RecordOutcome, TrustSnapshot
 from tests.support.aws_fixtures import AwsClients, TableNames
 from tests.unit.stores.builders import IMAGE, digest, moving_watch, state, trusted
 
@@ -142,6 +142,30 @@ def test_scans_and_queries_follow_every_page(client: DynamoDBClient, tables: Tab
     assert len(queries) >= 3
     assert len(store.digests_ever_recorded(IMAGE)) == 14
     assert len(queries) >= 3 + 7
+
+
+def test_snapshot_is_read_by_parallel_scan_segments_page_by_page(client: DynamoDBClient, tables: TableNames) -> None:
+    store = DynamoTrustStore(tables.trust, client, page_size=3, scan_segments=4)
+    recorded = {trusted(f"1.{index}", "abcdef0123"[index]) for index in range(10)}
+    for item in recorded:
+        store.record(item)
+    store.put_watch_settings(moving_watch())
+    scans = Calls(client, "Scan")
+    pages = list(store.snapshot_pages())
+    records = [record for page in pages for record in page.trusted]
+    assert sorted(records, key=lambda r: r.tag) == sorted(recorded, key=lambda r: r.tag)  # each exactly once
+    assert [settings for page in pages for settings in page.watch] == [moving_watch()]
+    assert len(pages) == len(scans) >= 4  # one page per Scan call: handed on as it arrives
+    assert {(params["Segment"], params["TotalSegments"]) for params in scans.params} == {(n, 4) for n in range(4)}
+    assert store.load_snapshot() == TrustSnapshot(
+        sorted(recorded, key=lambda r: (r.image, r.tag)), [moving_watch()], []
+    )
+
+
+def test_a_failing_segment_fails_the_snapshot_with_a_store_error(client: DynamoDBClient) -> None:
+    store = DynamoTrustStore("no-such-table", client, scan_segments=3)
+    with pytest.raises(StoreError):
+        list(store.snapshot_pages())
 
 
 def test_state_load_all_follows_every_page(client: DynamoDBClient, tables: TableNames) -> None:

@@ -18,7 +18,7 @@ def test_defaults() -> None:
     assert config.reminder_interval == timedelta(hours=24)
     assert config.unverifiable_after == 3
     assert config.registry.timeout == 10.0
-    assert config.registry.concurrency == 16
+    assert config.registry.concurrency == 64
     assert config.registry.insecure_registries == frozenset()
     assert config.trust_table is None
 

@@ -19,7 +19,7 @@ REGISTRY = "registry.example"
 REALM = "https://auth.example/token"
 SERVICE = "registry.example"
 
-type Handler = Callable[[httpx.Request], httpx.Response | Awaitable[httpx.Response] | None]
+type Handler = Callable[[httpx.Request], httpx.Response | Awaitable[httpx.Response | None] | None]
 
 
 class FakeClock:

@@ -60,6 +60,7 @@ async def test_expected_digest_that_matches_costs_exactly_one_head(registry: Fak
         observation = await client.observe(ref(), expected=digest)
     assert observation.status is LiveStatus.FOUND
     assert observation.live_digest == digest
+    assert observation.live_digest is digest  # a match keeps the trusted object: no second copy per tag in `run`
     assert [r.method for r in registry.requests] == ["HEAD"]
 
 

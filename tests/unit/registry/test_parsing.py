@@ -1,7 +1,8 @@
-"""Pure helpers: Retry-After, back-off, pauses, Link headers, rate-limit headers, error classification."""
+"""Pure helpers: Retry-After, back-off, Link headers, rate-limit headers, error classification."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 from email.utils import formatdate
 
@@ -9,9 +10,7 @@ import httpx
 import pytest
 
 from audit.adapters.registry.manifest import error_codes, next_link, parse_rate_limit_remaining
-from audit.adapters.registry.retry import Backoff, PauseBoard, classify_transport_error, parse_retry_after
-
-from .fakes import FakeClock
+from audit.adapters.registry.retry import Backoff, classify_transport_error, parse_retry_after
 
 
 @pytest.mark.parametrize(
@@ -33,18 +32,6 @@ def test_backoff_doubles_with_jitter_and_a_ceiling() -> None:
     assert [low.delay(n) for n in (1, 2, 3)] == pytest.approx([0.1, 0.2, 0.4])
     assert high.delay(1) == pytest.approx(0.2 * 1.499)
     assert low.delay(30) == pytest.approx(2.5)  # capped at 5 s before jitter
-
-
-def test_pause_board_is_per_host_and_only_extends() -> None:
-    clock = FakeClock()
-    board = PauseBoard(clock.monotonic)
-    assert board.remaining("a") == 0.0
-    board.pause("a", 10)
-    board.pause("a", 3)
-    assert board.remaining("a") == 10.0
-    assert board.remaining("b") == 0.0
-    clock.advance(10)
-    assert board.remaining("a") == 0.0
 
 
 @pytest.mark.parametrize(
@@ -85,6 +72,20 @@ def _chained(outer: Exception, cause: BaseException) -> Exception:
     return outer
 
 
+class _AiohttpSSLError(ssl.SSLError):
+    """Like aiohttp's ClientConnectorSSLError: an SSLError without a reason, the real one in `os_error`."""
+
+    def __init__(self, wrapped: OSError) -> None:
+        super().__init__()
+        self.os_error = wrapped
+
+
+def _wrong_version() -> ssl.SSLError:
+    error = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    error.reason = "WRONG_VERSION_NUMBER"
+    return error
+
+
 @pytest.mark.parametrize(
     ("exc", "reason", "retry"),
     [
@@ -101,9 +102,46 @@ def _chained(outer: Exception, cause: BaseException) -> Exception:
             False,
         ),
         (_chained(httpx.ConnectError("x"), ssl.SSLError(1, "WRONG_VERSION_NUMBER")), "tls: handshake failed", False),
+        (
+            _chained(httpx.ConnectTimeout("x"), _AiohttpSSLError(_wrong_version())),
+            "tls: wrong version number",
+            False,
+        ),
         (httpx.ConnectError("[Errno -2] Name or service not known"), "dns lookup failed", True),
         (httpx.UnsupportedProtocol("ftp"), "http error (UnsupportedProtocol)", False),
     ],
 )
 def test_classify_transport_error(exc: Exception, reason: str, retry: bool) -> None:
     assert classify_transport_error(exc) == (reason, retry)
+
+
+class ClientConnectorError(OSError):
+    """Shaped like aiohttp's: the OSError it wraps in `os_error`; httpx-aiohttp raises ConnectTimeout from it."""
+
+    __module__ = "aiohttp.client_exceptions"
+
+    def __init__(self, wrapped: OSError) -> None:
+        super().__init__(str(wrapped))
+        self.os_error = wrapped
+
+
+class ServerDisconnectedError(Exception):
+    __module__ = "aiohttp.client_exceptions"
+
+
+class ServerTimeoutError(TimeoutError):
+    __module__ = "aiohttp.client_exceptions"
+
+
+@pytest.mark.parametrize(
+    ("cause", "reason"),
+    [
+        (ClientConnectorError(ConnectionRefusedError(111, "refused")), "connection refused"),
+        (ClientConnectorError(socket.gaierror(-2, "Name or service not known")), "dns lookup failed"),
+        (ClientConnectorError(OSError(113, "no route to host")), "connection failed"),
+        (ServerDisconnectedError("Server disconnected"), "connection reset"),
+        (ServerTimeoutError("Timeout on reading data from socket"), "timeout"),
+    ],
+)
+def test_aiohttp_errors_are_judged_by_what_aiohttp_raised(cause: Exception, reason: str) -> None:
+    assert classify_transport_error(_chained(httpx.ConnectTimeout(str(cause)), cause)) == (reason, True)

@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from audit.adapters.registry import RegistryRequestError
+from audit.adapters.registry.failures import FailureKind, hint_for
 from audit.errors import InvalidReferenceError
 
 from .fakes import REGISTRY, FakeRegistry, image_manifest, make_client
@@ -119,26 +120,42 @@ async def test_cosign_tags_are_returned_too() -> None:
 
 
 @pytest.mark.parametrize(
-    ("response", "reason"),
+    ("response", "reason", "kind"),
     [
-        (httpx.Response(404, json={"errors": [{"code": "NAME_UNKNOWN"}]}), "repository not found"),
-        (httpx.Response(404), "not found (http 404)"),
-        (httpx.Response(403), "access denied"),
-        (httpx.Response(503), "http 503"),
-        (httpx.Response(200, text="<html>"), "malformed tag list"),
-        (httpx.Response(200, json={"tags": [1, 2]}), "malformed tag list"),
+        (
+            httpx.Response(404, json={"errors": [{"code": "NAME_UNKNOWN"}]}),
+            "repository not found",
+            FailureKind.NOT_FOUND,
+        ),
+        (httpx.Response(404), "not found (http 404)", FailureKind.NOT_FOUND),
+        (httpx.Response(403), "access denied", FailureKind.ACCESS_DENIED),
+        (httpx.Response(401), "auth failed", FailureKind.AUTH),
+        (httpx.Response(429, headers={"Retry-After": "3600"}), "rate limited", FailureKind.RATE_LIMITED),
+        (httpx.Response(503), "http 503", FailureKind.SERVER),
+        (httpx.Response(200, text="<html>"), "malformed tag list", FailureKind.BAD_RESPONSE),
+        (httpx.Response(200, json={"tags": [1, 2]}), "malformed tag list", FailureKind.BAD_RESPONSE),
     ],
 )
-async def test_errors_raise_registry_error_with_reason_and_hint(response: httpx.Response, reason: str) -> None:
+async def test_errors_raise_registry_error_with_reason_kind_and_its_hint(
+    response: httpx.Response, reason: str, kind: FailureKind
+) -> None:
     registry = FakeRegistry()
     registry.hooks.append(lambda request: response)
     async with make_client(registry) as client:
         with pytest.raises(RegistryRequestError) as caught:
             await client.list_tags(REGISTRY, REPO)
     assert caught.value.reason == reason
+    assert caught.value.kind is kind
     assert caught.value.registry == REGISTRY
     assert reason in caught.value.message
-    assert caught.value.hint
+    assert caught.value.hint == hint_for(kind, REGISTRY)  # the hint comes from the kind, not from the wording
+
+
+def test_every_failure_kind_has_its_own_hint() -> None:
+    hints = {kind: hint_for(kind, "registry.example") for kind in FailureKind}
+    assert all(hints.values())
+    assert hints[FailureKind.TLS] != hints[FailureKind.UNREACHABLE] != hints[FailureKind.AUTH]
+    assert "re-push" in hints[FailureKind.SCHEMA1]
 
 
 async def test_docker_hub_names_are_normalised() -> None:

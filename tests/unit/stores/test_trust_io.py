@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -460,6 +461,9 @@ class OneRecordAtATime:
 
     def load_snapshot(self) -> TrustSnapshot:
         return self.inner.load_snapshot()
+
+    def snapshot_pages(self) -> Iterator[TrustSnapshot]:
+        return self.inner.snapshot_pages()
 
     def get_watch_settings(self, image: str) -> WatchSettings | None:
         return self.inner.get_watch_settings(image)

@@ -10,7 +10,9 @@ The flow, per registry host:
 3. A 401 to a request that carried a token means the token went stale: it is dropped and fetched once more;
    the caller gives up after that. Concurrent requests for one key share ONE token request.
 
-Network I/O is injected (`TokenTransport`), so all of this is testable without sockets.
+`RegistryAuth` is that flow for one request as an `httpx.Auth`: its `async_auth_flow` reads top to bottom
+(send; on a 401 answer the challenge; send again). Network I/O for tokens is injected (`TokenTransport`), so
+all of this is testable without sockets.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -28,7 +30,7 @@ from typing import Final, NamedTuple
 import httpx
 
 from audit.adapters.registry.credentials import Credential, CredentialProvider
-from audit.adapters.registry.failures import RegistryFailure
+from audit.adapters.registry.failures import FailureKind, RegistryFailure
 from audit.errors import CredentialsError
 
 DEFAULT_TOKEN_LIFETIME: Final = 60.0  # token spec: default and minimum expires_in
@@ -141,12 +143,12 @@ def parse_token_response(body: bytes, *, now: float, wall_now: float) -> Token:
     try:
         data = json.loads(body)
     except ValueError:
-        raise RegistryFailure("auth failed (malformed token response)") from None
+        raise RegistryFailure("auth failed (malformed token response)", FailureKind.AUTH) from None
     if not isinstance(data, dict):
-        raise RegistryFailure("auth failed (malformed token response)")
+        raise RegistryFailure("auth failed (malformed token response)", FailureKind.AUTH)
     value = data.get("token") or data.get("access_token")
     if not isinstance(value, str) or not value or any(ch in value for ch in "\r\n\x00"):
-        raise RegistryFailure("auth failed (malformed token response)")
+        raise RegistryFailure("auth failed (malformed token response)", FailureKind.AUTH)
     expires_in = data.get("expires_in")
     lifetime = DEFAULT_TOKEN_LIFETIME
     if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
@@ -178,11 +180,11 @@ def build_token_request(
     try:
         realm = httpx.URL(challenge_realm)
     except httpx.InvalidURL:
-        raise RegistryFailure("auth failed (invalid token realm)") from None
+        raise RegistryFailure("auth failed (invalid token realm)", FailureKind.AUTH) from None
     if realm.scheme not in ("http", "https") or not realm.host:
-        raise RegistryFailure("auth failed (invalid token realm)")
+        raise RegistryFailure("auth failed (invalid token realm)", FailureKind.AUTH)
     if realm.scheme == "http" and not plain_http_allowed(realm.host, realm.port):
-        raise RegistryFailure("insecure token realm")
+        raise RegistryFailure("insecure token realm", FailureKind.INSECURE)
     headers = {"User-Agent": user_agent, "Accept": "application/json"}
     if credential is not None and credential.identity_token is not None:
         form = {"grant_type": "refresh_token", "refresh_token": credential.identity_token}
@@ -253,9 +255,32 @@ class Authenticator:
         self._credential_locks: dict[str, asyncio.Lock] = {}
         self._tokens: dict[TokenKey, Token] = {}
         self._inflight: dict[TokenKey, asyncio.Task[Token]] = {}
+        self._contacted: set[str] = set()  # registries whose first request has answered how they authenticate
+        self._probes: dict[str, asyncio.Future[None]] = {}  # that first request, while it is under way
 
     def __repr__(self) -> str:
         return f"Authenticator(registries={sorted(self._schemes)!r}, tokens={len(self._tokens)})"
+
+    async def first_contact(self, registry: str) -> bool:
+        """Let one request (the probe) learn how a new registry authenticates while the others wait.
+
+        The others go ahead once the probe has its answer and, after a 401, has answered the challenge,
+        whatever the outcome. Returns whether the caller is the probe (it must call `first_contact_done`).
+        """
+        if registry in self._contacted:
+            return False
+        probe = self._probes.get(registry)
+        if probe is None:
+            self._probes[registry] = asyncio.get_running_loop().create_future()
+            return True
+        await asyncio.wait([probe])  # unlike `await probe`, never cancels it if this waiter is cancelled
+        return False
+
+    def first_contact_done(self, registry: str) -> None:
+        self._contacted.add(registry)
+        probe = self._probes.pop(registry, None)
+        if probe is not None:
+            probe.set_result(None)
 
     def scheme(self, registry: str) -> Scheme | None:
         return self._schemes.get(registry)
@@ -294,18 +319,18 @@ class Authenticator:
         """A request sent with `rejected` (None: no Authorization) got a 401: the header to retry with."""
         challenge = pick_challenge(parse_challenges(www_authenticate))
         if challenge is None:
-            raise RegistryFailure("auth failed")
+            raise RegistryFailure("auth failed", FailureKind.AUTH)
         if challenge.scheme == "basic":
             self._schemes[registry] = BasicScheme.BASIC
             entry = await self._credential(registry)
             if entry.basic_header is not None and entry.basic_header == rejected:
                 entry = await self._credential(registry, stale=entry)
             if entry.basic_header is None or entry.basic_header == rejected:
-                raise RegistryFailure("auth failed")
+                raise RegistryFailure("auth failed", FailureKind.AUTH)
             return entry.basic_header
         realm = challenge.params.get("realm")
         if not realm:
-            raise RegistryFailure("auth failed")
+            raise RegistryFailure("auth failed", FailureKind.AUTH)
         scheme = BearerScheme(realm, challenge.params.get("service") or None)
         self._schemes[registry] = scheme
         entry = await self._credential(registry)
@@ -383,9 +408,12 @@ class Authenticator:
             for registry, entry in list(self._credentials.items()):
                 if entry.credential == key.identity:
                     self.forget_credentials(registry)
-            raise RegistryFailure("auth failed")
+            raise RegistryFailure("auth failed", FailureKind.AUTH)
         if reply.status != 200:
-            raise RegistryFailure(f"auth failed (token server http {reply.status})")
+            raise RegistryFailure(
+                f"auth failed (token server http {reply.status})",
+                FailureKind.SERVER if reply.status >= 500 else FailureKind.AUTH,
+            )
         token = parse_token_response(reply.body, now=self._clock(), wall_now=self._wall_clock())
         self._tokens[key] = token
         return token
@@ -395,3 +423,47 @@ class Authenticator:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class RegistryAuth(httpx.Auth):
+    """The auth flow of one request to a registry's own origin (never used for another origin).
+
+    The first request to a registry goes alone (the probe) while the others wait for it to learn how the
+    registry authenticates; without that, every check queued before the first answer would eat a 401.
+    A second 401 is handed back to the caller, which reports "auth failed".
+    """
+
+    def __init__(
+        self, authenticator: Authenticator, registry: str, scope: str, on_challenge: Callable[[], None]
+    ) -> None:
+        self._authenticator = authenticator
+        self._registry = registry
+        self._scope = scope
+        self._on_challenge = on_challenge
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        auth, registry, scope = self._authenticator, self._registry, self._scope
+        probing = await auth.first_contact(registry)
+        try:
+            authorization = auth.cached(registry, scope)
+            if authorization is PENDING:
+                authorization = await auth.authorize(registry, scope)
+            _authorize(request, authorization)
+            response = yield request
+            if response.status_code != 401:
+                return
+            self._on_challenge()
+            challenges = response.headers.get_list("www-authenticate")
+            authorization = await auth.challenged(registry, scope, challenges, authorization)
+        finally:
+            if probing:
+                auth.first_contact_done(registry)
+        _authorize(request, authorization)
+        yield request
+
+
+def _authorize(request: httpx.Request, authorization: str | None) -> None:
+    if authorization is None:
+        request.headers.pop("Authorization", None)
+    else:
+        request.headers["Authorization"] = authorization

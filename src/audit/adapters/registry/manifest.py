@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from audit.adapters.registry.failures import RegistryFailure
+from audit.adapters.registry.failures import FailureKind, RegistryFailure
 from audit.errors import InvalidDigestError
 from audit.models import Digest, MediaType
 
@@ -53,9 +53,9 @@ def check_media_type(media: str | None) -> MediaType | None:
     if media is None:
         return None
     if media in SCHEMA1_MEDIA_TYPES:
-        raise RegistryFailure(SCHEMA1_REASON)
+        raise RegistryFailure(SCHEMA1_REASON, FailureKind.SCHEMA1)
     if media not in ACCEPTED_MEDIA_TYPES:
-        raise RegistryFailure(f"unexpected content type {media}")
+        raise RegistryFailure(f"unexpected content type {media}", FailureKind.BAD_RESPONSE)
     return MediaType(media)
 
 
@@ -65,7 +65,7 @@ def parse_digest_header(value: str | None) -> Digest | None:
     try:
         return Digest.parse(value)
     except InvalidDigestError:
-        raise RegistryFailure("malformed digest header") from None
+        raise RegistryFailure("malformed digest header", FailureKind.BAD_RESPONSE) from None
 
 
 def _infer_media_type(document: Mapping[str, object]) -> MediaType:
@@ -75,7 +75,7 @@ def _infer_media_type(document: Mapping[str, object]) -> MediaType:
             return MediaType.OCI_INDEX
         if isinstance(document.get("config"), dict):
             return MediaType.OCI_MANIFEST
-    raise RegistryFailure("malformed manifest")
+    raise RegistryFailure("malformed manifest", FailureKind.BAD_RESPONSE)
 
 
 def parse_manifest(body: bytes, content_type: MediaType | None, digest: Digest) -> Manifest:
@@ -83,18 +83,18 @@ def parse_manifest(body: bytes, content_type: MediaType | None, digest: Digest) 
     try:
         document = json.loads(body)
     except ValueError:
-        raise RegistryFailure("malformed manifest") from None
+        raise RegistryFailure("malformed manifest", FailureKind.BAD_RESPONSE) from None
     if not isinstance(document, dict):
-        raise RegistryFailure("malformed manifest")
+        raise RegistryFailure("malformed manifest", FailureKind.BAD_RESPONSE)
     declared = document.get("mediaType")
     media_type = content_type
     if declared is not None:
         if not isinstance(declared, str):
-            raise RegistryFailure("malformed manifest")
+            raise RegistryFailure("malformed manifest", FailureKind.BAD_RESPONSE)
         if content_type is None:
             media_type = check_media_type(declared.strip().lower())
         elif declared.strip().lower() != content_type.value:
-            raise RegistryFailure("manifest media type disagrees with content type")
+            raise RegistryFailure("manifest media type disagrees with content type", FailureKind.BAD_RESPONSE)
     if media_type is None:
         media_type = _infer_media_type(document)
     platforms = parse_platforms(document) if media_type.is_index else None
@@ -110,11 +110,11 @@ def parse_platforms(document: Mapping[str, object]) -> dict[str, Digest]:
     """
     children = document.get("manifests")
     if not isinstance(children, list):
-        raise RegistryFailure("malformed manifest")
+        raise RegistryFailure("malformed manifest", FailureKind.BAD_RESPONSE)
     platforms: dict[str, Digest] = {}
     for child in children:
         if not isinstance(child, dict):
-            raise RegistryFailure("malformed manifest")
+            raise RegistryFailure("malformed manifest", FailureKind.BAD_RESPONSE)
         annotations = child.get("annotations")
         if isinstance(annotations, dict) and annotations.get(ATTESTATION_ANNOTATION) == "attestation-manifest":
             continue
@@ -123,17 +123,17 @@ def parse_platforms(document: Mapping[str, object]) -> dict[str, Digest]:
             continue
         os_name, arch, variant = platform.get("os"), platform.get("architecture"), platform.get("variant")
         if not isinstance(os_name, str) or not isinstance(arch, str) or not os_name or not arch:
-            raise RegistryFailure("malformed manifest")
+            raise RegistryFailure("malformed manifest", FailureKind.BAD_RESPONSE)
         if os_name == "unknown" and arch == "unknown":
             continue
         key = f"{os_name}/{arch}/{variant}" if isinstance(variant, str) and variant else f"{os_name}/{arch}"
         digest_text = child.get("digest")
         if not isinstance(digest_text, str):
-            raise RegistryFailure("malformed manifest")
+            raise RegistryFailure("malformed manifest", FailureKind.BAD_RESPONSE)
         try:
             digest = Digest.parse(digest_text)
         except InvalidDigestError:
-            raise RegistryFailure("malformed manifest") from None
+            raise RegistryFailure("malformed manifest", FailureKind.BAD_RESPONSE) from None
         platforms.setdefault(key, digest)
     return platforms
 

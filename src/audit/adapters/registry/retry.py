@@ -1,7 +1,8 @@
-"""When to try a registry request again: jittered exponential back-off, Retry-After, a per-host pause."""
+"""When to try a registry request again: jittered exponential back-off, Retry-After, which errors are worth it."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,58 +43,43 @@ def parse_retry_after(value: str | None, *, wall_now: float) -> float | None:
     return max(0.0, moment.timestamp() - wall_now)
 
 
-class PauseBoard:
-    """A "not before" time per host, set by a 429 and honoured by every worker before it sends.
-
-    Plain dict and float arithmetic: asyncio runs one callback at a time, so no lock is needed, and a host
-    that never rate-limits costs one dict lookup per request.
-    """
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._not_before: dict[str, float] = {}
-
-    def pause(self, host: str, seconds: float) -> None:
-        until = self._clock() + seconds
-        if until > self._not_before.get(host, 0.0):
-            self._not_before[host] = until
-
-    def remaining(self, host: str) -> float:
-        until = self._not_before.get(host)
-        if until is None:
-            return 0.0
-        left = until - self._clock()
-        if left <= 0:
-            del self._not_before[host]
-            return 0.0
-        return left
-
-
 def _chain(exc: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and current not in seen:
         seen.append(current)
-        current = current.__cause__ or current.__context__
+        # aiohttp keeps the OSError or SSLError it wraps in `os_error`, not in the exception chain
+        wrapped = getattr(current, "os_error", None)
+        current = wrapped if isinstance(wrapped, BaseException) else current.__cause__ or current.__context__
     return seen
 
 
 def classify_transport_error(exc: Exception) -> tuple[str, bool]:
     """A short reason for a failed exchange, and whether trying again may help."""
     chain = _chain(exc)
-    for link in chain:
-        if isinstance(link, ssl.SSLCertVerificationError):
-            return "tls: certificate verify failed", False
-        if isinstance(link, ssl.SSLError):
-            detail = getattr(link, "reason", None) or "handshake failed"
-            return f"tls: {detail.lower().replace('_', ' ')}", False
+    if any(isinstance(link, ssl.SSLCertVerificationError) for link in chain):
+        return "tls: certificate verify failed", False
+    tls_errors = [link for link in chain if isinstance(link, ssl.SSLError)]
+    if tls_errors:
+        # aiohttp's wrapper is an SSLError too, without a reason; the one it wraps has it
+        detail = next((str(r) for link in tls_errors if (r := getattr(link, "reason", None))), "handshake failed")
+        return f"tls: {detail.lower().replace('_', ' ')}", False
     text = " ".join(str(link) for link in chain)
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return "tls: certificate verify failed", False
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return "timeout", True
     if any(isinstance(link, ConnectionRefusedError) for link in chain):
         return "connection refused", True
+    if any(isinstance(link, socket.gaierror) for link in chain):
+        return "dns lookup failed", True
+    if any(type(link).__module__.startswith("aiohttp") for link in chain):
+        # httpx-aiohttp maps every aiohttp connection error to ConnectTimeout: judge by what aiohttp raised
+        if any(isinstance(link, TimeoutError) for link in chain):  # aiohttp's timeouts are TimeoutErrors
+            return "timeout", True
+        if any(type(link).__name__.startswith("ClientConnector") for link in chain):
+            return "connection failed", True
+        return "connection reset", True
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return "timeout", True
     if isinstance(exc, httpx.ConnectError):
         if "name or service not known" in text.lower() or "nodename nor servname" in text.lower():
             return "dns lookup failed", True

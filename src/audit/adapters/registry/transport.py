@@ -1,0 +1,168 @@
+"""The network edge under httpx: aiohttp's connection pool for speed, and a cap on every body read.
+
+httpx stays the API (requests, auth flows, `MockTransport` in tests); the transport is where speed changes.
+httpcore's pool polls every pooled connection on each request, so one pool gets slower as connections are
+added; aiohttp keeps a dict of idle connections per host and is 1.5-3 x faster per request here
+(docs/benchmarks.md). `CappedTransport` wraps whichever transport is used, so the body cap holds for every
+response, the 401s read inside an auth flow included: at most `cap` bytes are read off the wire and at most
+`cap` bytes come out of decoding, so a gzip bomb is refused instead of inflated.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import ssl
+import zlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Final
+
+import httpx
+
+CAP_EXTENSION: Final = "digest_audit.cap"  # request extension: bytes of a 200 body the caller will read
+MAX_ERROR_BODY: Final = 64 * 1024  # any other status: enough for an error document, never more
+DEFAULT_CAP: Final = MAX_ERROR_BODY
+_DECODABLE: Final = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+class BodyTooLarge(Exception):
+    """A response body (on the wire or decoded) was longer than the cap of its request."""
+
+
+def body_cap(request: httpx.Request, status: int) -> int:
+    cap = request.extensions.get(CAP_EXTENSION, DEFAULT_CAP)
+    return int(cap) if status == 200 else MAX_ERROR_BODY
+
+
+class _CappedStream(httpx.AsyncByteStream):
+    def __init__(self, inner: httpx.AsyncByteStream, cap: int, wbits: int | None) -> None:
+        self._inner = inner
+        self._cap = cap
+        self._decoder = zlib.decompressobj(wbits) if wbits is not None else None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        read = produced = 0
+        async for chunk in self._inner:
+            read += len(chunk)
+            if read > self._cap:
+                raise BodyTooLarge(f"body longer than {self._cap} bytes")
+            if self._decoder is None:
+                produced += len(chunk)
+                yield chunk
+                continue
+            try:
+                # max_length bounds what one chunk may inflate to: a bomb stops here, not after decoding
+                out = self._decoder.decompress(chunk, self._cap - produced + 1)
+            except zlib.error as exc:
+                raise httpx.DecodingError(f"malformed compressed body: {exc}") from None
+            produced += len(out)
+            if produced > self._cap or self._decoder.unconsumed_tail:
+                raise BodyTooLarge(f"decoded body longer than {self._cap} bytes")
+            if out:
+                yield out
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class CappedTransport(httpx.AsyncBaseTransport):
+    """Wraps a transport so no body is read or decoded beyond its request's cap (`CAP_EXTENSION`).
+
+    gzip and deflate are decoded here, within the cap (registries are asked for `identity`, but a proxy or CDN
+    may compress anyway); the response then carries no Content-Encoding, so httpx does not decode again.
+    Any other encoding cannot be read safely and is refused.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        wbits: int | None = None
+        if encoding not in ("", "identity"):
+            if encoding not in _DECODABLE:
+                await response.aclose()
+                raise httpx.DecodingError(f"unsupported content encoding {encoding[:40]!r}")
+            wbits = _DECODABLE[encoding]
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        cap = body_cap(request, response.status_code)
+        if wbits is None:  # the common case: the same response, its stream capped (no second Response built)
+            response.stream = _CappedStream(response.stream, cap, None)
+            return response
+        dropped = ("content-encoding", "content-length")  # decoded here: httpx must not decode again
+        headers = httpx.Headers([(k, v) for k, v in response.headers.multi_items() if k.lower() not in dropped])
+        return httpx.Response(
+            response.status_code,
+            headers=headers,
+            stream=_CappedStream(response.stream, cap, wbits),
+            request=request,
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def aiohttp_transport(
+    ssl_context: Callable[[], ssl.SSLContext], *, per_host: int, proxy: str | None = None
+) -> httpx.AsyncBaseTransport:
+    """httpx over aiohttp: one keep-alive pool, at most `per_host` connections per host, through `proxy` if given.
+
+    aiohttp is imported here, on first use, so `import handler` does not pay for it. `ssl_context` is called
+    when the pool is first needed: a run against plain-http registries never loads a CA bundle. aiohttp's own
+    `trust_env` is off: it re-reads the proxy variables and ~/.netrc (in a thread) on every request, which
+    cost a third of the client's time; proxies come from `environment_mounts` instead, read once.
+    """
+    import aiohttp  # noqa: PLC0415 - deferred: it costs start-up time every command would pay
+    from httpx_aiohttp import AiohttpTransport  # noqa: PLC0415
+
+    def session() -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=per_host, ssl=ssl_context())
+        return aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False)
+
+    # An empty verifying context: the transport would otherwise load certifi eagerly, for nothing.
+    return AiohttpTransport(
+        verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
+        client=session,
+        proxy=httpx.Proxy(proxy) if proxy else None,
+    )
+
+
+def environment_mounts(
+    direct: Mapping[str, httpx.AsyncBaseTransport],
+    proxied: Callable[[str, str], httpx.AsyncBaseTransport],
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, httpx.AsyncBaseTransport | None]:
+    """httpx mounts for HTTP_PROXY / HTTPS_PROXY / ALL_PROXY / NO_PROXY (either case), as httpx reads them.
+
+    `direct[scheme]` is the transport without a proxy; `proxied(scheme, proxy_url)` builds one through a proxy.
+    NO_PROXY entries map to the direct transport: `*` (no proxy at all), hosts, IPs and domain suffixes.
+    """
+    env = os.environ if environ is None else environ
+    found = {name.lower(): value.strip() for name, value in env.items() if name.lower().endswith("_proxy")}
+    mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
+    no_proxy = [entry.strip() for entry in found.get("no_proxy", "").split(",") if entry.strip()]
+    if "*" in no_proxy:
+        return mounts
+    for scheme in ("http", "https"):
+        url = found.get(f"{scheme}_proxy") or found.get("all_proxy")
+        if url:
+            mounts[f"{scheme}://"] = proxied(scheme, url if "://" in url else f"http://{url}")
+            for entry in no_proxy:
+                host = entry.removeprefix(".")
+                if "://" in host:
+                    continue  # a scheme-qualified entry: not a host
+                pattern = f"[{host}]" if ":" in host and not host.startswith("[") else host
+                mounts[f"{scheme}://{pattern}"] = direct[scheme]
+                if not _is_ip(host) and host != "localhost":
+                    mounts[f"{scheme}://*.{pattern}"] = direct[scheme]
+    return mounts
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
