@@ -10,7 +10,10 @@ from pathlib import Path
 from audit.adapters.file_store import FileStateStore, FileTrustStore
 from audit.drift import AlertPolicy
 from audit.models import Digest, ImageRef, LiveStatus, Observation, TrustedImage, TrustSnapshot, WatchSettings
+from audit.ports import PackageIndex
 from audit.service import AuditService, RunOptions
+from tests.unit.packages.test_package_audit import FakeIndex
+from tests.unit.packages.test_package_audit import trusted as package_record
 from tests.unit.test_service import T0, RecordingAlerts, ScriptedRegistry, digest
 
 REGISTRY = "registry.example.com"
@@ -66,7 +69,13 @@ class CountingRegistry(ScriptedRegistry):
             self.in_flight -= 1
 
 
-def service(tmp_path: Path, trust: FileTrustStore, registry: ScriptedRegistry, workers: int = 8) -> AuditService:
+def service(
+    tmp_path: Path,
+    trust: FileTrustStore,
+    registry: ScriptedRegistry,
+    workers: int = 8,
+    packages: PackageIndex | None = None,
+) -> AuditService:
     async def no_sleep(seconds: float) -> None:
         return None
 
@@ -78,6 +87,7 @@ def service(tmp_path: Path, trust: FileTrustStore, registry: ScriptedRegistry, w
         alert_policy=AlertPolicy(),
         clock=lambda: T0,
         sleep=no_sleep,
+        packages=packages,
         max_in_flight=workers,
     )
 
@@ -134,3 +144,45 @@ async def test_the_remaining_time_guard_still_stops_new_checks(tmp_path: Path) -
     assert len(report.unreached) == 20
     assert all(o[0].tag for o in registry.observed)
     assert {r.observation.status for r in report.results} == {LiveStatus.MISSING}
+
+
+async def test_a_targeted_run_on_pages_checks_only_the_named_tags_and_lists_nothing(tmp_path: Path) -> None:
+    app = f"{REGISTRY}/org/app"
+    tracking = WatchSettings(registry=REGISTRY, repository="org/app", track_new_tags=True)
+    first = TrustSnapshot([record("org/app", "1.0"), record("org/app", "1.1", "b")], [])
+    later = TrustSnapshot([record("org/lib", "2.0")], [tracking])  # the settings arrive with the last page
+    trust = PagedTrust(tmp_path / "trust.json", [first, later])
+    trust.first_checked.set()
+    registry = CountingRegistry()
+    registry.served[(app, "1.0")] = digest("a")
+    registry.served[(app, "2.0-new")] = digest("c")
+    registry.tags[app] = ["1.0", "1.1", "2.0-new", "3.0"]  # listing would add 3.0: a targeted run never lists
+
+    named = frozenset({(app, "1.0"), (app, "2.0-new")})
+    report = await service(tmp_path, trust, registry).run(RunOptions(tags=named, dry_run=True))
+
+    assert sorted(ref.tag or "" for ref, _ in registry.observed) == ["1.0", "2.0-new"]
+    assert [(r.ref.repository, r.ref.tag, r.verdict.value) for r in report.results] == [
+        ("org/app", "1.0", "match"),
+        ("org/app", "2.0-new", "untracked"),  # unrecorded, checked because page two says org/app tracks new tags
+    ]
+    assert report.unlisted == {}
+
+
+async def test_package_records_on_several_pages_all_reach_the_package_path(tmp_path: Path) -> None:
+    wheel, sdist = "demo_pkg-1.0-py3-none-any.whl", "demo_pkg-1.0.tar.gz"
+    image = record("org/app", "1.0")
+    first = TrustSnapshot([image, package_record(wheel, "wheel")], [])
+    later = TrustSnapshot([package_record(sdist, "sdist")], [])
+    trust = PagedTrust(tmp_path / "trust.json", [first, later])
+    trust.first_checked.set()
+    registry = CountingRegistry()
+    registry.served[(image.image, image.tag)] = image.digest
+    index = FakeIndex()
+    index.serve(wheel, "stolen")
+    index.serve(sdist, "sdist")
+
+    report = await service(tmp_path, trust, registry, packages=index).run(RunOptions(dry_run=True))
+
+    assert [ref.image for ref, _ in registry.observed] == [image.image]  # package files never go to a registry
+    assert {r.ref.tag: r.verdict.value for r in report.results} == {"1.0": "match", wheel: "drift", sdist: "match"}
