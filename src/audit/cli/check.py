@@ -103,7 +103,7 @@ def run_check(args: argparse.Namespace) -> int:
         return EXIT_PROBLEM
     if absent:
         # The tag exists; the question named a platform it was never built for. Say which ones it has.
-        err(f"digest-audit: error: platform {platform} is not in the index of {', '.join(absent)}")
+        err(f"digest-audit: error: platform {platform} is not in the index of {printable(', '.join(absent))}")
         err("  hint: use one of the platforms the reason lists, e.g. --platform linux/amd64")
         return EXIT_USAGE
     if counts[Verdict.UNVERIFIABLE]:
