@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from audit.adapters.ci.archive import ArchiveRefused, job_logs_from_zip
-from audit.adapters.ci.http import COMMIT_RE, CiApiError, CiHttp, api_moment, web_url
+from audit.adapters.ci.http import COMMIT_RE, CiApiError, CiHttp, api_id, api_moment, download_problem, web_url
 from audit.errors import UsageError
 from audit.models import CiRun, LogStatus, RunLogs
 from audit.untrusted import has_unsafe_characters, printable
@@ -125,8 +125,8 @@ class GitHubActions:
     def _run(self, item: Any) -> CiRun | None:
         if not isinstance(item, dict):
             return None
-        run_id = item.get("id")
-        if not isinstance(run_id, int) or isinstance(run_id, bool) or not 0 < run_id < 10**19:
+        run_id = api_id(item.get("id"))
+        if run_id is None:
             return None
         if item.get("conclusion") != "success":
             return None  # the query asks for successful runs; an answer that says otherwise is not trusted
@@ -144,15 +144,11 @@ class GitHubActions:
             download = self.http.download(f"{self._base}/runs/{run.handle}/logs", max_bytes=self.max_archive_bytes)
         except CiApiError as exc:
             return RunLogs(status=LogStatus.UNREADABLE, reason=exc.message)
-        if download.refused is not None:
-            return RunLogs(status=LogStatus.UNREADABLE, reason=download.refused)
-        if download.status in (404, 410):
-            return RunLogs(
-                status=LogStatus.EXPIRED,
-                reason=f"logs gone (HTTP {download.status}): past the repository's log retention",
-            )
-        if download.status != 200:
-            return RunLogs(status=LogStatus.UNREADABLE, reason=f"log download answered HTTP {download.status}")
+        problem = download_problem(
+            download, what="log", gone="logs gone (HTTP {status}): past the repository's log retention"
+        )
+        if problem is not None:
+            return problem
         try:
             jobs = job_logs_from_zip(download.body)
         except ArchiveRefused as exc:

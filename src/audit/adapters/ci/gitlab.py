@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from audit.adapters.ci.http import COMMIT_RE, CiApiError, CiHttp, api_moment, web_url
+from audit.adapters.ci.http import COMMIT_RE, CiApiError, CiHttp, api_id, api_moment, download_problem, web_url
 from audit.errors import UsageError
 from audit.models import CiRun, JobLog, LogStatus, RunLogs
 from audit.untrusted import printable
@@ -79,8 +79,8 @@ class GitLabJobs:
     def _run(self, item: Any) -> CiRun | None:
         if not isinstance(item, dict) or item.get("status") != "success":
             return None
-        job_id = item.get("id")
-        if not isinstance(job_id, int) or isinstance(job_id, bool) or not 0 < job_id < 10**19:
+        job_id = api_id(item.get("id"))
+        if job_id is None:
             return None
         name = item.get("name")
         self._names[str(job_id)] = printable(name, max_chars=200) if isinstance(name, str) else f"job {job_id}"
@@ -99,12 +99,9 @@ class GitLabJobs:
             download = self.http.download(f"{self._base}/{run.handle}/trace", max_bytes=self.max_trace_bytes)
         except CiApiError as exc:
             return RunLogs(status=LogStatus.UNREADABLE, reason=exc.message)
-        if download.refused is not None:
-            return RunLogs(status=LogStatus.UNREADABLE, reason=download.refused)
-        if download.status in (404, 410):
-            return RunLogs(status=LogStatus.EXPIRED, reason=f"trace gone (HTTP {download.status}): erased or expired")
-        if download.status != 200:
-            return RunLogs(status=LogStatus.UNREADABLE, reason=f"trace download answered HTTP {download.status}")
+        problem = download_problem(download, what="trace", gone="trace gone (HTTP {status}): erased or expired")
+        if problem is not None:
+            return problem
         text = download.body.decode("utf-8", errors="replace")
         name = self._names.get(run.handle, f"job {run.handle}")
         return RunLogs(status=LogStatus.READ, jobs=(JobLog(job=name, steps=((None, text),)),))

@@ -20,6 +20,7 @@ import httpx
 from audit.adapters.registry.retry import parse_retry_after
 from audit.adapters.registry.tls import build_ssl_context
 from audit.errors import ConfigError, RegistryError
+from audit.models import LogStatus, RunLogs
 from audit.untrusted import has_unsafe_characters, printable
 
 MAX_JSON_BYTES = 16 * 1024 * 1024
@@ -41,6 +42,27 @@ class Download:
     status: int
     body: bytes = b""
     refused: str | None = None
+
+
+def api_id(value: Any) -> int | None:
+    """A run or job id as the API gives it: a positive integer of at most 19 digits; anything else is no id."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 10**19:
+        return None
+    return value
+
+
+def download_problem(download: Download, *, what: str, gone: str) -> RunLogs | None:
+    """The outcome of a log download that brought no log (refused, gone, another status); None when it did.
+
+    `gone` says what a 404/410 means for this CI, e.g. "logs gone (HTTP {status}): past the log retention".
+    """
+    if download.refused is not None:
+        return RunLogs(status=LogStatus.UNREADABLE, reason=download.refused)
+    if download.status in (404, 410):
+        return RunLogs(status=LogStatus.EXPIRED, reason=gone.format(status=download.status))
+    if download.status != 200:
+        return RunLogs(status=LogStatus.UNREADABLE, reason=f"{what} download answered HTTP {download.status}")
+    return None
 
 
 def is_loopback(host: str) -> bool:
