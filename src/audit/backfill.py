@@ -18,7 +18,7 @@ from typing import Any
 from audit.ci_logs import analyse_job
 from audit.errors import TrustConflictError
 from audit.models import CiRun, Digest, ImageRef, LogStatus, RecordOutcome, TrustedImage, utcnow
-from audit.ports import CiLogSource, TrustStore
+from audit.ports import CiLogSource, TrustRecorder
 from audit.recording import is_moving, record_trusted
 from audit.untrusted import printable
 
@@ -74,7 +74,7 @@ class PlanEntry:
 type Progress = Callable[[int, int, CiRun], None]
 
 
-def plan_backfill(store: TrustStore, source: CiLogSource, *, progress: Progress | None = None) -> list[PlanEntry]:
+def plan_backfill(store: TrustRecorder, source: CiLogSource, *, progress: Progress | None = None) -> list[PlanEntry]:
     """Read every run's logs (oldest first) and judge each pushed tag against the store; writes nothing."""
     runs = source.runs()
     planned: dict[tuple[str, str], Digest | None] = {}  # the digest trusted after the entries so far
@@ -119,7 +119,7 @@ def plan_backfill(store: TrustStore, source: CiLogSource, *, progress: Progress 
 
 
 def _judge(
-    store: TrustStore,
+    store: TrustRecorder,
     planned: dict[tuple[str, str], Digest | None],
     run: CiRun,
     *,
@@ -161,7 +161,7 @@ class Applied:
 
 
 def apply_plan(
-    store: TrustStore,
+    store: TrustRecorder,
     plan: Sequence[PlanEntry],
     *,
     recorded_by: str,

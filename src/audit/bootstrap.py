@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from audit.adapters.package_index import PackageIndexClient
     from audit.adapters.registry import CredentialProvider, RegistryClient, RegistrySettings, StaticCredentials
     from audit.adapters.sns_alerts import SnsAlerts
-    from audit.ports import RunLease, StateStore, TrustStore
+    from audit.ports import RunLease, StateStore, TrustReader, TrustStore
     from audit.service import RunOptions, RunReport
 
 
@@ -262,7 +262,7 @@ class LambdaApp:
         self.loop = asyncio.new_event_loop()
         self.registry = registry_client(config.registry, secret_text=secret_text)
         self.packages = package_index(config.registry, secret_text=secret_text)
-        self.trust = trust_store(None, config)
+        self.trust: TrustReader = trust_store(None, config)  # the audit role may only read the trust table
         self.state = state_store(None, config)
         self.lease = run_lease(None, config)
         self.alerts = sns_alerts(config)

@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit
 
 from audit.drift import judge, policy_for
 from audit.models import Digest, Observation, TagState, TrustedImage, Verdict, WatchSettings
-from audit.ports import Registry, TrustStore
+from audit.ports import Registry, TrustReader
 from audit.reference import DOCKER_HUB_API_HOST, familiar_name
 from audit.untrusted import has_unsafe_characters, markdown_text, printable
 
@@ -153,7 +153,7 @@ def build_report(
 
 
 async def observe_releases(
-    registry: Registry, trust: TrustStore, records: Sequence[TrustedImage], settings: Sequence[WatchSettings]
+    registry: Registry, trust: TrustReader, records: Sequence[TrustedImage], settings: Sequence[WatchSettings]
 ) -> dict[tuple[str, str], tuple[Observation, Verdict, str | None]]:
     """Ask the registry now, and judge each release by the same rules as the audit (moving tags included)."""
     by_image = {entry.image: entry for entry in settings}

@@ -19,7 +19,7 @@ from audit import drift
 from audit.errors import AuditError, PackageIndexError, ProjectNotFoundError
 from audit.models import ImageRef, LiveStatus, Observation, TrustedImage, Verdict, WatchSettings
 from audit.packages import IndexFile, ProjectPage, index_of, is_package_registry
-from audit.ports import PackageIndex, TrustStore
+from audit.ports import PackageIndex, TrustReader
 from audit.untrusted import printable
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class PackageAuditor:
     def __init__(
         self,
         index: PackageIndex | None,
-        trust: TrustStore,
+        trust: TrustReader,
         *,
         reverify_delay: float,
         sleep: Callable[[float], Awaitable[None]],

@@ -24,8 +24,9 @@ from audit.models import (
 from audit.packages import IndexFile, ProjectPage
 
 
-class TrustStore(Protocol):
-    """Trusted digests recorded by CI. The auditor only reads; `record` is for the recorder (CI)."""
+class TrustReader(Protocol):
+    """What the auditor reads of the trusted digests CI recorded; it has no way to write them (the audit role
+    may only read the trust table, see template.yaml)."""
 
     def load_all(self) -> list[TrustedImage]:
         """Every current trusted record (not history), all pages read."""
@@ -39,14 +40,6 @@ class TrustStore(Protocol):
 
     def digests_ever_recorded(self, image: str) -> set[Digest]:
         """Every digest recorded for any tag of the repository, current or history (`any-trusted`)."""
-        ...
-
-    def record(self, item: TrustedImage, *, replace: bool = False, moving: bool = False) -> RecordOutcome:
-        """Store a trusted digest with a conditional write.
-
-        Same digest again: UNCHANGED. Different digest: TrustConflictError unless `replace` (then REPLACED,
-        `item.reason` must be set) or `moving` (APPENDED). The previous record always goes to history.
-        """
         ...
 
     def load_watch_settings(self) -> list[WatchSettings]: ...
@@ -65,7 +58,29 @@ class TrustStore(Protocol):
 
     def get_watch_settings(self, image: str) -> WatchSettings | None: ...
 
+
+class TrustRecorder(Protocol):
+    """What the recorder (CI, `record`, `watch`, `trust import`, `trust backfill --apply`) writes, with the reads
+    a record needs (the CI role's GetItem, Query, PutItem, ConditionCheckItem in template.yaml)."""
+
+    def get(self, image: str, tag: str, *, consistent: bool = False) -> TrustedImage | None: ...
+
+    def get_watch_settings(self, image: str) -> WatchSettings | None: ...
+
+    def record(self, item: TrustedImage, *, replace: bool = False, moving: bool = False) -> RecordOutcome:
+        """Store a trusted digest with a conditional write, as `record_rules.decide_record` decides.
+
+        Same digest again: UNCHANGED. Different digest: TrustConflictError unless `replace` (then REPLACED,
+        `item.reason` must be set) or `moving` (APPENDED). The previous record always goes to history.
+        """
+        ...
+
     def put_watch_settings(self, settings: WatchSettings) -> None: ...
+
+
+class TrustStore(TrustReader, TrustRecorder, Protocol):
+    """A whole trust store (both concrete stores are one): for wiring, and for the commands that read and write
+    (`trust import` reports what it skipped, `trust backfill` plans before it applies)."""
 
 
 class StateStore(Protocol):

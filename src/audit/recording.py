@@ -7,14 +7,14 @@ a conflict unless replaced with a reason. The store enforces the conditional wri
 from __future__ import annotations
 
 from audit.models import RecordOutcome, TrustedImage
-from audit.ports import TrustStore
+from audit.ports import TrustRecorder
 
 
-def is_moving(store: TrustStore, image: str, tag: str) -> bool:
+def is_moving(store: TrustRecorder, image: str, tag: str) -> bool:
     settings = store.get_watch_settings(image)
     return settings is not None and tag in settings.moving
 
 
-def record_trusted(store: TrustStore, item: TrustedImage, *, replace: bool) -> RecordOutcome:
+def record_trusted(store: TrustRecorder, item: TrustedImage, *, replace: bool) -> RecordOutcome:
     """Record through the store's conditional write, appending when the tag is declared moving."""
     return store.record(item, replace=replace, moving=is_moving(store, item.image, item.tag))

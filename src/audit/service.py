@@ -38,7 +38,7 @@ from audit.models import (
 )
 from audit.package_audit import PackageAuditor, PackageResult, PackageSnapshot, split_snapshot
 from audit.packages import IndexFile
-from audit.ports import Alerts, LeaseClaim, PackageIndex, Registry, RunLease, StateStore, TrustStore
+from audit.ports import Alerts, LeaseClaim, PackageIndex, Registry, RunLease, StateStore, TrustReader
 from audit.reference import PSEUDO_TAG_PREFIX, is_valid_tag, rejected_tag_key
 from audit.untrusted import printable
 from audit.workers import drain
@@ -128,7 +128,7 @@ class AuditService:
 
     def __init__(
         self,
-        trust: TrustStore,
+        trust: TrustReader,
         state: StateStore,
         registry: Registry,
         alerts: Alerts,

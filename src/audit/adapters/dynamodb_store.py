@@ -60,7 +60,6 @@ from botocore.exceptions import (
 )
 from pydantic import ValidationError
 
-from audit.adapters.file_store import check_record_request, concurrent_change_error, trust_conflict_error
 from audit.config import ENV_STATE_TABLE, ENV_TRUST_TABLE
 from audit.errors import AuditError, InvalidReferenceError, StoreError
 from audit.models import (
@@ -74,6 +73,7 @@ from audit.models import (
     utcnow,
 )
 from audit.ports import LeaseClaim
+from audit.record_rules import check_record_request, concurrent_change_error, decide_record
 from audit.reference import MAX_TAG_LENGTH, is_valid_tag, tag_key
 from audit.untrusted import printable
 
@@ -483,7 +483,8 @@ def _query_pages(client: DynamoDBClient, request: QueryInputTypeDef) -> Iterator
 
 
 class DynamoTrustStore:
-    """ports.TrustStore on the trust table. `page_size` caps items per Scan/Query page (for tests).
+    """ports.TrustReader and ports.TrustRecorder on the trust table. `page_size` caps items per Scan/Query
+    page (for tests).
 
     `scan_segments`: the snapshot Scan is split into this many segments read in parallel (DynamoDB's parallel
     Scan); a table of one page costs that many Scan calls instead of one, for the same read capacity.
@@ -583,26 +584,27 @@ class DynamoTrustStore:
         return digests
 
     def record(self, item: TrustedImage, *, replace: bool = False, moving: bool = False) -> RecordOutcome:
-        check_record_request(item, replace=replace)
+        """Perform the write `decide_record` asks for, conditional on the record it was decided against."""
+        check_record_request(item, replace=replace)  # a usage error before the table is read
         current_item = self._get_item(item.image, current_sort_key(item.tag), consistent=True)
-        if current_item is None:
+        current = trusted_image_from_item(current_item, table=self.table_name) if current_item is not None else None
+        decision = decide_record(current, item, replace=replace, moving=moving)
+        if decision.outcome is RecordOutcome.UNCHANGED:
+            return decision.outcome
+        if current_item is None or current is None:  # CREATED
             if self._put_new(item):
-                return RecordOutcome.CREATED
+                return decision.outcome
             # Another recorder created the tag between our read and our write: judge against what it wrote.
             winner = self.get(item.image, item.tag, consistent=True)
-            if winner is not None and winner.digest == item.digest:
+            if winner is None:
+                raise concurrent_change_error(item, expected=None, now=None)
+            if decide_record(winner, item, replace=replace, moving=moving).outcome is RecordOutcome.UNCHANGED:
                 return RecordOutcome.UNCHANGED
-            if winner is None or replace or moving:
-                raise concurrent_change_error(item, expected=None, now=winner.digest if winner else None)
-            raise trust_conflict_error(winner, item)
-        current = trusted_image_from_item(current_item, table=self.table_name)
-        if current.digest == item.digest:
-            return RecordOutcome.UNCHANGED
-        if not (replace or moving):
-            raise trust_conflict_error(current, item)
+            # A conflict with the winner has been raised above; a replace or move of it is not retried.
+            raise concurrent_change_error(item, expected=None, now=winner.digest)
         if not self._supersede(current_item, current, item):
             raise concurrent_change_error(item, expected=current.digest, now=None)
-        return RecordOutcome.REPLACED if replace else RecordOutcome.APPENDED
+        return decision.outcome
 
     def _put_new(self, item: TrustedImage) -> bool:
         """Put the first record of a tag; False when the tag appeared meanwhile."""

@@ -9,8 +9,8 @@ to a temporary file in the same directory that is fsynced, renamed over the orig
 durable by an fsync of the directory: concurrent recorders lose nothing and a crash never leaves half a file.
 A symlinked store file is followed: the file it points to is replaced and the link stays a link.
 
-The record rules shared with the DynamoDB store (reason required for a replace, the conflict and race errors)
-live here too, so that both backends say exactly the same thing.
+The record rules (same digest is a no-op, conflict unless replaced or moving) are decided by
+`audit.record_rules.decide_record`; this store only performs the write the decision asks for.
 """
 
 from __future__ import annotations
@@ -30,41 +30,13 @@ from typing import IO, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from audit.errors import AuditError, StoreError, TrustConflictError, UsageError
+from audit.errors import AuditError, StoreError
 from audit.models import Digest, RecordOutcome, TagState, TrustedImage, TrustSnapshot, WatchSettings, utcnow
 from audit.ports import LeaseClaim
+from audit.record_rules import check_record_request, decide_record
 from audit.untrusted import printable
 
 SCHEMA_VERSION: Final = 1
-
-# --- record rules shared by every TrustStore ---------------------------------------------------------------
-
-
-def check_record_request(item: TrustedImage, *, replace: bool) -> None:
-    """A replace must say why: the reason is kept with the new record as evidence."""
-    if replace and not (item.reason and item.reason.strip()):
-        raise UsageError(
-            f"replacing the trusted digest of {item.ref.familiar} needs a reason",
-            hint="pass --replace --reason TEXT (e.g. the ticket of the re-release); the old record is kept",
-        )
-
-
-def trust_conflict_error(current: TrustedImage, item: TrustedImage) -> TrustConflictError:
-    return TrustConflictError(
-        f"{item.ref.familiar} is already trusted as {current.digest} "
-        f"(recorded {current.recorded_at:%Y-%m-%d} from {current.source}); refusing to trust {item.digest}"
-    )
-
-
-def concurrent_change_error(item: TrustedImage, *, expected: Digest | None, now: Digest | None) -> TrustConflictError:
-    """Another recorder changed the tag between our read and our conditional write; nothing was written."""
-    before = f"was {expected}" if expected is not None else "was not recorded"
-    after = f", now {now}" if now is not None else ""
-    return TrustConflictError(
-        f"{item.ref.familiar} changed while recording {item.digest} ({before}{after}); nothing was written",
-        hint="another recorder wrote this tag at the same time; re-run to see the current record",
-    )
-
 
 # --- documents ---------------------------------------------------------------------------------------------
 
@@ -230,7 +202,8 @@ class _TrustContents:
 
 
 class FileTrustStore:
-    """ports.TrustStore on one JSON file; every call reads the file afresh, so edits by hand are seen.
+    """ports.TrustReader and ports.TrustRecorder on one JSON file; every call reads the file afresh, so edits by
+    hand are seen.
 
     Each write is a locked read-modify-write of the whole file. Inside `with store.batch():` the file is read
     once under the lock, every write changes that copy, and the file is written once at the end (or not at
@@ -304,25 +277,25 @@ class FileTrustStore:
         return {record.digest for record in (*contents.trusted.values(), *contents.history) if record.image == image}
 
     def record(self, item: TrustedImage, *, replace: bool = False, moving: bool = False) -> RecordOutcome:
-        check_record_request(item, replace=replace)
+        check_record_request(item, replace=replace)  # a usage error before the file is locked or read
 
         def change(contents: _TrustContents) -> RecordOutcome:
-            current = contents.trusted.get((item.image, item.tag))
-            if current is None:
-                contents.trusted[item.image, item.tag] = item
-                contents.changed = True
-                return RecordOutcome.CREATED
-            if current.digest == item.digest:
-                return RecordOutcome.UNCHANGED
-            if not (replace or moving):
-                raise trust_conflict_error(current, item)
-            superseded = HistoryRecord.model_validate(
-                {**current.model_dump(), "superseded_at": self._clock(), "superseded_by": item.digest}
-            )
+            decision = decide_record(contents.trusted.get((item.image, item.tag)), item, replace=replace, moving=moving)
+            if decision.outcome is RecordOutcome.UNCHANGED:
+                return decision.outcome
+            if decision.superseded is not None:
+                contents.history.append(
+                    HistoryRecord.model_validate(
+                        {
+                            **decision.superseded.model_dump(),
+                            "superseded_at": self._clock(),
+                            "superseded_by": item.digest,
+                        }
+                    )
+                )
             contents.trusted[item.image, item.tag] = item
-            contents.history.append(superseded)
             contents.changed = True
-            return RecordOutcome.REPLACED if replace else RecordOutcome.APPENDED
+            return decision.outcome
 
         return self._update(change)
 

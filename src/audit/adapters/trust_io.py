@@ -4,7 +4,7 @@ Both formats carry the fields of TrustedImage: registry, repository, tag, digest
 in CSV), media_type, source, commit, recorded_at (ISO 8601 with a time zone), recorded_by, reason. Empty
 optional values mean "none". CSV holds the current records only; JSON is {"schema_version": 1, "trusted":
 [...], "history": [...], "watch": [...]}, a valid `--trust-file`; watch settings travel with it, so moving
-between backends keeps moving tags and ignore patterns. Import goes through `TrustStore.record` without replace:
+between backends keeps moving tags and ignore patterns. Import goes through `TrustRecorder.record` without replace:
 a row whose tag is trusted with another digest is reported as a conflict and never replaces anything.
 Import reads "trusted" only (history in the input is counted, not imported), and validates all input first.
 
@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from audit.errors import AuditError, TrustConflictError, UsageError
 from audit.models import Digest, ImageRef, RecordOutcome, TrustedImage, WatchSettings
 from audit.packages import is_package_registry, package_key
-from audit.ports import TrustStore
+from audit.ports import TrustReader, TrustRecorder
 from audit.reference import normalise_registry
 from audit.untrusted import csv_cell, has_unsafe_characters, printable
 
@@ -129,7 +129,7 @@ def _record_fields(record: TrustedImage) -> dict[str, object]:
     return record.model_dump(mode="json", exclude_none=True)
 
 
-def export_trust(store: TrustStore, fmt: str) -> str:
+def export_trust(store: TrustReader, fmt: str) -> str:
     """Every current record (JSON adds the history of each tag, oldest first), sorted by image and tag."""
     records = sorted(store.load_all(), key=lambda record: (record.image, record.tag))
     if _check_format(fmt) == "json":
@@ -181,13 +181,13 @@ class _BatchingStore(Protocol):
 Opener = Callable[[], AbstractContextManager[BinaryIO]]
 
 
-def import_trust(store: TrustStore, text: str, fmt: str, *, max_rows: int = DEFAULT_MAX_ROWS) -> ImportSummary:
+def import_trust(store: TrustRecorder, text: str, fmt: str, *, max_rows: int = DEFAULT_MAX_ROWS) -> ImportSummary:
     """Import records given as text (see `import_trust_file` for files, which are streamed)."""
     data = text.encode("utf-8", errors="surrogatepass")
     return _import(store, lambda: nullcontext(io.BytesIO(data)), fmt, max_rows=max_rows)
 
 
-def import_trust_file(store: TrustStore, path: Path, fmt: str, *, max_rows: int = DEFAULT_MAX_ROWS) -> ImportSummary:
+def import_trust_file(store: TrustRecorder, path: Path, fmt: str, *, max_rows: int = DEFAULT_MAX_ROWS) -> ImportSummary:
     """Import a CSV or JSON file; errors name the file, the line (CSV) or record (JSON) and the field."""
 
     def open_input() -> AbstractContextManager[BinaryIO]:
@@ -202,7 +202,7 @@ def import_trust_file(store: TrustStore, path: Path, fmt: str, *, max_rows: int 
         raise TrustImportError(f"{path}: {exc.message}", hint=exc.hint) from None
 
 
-def _import(store: TrustStore, open_input: Opener, fmt: str, *, max_rows: int) -> ImportSummary:
+def _import(store: TrustRecorder, open_input: Opener, fmt: str, *, max_rows: int) -> ImportSummary:
     """Validate every record first, then record each one; conflicts are listed, never replaced."""
     watch: list[WatchSettings] = []
     if _check_format(fmt) == "csv":

@@ -29,7 +29,7 @@ from audit.packages import (
     parse_index_url,
     registry_key,
 )
-from audit.ports import PackageIndex, TrustStore
+from audit.ports import PackageIndex, TrustRecorder
 from audit.recording import record_trusted
 from audit.reference import is_valid_tag
 from audit.untrusted import printable
@@ -113,7 +113,9 @@ async def resolve_release(index: PackageIndex, index_url: str, spec: PackageSpec
     return resolved
 
 
-def record_package(args: argparse.Namespace, options: RegistryOptions, store: TrustStore, *, recorded_by: str) -> int:
+def record_package(
+    args: argparse.Namespace, options: RegistryOptions, store: TrustRecorder, *, recorded_by: str
+) -> int:
     text = args.resolve if args.resolve is not None else args.reference
     spec = PackageSpec.parse(text, require_version=True)
     index_url = index_url_from(args, options)

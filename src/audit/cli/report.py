@@ -17,7 +17,7 @@ from audit.config import Environment, RegistryOptions, audit_config
 from audit.errors import UsageError
 from audit.incident_report import build_report, observe_releases, render_html, render_markdown
 from audit.models import Observation, TagState, TrustedImage, Verdict, utcnow
-from audit.ports import TrustStore
+from audit.ports import TrustReader
 from audit.reference import familiar_name
 from audit.untrusted import csv_cell, printable
 
@@ -114,7 +114,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def _incident_report(
-    args: argparse.Namespace, trust: TrustStore, records: list[TrustedImage], states: dict[tuple[str, str], TagState]
+    args: argparse.Namespace, trust: TrustReader, records: list[TrustedImage], states: dict[tuple[str, str], TagState]
 ) -> str:
     live = None
     if args.live:

@@ -20,7 +20,7 @@ from audit.cli.common import (
 )
 from audit.config import AuditConfig, Environment, audit_config
 from audit.errors import UsageError
-from audit.ports import Alerts, PackageIndex, Registry, RunLease, StateStore, TrustStore
+from audit.ports import Alerts, PackageIndex, Registry, RunLease, StateStore, TrustReader
 from audit.service import AuditService, RunOptions, RunReport
 from audit.untrusted import printable
 
@@ -63,7 +63,7 @@ class AuditSetup:
     """The stores, alert channel and policy of an audit, built from flags and the environment."""
 
     config: AuditConfig
-    trust: TrustStore
+    trust: TrustReader
     state: StateStore
     alerts: Alerts
     policy: drift.AlertPolicy
