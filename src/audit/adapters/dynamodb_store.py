@@ -591,19 +591,21 @@ class DynamoTrustStore:
         decision = decide_record(current, item, replace=replace, moving=moving)
         if decision.outcome is RecordOutcome.UNCHANGED:
             return decision.outcome
-        if current_item is None or current is None:  # CREATED
+        if decision.superseded is None or current_item is None:  # CREATED: put only if still absent
             if self._put_new(item):
                 return decision.outcome
             # Another recorder created the tag between our read and our write: judge against what it wrote.
             winner = self.get(item.image, item.tag, consistent=True)
             if winner is None:
                 raise concurrent_change_error(item, expected=None, now=None)
+            # The same digest is UNCHANGED, another one of a pinned tag raises the conflict; a replace or move
+            # of a record we have not seen is not attempted.
             if decide_record(winner, item, replace=replace, moving=moving).outcome is RecordOutcome.UNCHANGED:
                 return RecordOutcome.UNCHANGED
-            # A conflict with the winner has been raised above; a replace or move of it is not retried.
             raise concurrent_change_error(item, expected=None, now=winner.digest)
-        if not self._supersede(current_item, current, item):
-            raise concurrent_change_error(item, expected=current.digest, now=None)
+        # REPLACED or APPENDED: the superseded record goes to history, only if the tag is still as we read it.
+        if not self._supersede(current_item, decision.superseded, item):
+            raise concurrent_change_error(item, expected=decision.superseded.digest, now=None)
         return decision.outcome
 
     def _put_new(self, item: TrustedImage) -> bool:
