@@ -34,6 +34,7 @@ from audit.models import Digest, ImageRef, TrustedImage
 from tests.support.aws_fixtures import AwsClients, TableNames
 from tests.support.local_registry import LocalRegistry
 from tests.support.push_queue import PushQueue
+from tests.support.sqs_drain import drain_bodies
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -95,15 +96,7 @@ class AlertQueue:
     url: str
 
     def envelopes(self) -> list[dict[str, Any]]:
-        received: list[dict[str, Any]] = []
-        while True:
-            batch = self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
-            messages = batch.get("Messages", [])
-            if not messages:
-                return received
-            for message in messages:
-                received.append(json.loads(message["Body"]))
-                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
+        return [json.loads(body) for body in drain_bodies(self.sqs, self.url)]
 
 
 @dataclass

@@ -23,7 +23,7 @@ from tests.handler.fixtures import (
     new_container,
 )
 from tests.support.aws_fixtures import AwsClients, TableNames
-from tests.unit.test_template import ROOT, function_properties, load_template, resources
+from tests.support.cfn_template import ROOT, function_properties, load_template, resources
 
 pytestmark = pytest.mark.integration
 
