@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.support.ci_servers",
     "tests.support.package_index",
     "tests.support.cli_fixtures",
+    "tests.support.lambda_env",
 ]

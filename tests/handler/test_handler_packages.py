@@ -14,23 +14,11 @@ import handler  # noqa: F401 - first import at collection, as in test_handler
 from audit.config import ENV_CREDENTIALS_SECRET
 from audit.models import Digest, TrustedImage
 from audit.packages import registry_key
-from tests.handler.fixtures import (
-    Function,
-    LambdaEnvironment,
-    function,
-    lambda_env,
-    lambda_env_for,
-    load_event,
-    new_container,
-)
+from tests.support.lambda_env import IN_NEW_CONTAINER, NO_METRICS_WARNING, Function, LambdaEnvironment, load_event
 from tests.support.local_registry import LocalRegistry
 from tests.support.package_index import RecordedIndex, Route
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning"),
-]
-__all__ = ["function", "lambda_env", "lambda_env_for", "new_container"]
+pytestmark = [pytest.mark.integration, NO_METRICS_WARNING, IN_NEW_CONTAINER]
 
 WHEEL = "demo_pkg-1.0-py3-none-any.whl"
 

@@ -50,6 +50,11 @@ ACCOUNT = "123456789012"
 #: Comfortably more than the handler's margin (reverify delay + 2 x registry timeout + 10 s).
 PLENTY_MS = 300_000
 
+#: Powertools warns when a failed or rejected invocation flushes no metrics; that is the expected outcome.
+NO_METRICS_WARNING = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
+#: Each test of a module so marked starts in a new container and leaves none behind.
+IN_NEW_CONTAINER = pytest.mark.usefixtures("new_container")
+
 #: Variables of audit.config that a developer's shell might hold; each test starts without them.
 _AUDIT_VARIABLES = (
     ENV_CREDENTIALS_SECRET,
@@ -160,7 +165,7 @@ def _forget_warm_container() -> None:
     parameters.clear_caches()  # type: ignore[no-untyped-call]  # Powertools leaves it unannotated
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def new_container() -> Iterator[None]:
     """Each test starts in a new container and leaves none behind (the app's loop and clients closed)."""
     _forget_warm_container()
