@@ -15,7 +15,7 @@ from audit.errors import PackageIndexError, ProjectNotFoundError, UsageError
 from audit.models import Digest, ImageRef, LiveStatus, Observation, TrustedImage, Verdict, WatchSettings
 from audit.packages import IndexFile, PackageSpec, ProjectPage, parse_filename, registry_key
 from audit.service import AuditService, RunOptions
-from tests.unit.test_service import T0, Clock, RecordingAlerts, ScriptedRegistry
+from tests.support.service_world import T0, Clock, RecordingAlerts, ScriptedRegistry
 
 INDEX = "https://pypi.example.com/simple"
 REGISTRY = registry_key(INDEX)

@@ -13,8 +13,8 @@ from audit import alerts, drift
 from audit.adapters.file_store import FileStateStore
 from audit.errors import PackageIndexError, PublishError
 from audit.models import Finding, ImageRef, LiveStatus, Notice, Observation, TagState, Verdict
+from tests.support.service_world import T0
 from tests.unit.packages.test_package_audit import REGISTRY, SDIST, WHEEL, World, digest, trusted
-from tests.unit.test_service import T0
 
 REF = ImageRef(registry=REGISTRY, repository="demo-pkg", tag=WHEEL)
 KEY = (f"{REGISTRY}/demo-pkg", WHEEL)
