@@ -5,4 +5,6 @@ pytest_plugins = [
     "tests.support.aws_fixtures",
     "tests.support.ci_servers",
     "tests.support.package_index",
+    "tests.support.cli_fixtures",
+    "tests.support.lambda_env",
 ]

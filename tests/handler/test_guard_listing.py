@@ -11,15 +11,11 @@ import pytest
 import handler  # noqa: F401 - first import at collection, so Powertools' logger writes to a stable stream
 from audit.adapters.dynamodb_store import DynamoTrustStore
 from audit.models import WatchSettings
-from tests.handler.fixtures import FakeContext, LambdaEnvironment, cold_start, lambda_env, load_event
-from tests.integration.test_registry_client import LoopbackServer, Recorded, Reply
+from tests.support.lambda_env import NO_METRICS_WARNING, FakeContext, LambdaEnvironment, cold_start, load_event
+from tests.support.loopback_server import LoopbackServer, Recorded, Reply
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning"),
-]
+pytestmark = [pytest.mark.integration, NO_METRICS_WARNING]
 
-__all__ = ["lambda_env"]
 
 REPOSITORY = "org/endless"
 

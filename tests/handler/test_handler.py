@@ -13,9 +13,11 @@ from audit import bootstrap
 from audit.adapters.dynamodb_store import DynamoRunLease
 from audit.config import ENV_CREDENTIALS_SECRET, ENV_TIMEOUT, ENV_TRUST_TABLE, AuditConfig
 from audit.errors import ConfigError, CredentialsError, StoreError
-from tests.handler.fixtures import (
+from tests.support.lambda_env import (
     EVENTS,
+    IN_NEW_CONTAINER,
     NAMESPACE,
+    NO_METRICS_WARNING,
     SERVICE,
     FakeContext,
     Function,
@@ -23,23 +25,13 @@ from tests.handler.fixtures import (
     cold_start,
     emf_documents,
     emitted_metrics,
-    function,
-    lambda_env,
-    lambda_env_for,
     load_event,
-    new_container,
 )
 from tests.support.local_registry import LocalRegistry
 from tests.support.registry_fixtures import RegistryFactory
 
-pytestmark = [
-    pytest.mark.integration,
-    # Powertools warns when a failed or rejected invocation flushes no metrics; that is the expected outcome.
-    pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning"),
-]
+pytestmark = [pytest.mark.integration, NO_METRICS_WARNING, IN_NEW_CONTAINER]
 
-# Fixtures used by name in this module's tests (imported, since tests/handler may not have a conftest).
-__all__ = ["function", "lambda_env", "lambda_env_for", "new_container"]
 
 VERDICT_METRICS = ("VerdictMatch", "VerdictDrift", "VerdictMissing", "VerdictUnverifiable", "VerdictUntracked")
 

@@ -14,23 +14,11 @@ import handler  # noqa: F401 - first import at collection, as in test_handler
 from audit.config import ENV_CREDENTIALS_SECRET
 from audit.models import Digest, TrustedImage
 from audit.packages import registry_key
-from tests.handler.fixtures import (
-    Function,
-    LambdaEnvironment,
-    function,
-    lambda_env,
-    lambda_env_for,
-    load_event,
-    new_container,
-)
+from tests.support.lambda_env import IN_NEW_CONTAINER, NO_METRICS_WARNING, Function, LambdaEnvironment, load_event
 from tests.support.local_registry import LocalRegistry
 from tests.support.package_index import RecordedIndex, Route
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning"),
-]
-__all__ = ["function", "lambda_env", "lambda_env_for", "new_container"]
+pytestmark = [pytest.mark.integration, NO_METRICS_WARNING, IN_NEW_CONTAINER]
 
 WHEEL = "demo_pkg-1.0-py3-none-any.whl"
 
@@ -49,6 +37,20 @@ def serve_page(index: RecordedIndex, content: bytes, *, yanked: str | None = Non
     return "sha256:" + hashlib.sha256(content).hexdigest()
 
 
+def record_wheel(env: LambdaEnvironment, index: RecordedIndex, digest: str) -> None:
+    """CI's record of the wheel, as `digest-audit record pypi:...` writes it."""
+    env.trust.record(
+        TrustedImage(
+            registry=registry_key(index.index_url),
+            repository="demo-pkg",
+            tag=WHEEL,
+            digest=Digest.parse(digest),
+            source="https://ci.example/pipelines/9",
+            recorded_at=datetime.now(UTC),
+        )
+    )
+
+
 def test_the_scheduled_run_audits_packages_beside_images_with_index_credentials_from_the_secret(
     function: Function,
     lambda_env_for: LambdaEnvironment,
@@ -65,16 +67,7 @@ def test_the_scheduled_run_audits_packages_beside_images_with_index_credentials_
     image = registry.pusher.push_image(repository, "1.0", "oci")
     env.record(registry.reference_of(image), image.digest)
     trusted = serve_page(recorded_index, b"the wheel CI built")
-    env.trust.record(
-        TrustedImage(
-            registry=registry_key(recorded_index.index_url),
-            repository="demo-pkg",
-            tag=WHEEL,
-            digest=Digest.parse(trusted),
-            source="https://ci.example/pipelines/9",
-            recorded_at=datetime.now(UTC),
-        )
-    )
+    record_wheel(env, recorded_index, trusted)
 
     summary = function.invoke(load_event("scheduled.json"))
     assert summary["by_verdict"] == {"match": 2}
@@ -101,16 +94,7 @@ def test_wrong_index_credentials_make_package_files_unverifiable(
     env.allow_plain_http(recorded_index.host)
     recorded_index.authorization = "Basic " + base64.b64encode(b"reader:right").decode()
     trusted = serve_page(recorded_index, b"wheel")
-    env.trust.record(
-        TrustedImage(
-            registry=registry_key(recorded_index.index_url),
-            repository="demo-pkg",
-            tag=WHEEL,
-            digest=Digest.parse(trusted),
-            source="https://ci.example/pipelines/9",
-            recorded_at=datetime.now(UTC),
-        )
-    )
+    record_wheel(env, recorded_index, trusted)
     summary = function.invoke(load_event("scheduled.json"))
     assert summary["by_verdict"] == {"unverifiable": 1}
     assert "HTTP 401 (access denied)" in summary["unverifiable"][0]["reason"]
@@ -122,16 +106,7 @@ def test_a_yanked_recorded_file_is_one_info_notice_kept_in_the_state_table_and_r
     env = lambda_env_for
     env.allow_plain_http(recorded_index.host)
     trusted = serve_page(recorded_index, b"wheel")
-    env.trust.record(
-        TrustedImage(
-            registry=registry_key(recorded_index.index_url),
-            repository="demo-pkg",
-            tag=WHEEL,
-            digest=Digest.parse(trusted),
-            source="https://ci.example/pipelines/9",
-            recorded_at=datetime.now(UTC),
-        )
-    )
+    record_wheel(env, recorded_index, trusted)
     assert function.invoke(load_event("scheduled.json"))["by_verdict"] == {"match": 1}
     [before] = env.state_items()
     assert "yank_notified" not in before  # an item as every earlier version wrote it: read by the next run

@@ -17,29 +17,22 @@ from audit.adapters.dynamodb_store import DynamoRunLease
 from audit.config import ENV_STATE_TABLE
 from audit.hooks import CheckRequest, HookAction, HookSource
 from audit.models import Digest, WatchSettings
-from tests.handler.fixtures import (
+from tests.support.aws_fixtures import AwsClients
+from tests.support.lambda_env import (
+    IN_NEW_CONTAINER,
+    NO_METRICS_WARNING,
     SERVICE,
     Function,
     LambdaEnvironment,
     emf_documents,
     emitted_metrics,
-    function,
-    lambda_env,
-    lambda_env_for,
     load_event,
-    new_container,
     push_queue,
 )
-from tests.support.aws_fixtures import AwsClients
 from tests.support.local_registry import LocalRegistry
 from tests.support.push_queue import PushQueue
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning"),
-]
-
-__all__ = ["function", "lambda_env", "lambda_env_for", "new_container"]
+pytestmark = [pytest.mark.integration, NO_METRICS_WARNING, IN_NEW_CONTAINER]
 
 
 @pytest.fixture

@@ -18,19 +18,11 @@ import pytest
 
 import receiver
 from audit.hooks import CheckRequest
-from tests.handler.fixtures import (
-    ROOT,
-    TEST_GITHUB_SECRET,
-    TEST_WEBHOOK_TOKEN,
-    ReceiverEnvironment,
-    load_event,
-    receiver_env,
-)
 from tests.support.aws_fixtures import AwsClients
+from tests.support.lambda_env import ROOT, TEST_GITHUB_SECRET, TEST_WEBHOOK_TOKEN, ReceiverEnvironment, load_event
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration]
 
-__all__ = ["receiver_env"]
 
 #: The time of the signed GitHub sample delivery (events/github-package.json), for its stale check.
 GITHUB_SAMPLE_TIME = datetime(2026, 11, 28, 10, 0, 5, tzinfo=UTC)

@@ -14,21 +14,12 @@ import pytest
 import handler  # noqa: F401 - first import at collection, so Powertools' logger writes to a stable stream
 from audit import bootstrap
 from audit.config import ALL_VARIABLES, Environment
-from tests.handler.fixtures import (
-    LambdaEnvironment,
-    cold_start,
-    emitted_metrics,
-    lambda_env,
-    load_event,
-    new_container,
-)
 from tests.support.aws_fixtures import AwsClients, TableNames
-from tests.unit.test_template import ROOT, function_properties, load_template, resources
+from tests.support.cfn_template import ROOT, function_properties, load_template, resources
+from tests.support.lambda_env import IN_NEW_CONTAINER, LambdaEnvironment, cold_start, emitted_metrics, load_event
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, IN_NEW_CONTAINER]
 
-# Fixtures used by name in this module's tests (imported, since tests/handler may not have a conftest).
-__all__ = ["lambda_env", "new_container"]
 
 TABLES = {"TrustedDigestsTable": "trust", "AuditStateTable": "state"}
 

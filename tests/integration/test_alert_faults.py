@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -26,24 +25,14 @@ from audit.adapters.dynamodb_store import LEASE_KEY
 from audit.config import ENV_LEASE_SECONDS
 from tests.support.aws_faults import FaultKind, FaultProxy, fault_proxy
 from tests.support.aws_fixtures import AwsClients, TableNames
-from tests.support.cli_runner import CliResult, CliRunner, set_audit_environment
+from tests.support.cli_runner import CliResult, CliRunner
 from tests.support.local_registry import LocalRegistry
-from tests.support.sns_capture import AlertQueue, DeliveredAlert, create_topic
+from tests.support.sns_capture import AlertQueue, DeliveredAlert
 
 pytestmark = pytest.mark.integration
 
 #: Operations that write; `run` may send them to the state table and never to the trust table.
 WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"})
-
-
-@pytest.fixture
-def topic_arn(aws: AwsClients) -> str:
-    return create_topic(aws, "digest-audit-alerts")
-
-
-@pytest.fixture
-def inbox(aws: AwsClients, topic_arn: str) -> AlertQueue:
-    return AlertQueue(aws, topic_arn)
 
 
 @pytest.fixture
@@ -58,26 +47,9 @@ def proxy(aws: AwsClients, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultPro
 
 
 @pytest.fixture
-def cli(
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    registry: LocalRegistry,
-    tables: TableNames,
-    topic_arn: str,
-    proxy: FaultProxy,
-) -> CliRunner:
-    docker_config = tmp_path / "docker-config"
-    docker_config.mkdir()
-    set_audit_environment(
-        monkeypatch,
-        docker_config=docker_config,
-        insecure_registry=registry.host,
-        trust_table=tables.trust,
-        state_table=tables.state,
-        topic_arn=topic_arn,
-    )
-    return CliRunner(capsys)
+def cli(cli: CliRunner, proxy: FaultProxy) -> CliRunner:
+    """The end-to-end CLI, its AWS calls going through the fault proxy."""
+    return cli
 
 
 def releases(cli: CliRunner, registry: LocalRegistry, *, tags: int = 1, swapped: int = 1) -> list[str]:

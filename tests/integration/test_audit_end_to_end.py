@@ -9,12 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +24,8 @@ from audit.drift import AlertPolicy
 from audit.models import Digest, MediaType, Verdict
 from audit.service import AuditService, RunReport
 from tests.support.aws_fixtures import AwsClients, MotoServer, TableNames
-from tests.support.cli_runner import CliResult, CliRunner, set_audit_environment
+from tests.support.cli_fixtures import TOPIC_NAME
+from tests.support.cli_runner import CliResult, CliRunner
 from tests.support.local_registry import LocalRegistry
 from tests.support.pusher import PushedImage
 from tests.support.sns_capture import (
@@ -39,7 +38,6 @@ from tests.support.sns_capture import (
 
 pytestmark = pytest.mark.integration
 
-TOPIC_NAME = "digest-audit-alerts"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 RESOLVED_REASON = "drift resolved: the registry serves a trusted digest"
 
@@ -50,44 +48,6 @@ def source_of(tag: str) -> str:
 
 def short(digest: str) -> str:
     return Digest.parse(digest).short
-
-
-@pytest.fixture
-def repo() -> str:
-    """Short and unique, so that alert subjects stay whole (a long name would be shortened with `...`)."""
-    return f"e2e/r{secrets.token_hex(4)}"
-
-
-@pytest.fixture
-def topic_arn(aws: AwsClients) -> str:
-    return create_topic(aws, TOPIC_NAME)
-
-
-@pytest.fixture
-def inbox(aws: AwsClients, topic_arn: str) -> AlertQueue:
-    return AlertQueue(aws, topic_arn)
-
-
-@pytest.fixture
-def cli(
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    registry: LocalRegistry,
-    tables: TableNames,
-    topic_arn: str,
-) -> CliRunner:
-    docker_config = tmp_path / "docker-config"
-    docker_config.mkdir()
-    set_audit_environment(
-        monkeypatch,
-        docker_config=docker_config,
-        insecure_registry=registry.host,
-        trust_table=tables.trust,
-        state_table=tables.state,
-        topic_arn=topic_arn,
-    )
-    return CliRunner(capsys)
 
 
 def record(cli: CliRunner, registry: LocalRegistry, image: PushedImage, *extra: str) -> CliResult:

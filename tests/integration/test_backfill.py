@@ -20,7 +20,7 @@ from tests.support import ci_log_samples as samples
 from tests.support.aws_fixtures import AwsClients, TableNames
 from tests.support.ci_log_samples import digest, github, gitlab
 from tests.support.ci_servers import Answer, CiServers, zip_archive
-from tests.support.cli_runner import CliRunner, set_audit_environment
+from tests.support.cli_runner import CliRunner
 
 pytestmark = pytest.mark.integration
 
@@ -29,13 +29,11 @@ SHA = {n: f"{n:x}" * 40 for n in range(1, 8)}
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
-    docker_config = tmp_path / "docker-config"
-    docker_config.mkdir()
-    set_audit_environment(monkeypatch, docker_config=docker_config)
+def cli(files_cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """The CLI with only local files, and CI tokens that are not real."""
     monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
     monkeypatch.setenv("GITLAB_TOKEN", "glpat-not-real")
-    return CliRunner(capsys)
+    return files_cli
 
 
 def release_archive(step_log: str, job: str = "release") -> bytes:

@@ -10,6 +10,7 @@ import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -182,58 +183,47 @@ def test_matching_pin_exits_0(capsys: pytest.CaptureFixture[str], scenario: Scen
     assert run.stderr == "checked 1 reference(s): 1 match\n"
 
 
-def test_tampered_pin_is_drift_and_exits_1(
-    capsys: pytest.CaptureFixture[str], scenario: Scenario, cli_env: object
-) -> None:
-    run = check(capsys, "--json", scenario.drift_ref)
-
-    assert run.exit_code == 1
-    [row] = run.rows
-    assert contract(row) == expected_row(
-        scenario,
-        scenario.drift_ref,
-        "1.1",
-        trusted=scenario.original.digest,
-        live=scenario.tampered.digest,
-        status="drift",
-        reason=f"serves {short(scenario.tampered.digest)}, pinned {short(scenario.original.digest)}",
+def tampered_pin(s: Scenario) -> tuple[str, dict[str, Any]]:
+    reason = f"serves {short(s.tampered.digest)}, pinned {short(s.original.digest)}"
+    row = expected_row(
+        s, s.drift_ref, "1.1", trusted=s.original.digest, live=s.tampered.digest, status="drift", reason=reason
     )
+    return s.drift_ref, row
 
 
-def test_deleted_tag_is_missing_and_exits_1(
-    capsys: pytest.CaptureFixture[str], scenario: Scenario, cli_env: object
-) -> None:
-    run = check(capsys, "--json", scenario.missing_ref)
-
-    assert run.exit_code == 1
-    [row] = run.rows
-    assert contract(row) == expected_row(
-        scenario,
-        scenario.missing_ref,
-        "1.2",
-        trusted=scenario.deleted.digest,
-        live=None,
-        status="missing",
-        reason="tag not found",
+def deleted_tag(s: Scenario) -> tuple[str, dict[str, Any]]:
+    row = expected_row(
+        s, s.missing_ref, "1.2", trusted=s.deleted.digest, live=None, status="missing", reason="tag not found"
     )
+    return s.missing_ref, row
 
 
-def test_unpinned_reference_is_resolved_and_exits_0(
-    capsys: pytest.CaptureFixture[str], scenario: Scenario, cli_env: object
+def unpinned_reference(s: Scenario) -> tuple[str, dict[str, Any]]:
+    row = expected_row(s, s.unpinned_ref, "1.0", trusted=None, live=s.pinned.digest, status="resolved", reason=None)
+    return s.unpinned_ref, row
+
+
+@pytest.mark.parametrize(
+    ("case", "exit_code"),
+    [
+        pytest.param(tampered_pin, 1, id="tampered-pin-is-drift-and-exits-1"),
+        pytest.param(deleted_tag, 1, id="deleted-tag-is-missing-and-exits-1"),
+        pytest.param(unpinned_reference, 0, id="unpinned-reference-is-resolved-and-exits-0"),
+    ],
+)
+def test_one_reference_gives_its_row_and_exit_code(
+    capsys: pytest.CaptureFixture[str],
+    scenario: Scenario,
+    cli_env: object,
+    case: Callable[[Scenario], tuple[str, dict[str, Any]]],
+    exit_code: int,
 ) -> None:
-    run = check(capsys, "--json", scenario.unpinned_ref)
+    reference, expected = case(scenario)
+    run = check(capsys, "--json", reference)
 
-    assert run.exit_code == 0
+    assert run.exit_code == exit_code
     [row] = run.rows
-    assert contract(row) == expected_row(
-        scenario,
-        scenario.unpinned_ref,
-        "1.0",
-        trusted=None,
-        live=scenario.pinned.digest,
-        status="resolved",
-        reason=None,
-    )
+    assert contract(row) == expected
 
 
 def test_unreachable_registry_is_unverifiable_and_exits_3(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from tests.support.aws_fixtures import AwsClients, TableNames
 from tests.support.cli_runner import CliResult, CliRunner, set_audit_environment
 from tests.support.local_registry import LocalRegistry
 from tests.support.pusher import PushedImage
-from tests.support.sns_capture import create_topic
 
 pytestmark = pytest.mark.integration
 
@@ -38,44 +36,6 @@ REPORT_FIELDS = [
     "status",
     "since",
 ]
-
-
-@pytest.fixture
-def repo() -> str:
-    return f"cli/r{secrets.token_hex(4)}"
-
-
-@pytest.fixture
-def docker_config(tmp_path: Path) -> Path:
-    empty = tmp_path / "docker-config"
-    empty.mkdir()
-    return empty
-
-
-@pytest.fixture
-def topic_arn(aws: AwsClients) -> str:
-    return create_topic(aws, "digest-audit-alerts")
-
-
-@pytest.fixture
-def cli(
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    docker_config: Path,
-    registry: LocalRegistry,
-    tables: TableNames,
-    topic_arn: str,
-) -> CliRunner:
-    """The CLI with DynamoDB tables, a topic and the plain-http registry configured."""
-    set_audit_environment(
-        monkeypatch,
-        docker_config=docker_config,
-        insecure_registry=registry.host,
-        trust_table=tables.trust,
-        state_table=tables.state,
-        topic_arn=topic_arn,
-    )
-    return CliRunner(capsys)
 
 
 @pytest.fixture

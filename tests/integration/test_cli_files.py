@@ -17,7 +17,7 @@ import pytest
 from audit.adapters.file_store import FileTrustStore
 from audit.cli.check import _table as check_table
 from audit.models import TrustedImage, utcnow
-from tests.support.cli_runner import CliResult, CliRunner, set_audit_environment
+from tests.support.cli_runner import CliResult, CliRunner
 
 DIGEST = "sha256:" + "ab" * 32
 FORGING_SOURCE = "https://ci.example/run/1\x1b[2J\x1b]0;pwned\x07|`rm`\n| forged | row |\x9b31m"
@@ -26,12 +26,9 @@ RAW_CONTROLS = ("\x1b", "\x07", "\x9b", "\r")
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
+def cli(files_cli: CliRunner) -> CliRunner:
     """The CLI with no table, topic or registry: only local files."""
-    docker_config = tmp_path / "docker-config"
-    docker_config.mkdir()
-    set_audit_environment(monkeypatch, docker_config=docker_config)
-    return CliRunner(capsys)
+    return files_cli
 
 
 @pytest.fixture

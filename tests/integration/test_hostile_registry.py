@@ -21,9 +21,9 @@ from audit.alerts import AlertMessage, render
 from audit.drift import AlertPolicy
 from audit.models import Digest, Finding, TrustedImage, Verdict, WatchSettings
 from audit.service import AuditService, RunOptions, RunReport
-from tests.integration.test_registry_client import LoopbackServer, Recorded, Reply
 from tests.support.aws_fixtures import AwsClients, TableNames
 from tests.support.local_registry import LocalRegistry
+from tests.support.loopback_server import LoopbackServer, Recorded, Reply
 
 pytestmark = pytest.mark.integration
 

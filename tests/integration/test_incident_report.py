@@ -14,7 +14,7 @@ import pytest
 from audit.adapters.file_store import FileStateStore, FileTrustStore
 from audit.models import Digest, TagState, TrustedImage, Verdict
 from tests.support.browser import Element, Rendered, render
-from tests.support.cli_runner import CliRunner, set_audit_environment
+from tests.support.cli_runner import CliRunner
 from tests.support.local_registry import LocalRegistry
 
 pytestmark = pytest.mark.integration
@@ -54,11 +54,9 @@ def state(item: TrustedImage, verdict: Verdict, live: Digest | None) -> TagState
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
-    docker_config = tmp_path / "docker-config"
-    docker_config.mkdir()
-    set_audit_environment(monkeypatch, docker_config=docker_config)
-    return CliRunner(capsys)
+def cli(files_cli: CliRunner) -> CliRunner:
+    """The CLI with no table, topic or registry: only local files."""
+    return files_cli
 
 
 @pytest.fixture

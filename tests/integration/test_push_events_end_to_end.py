@@ -13,27 +13,22 @@ import pytest
 
 import handler  # noqa: F401 - first import at collection, so Powertools' logger writes to a stable stream
 import receiver
-from tests.handler.fixtures import (
+from tests.support.function_url import FunctionUrl, function_url
+from tests.support.lambda_env import (
+    IN_NEW_CONTAINER,
+    NO_METRICS_WARNING,
     TEST_WEBHOOK_TOKEN,
     Function,
     LambdaEnvironment,
     ReceiverEnvironment,
     cold_start,
-    lambda_env,
     load_event,
-    new_container,
-    receiver_env,
 )
-from tests.support.function_url import FunctionUrl, function_url
 from tests.support.local_registry import LocalRegistry, local_registry
 from tests.support.registry_process import Notifications
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning"),
-]
+pytestmark = [pytest.mark.integration, NO_METRICS_WARNING, IN_NEW_CONTAINER]
 
-__all__ = ["lambda_env", "new_container", "receiver_env"]
 
 REPOSITORY = "team/app"
 GRACE_SECONDS = "1"

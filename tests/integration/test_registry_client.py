@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import override
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -31,6 +27,7 @@ from audit.adapters.registry import (
 from audit.models import MANIFEST_ACCEPT, Digest, ImageRef, LiveStatus, MediaType, Observation
 from tests.support.docker_config import write_docker_config
 from tests.support.local_registry import LocalRegistry
+from tests.support.loopback_server import LoopbackServer, Recorded, Reply
 from tests.support.pusher import Credentials, ImageKind, PushedImage, sha256_digest
 from tests.support.registry_fixtures import RegistryFactory
 from tests.support.registry_process import free_port
@@ -658,78 +655,6 @@ async def test_list_tags_follows_link_pages(
 
 
 # --- redirects ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Recorded:
-    method: str
-    path: str
-    headers: Mapping[str, str]  # lowercased names
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: Mapping[str, str]
-    body: bytes = b""
-
-
-class LoopbackServer:
-    """A real HTTP/1.1 server on 127.0.0.1 that answers with `respond` and records every request it gets."""
-
-    def __init__(self, respond: Callable[[Recorded], Reply]) -> None:
-        self._respond = respond
-        self._lock = threading.Lock()
-        self._requests: list[Recorded] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _answer(self) -> None:
-                request = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
-                with server._lock:
-                    server._requests.append(request)
-                reply = server._respond(request)
-                self.send_response(reply.status)
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(reply.body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(reply.body)
-
-            do_GET = do_HEAD = _answer  # the names BaseHTTPRequestHandler dispatches to
-
-            @override
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05})
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self._server.server_address[1]}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
-
-    @property
-    def requests(self) -> list[Recorded]:
-        with self._lock:
-            return list(self._requests)
-
-    def __enter__(self) -> LoopbackServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
 
 
 STORED_MANIFEST = json.dumps(

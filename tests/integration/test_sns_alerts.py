@@ -13,6 +13,7 @@ from audit.alerts import MAX_MESSAGE_BYTES, machine_payload, render
 from audit.errors import PublishError
 from audit.models import Digest, Finding, Notice, Verdict
 from tests.support.aws_fixtures import AwsClients
+from tests.support.sqs_drain import drain_bodies
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -65,20 +66,7 @@ class Subscriber:
         aws.sns().subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=arn, Attributes=attributes)
 
     def envelopes(self) -> list[dict[str, Any]]:
-        received: list[dict[str, Any]] = []
-        while True:
-            batch = self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
-            messages = batch.get("Messages", [])
-            if not messages:
-                return received
-            for message in messages:
-                received.append(json.loads(message["Body"]))
-                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
-
-
-@pytest.fixture
-def topic_arn(aws: AwsClients) -> str:
-    return aws.sns().create_topic(Name="digest-audit-alerts")["TopicArn"]
+        return [json.loads(body) for body in drain_bodies(self.sqs, self.url)]
 
 
 def test_subscriber_receives_the_exact_machine_json_and_attributes(aws: AwsClients, topic_arn: str) -> None:

@@ -74,7 +74,7 @@ def test_concurrent_record_processes_lose_no_record(tmp_path: Path) -> None:
 STATE_SAVER = """
     import sys
     from audit.adapters.file_store import FileStateStore
-    from tests.unit.stores.builders import state
+    from tests.support.store_builders import state
 
     state_file, writer, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     store = FileStateStore(__import__("pathlib").Path(state_file))

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 from tests.support.htpasswd import htpasswd_line
 from tests.support.pusher import Credentials, PushedImage, Pusher, RegistryAuth
@@ -112,6 +112,18 @@ class LocalRegistry:
             pusher.close()
         self._pushers.clear()
         self._pusher = None
+
+
+class RegistryOptions(TypedDict, total=False):
+    """The modes of `local_registry` a test chooses (its defaults are those of `local_registry`)."""
+
+    auth: AuthMode
+    tls: bool
+    token_server_tls: bool | None
+    anonymous_pull: bool
+    key_reference: KeyReference
+    expires_in: int | None
+    accounts: Mapping[str, Account] | None
 
 
 @contextmanager

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tests.support.sqs_drain import drain_bodies
+
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
@@ -86,12 +88,4 @@ class PushQueue:
 
     def bodies(self) -> list[str]:
         """Read (and delete) every visible message body."""
-        bodies: list[str] = []
-        while True:
-            answer = self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
-            messages = answer.get("Messages", [])
-            if not messages:
-                return bodies
-            for message in messages:
-                bodies.append(message["Body"])
-                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
+        return drain_bodies(self.sqs, self.url)

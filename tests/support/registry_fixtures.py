@@ -11,27 +11,16 @@ import secrets
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Unpack
 
 import pytest
 
-from tests.support.local_registry import AuthMode, LocalRegistry, local_registry
+from tests.support.local_registry import LocalRegistry, RegistryOptions, local_registry
 from tests.support.pusher import Credentials, Pusher
-from tests.support.token_server import Account, KeyReference
 
 
 class RegistryFactory(Protocol):
-    def __call__(
-        self,
-        *,
-        auth: AuthMode = "none",
-        tls: bool = False,
-        token_server_tls: bool | None = None,
-        anonymous_pull: bool = False,
-        key_reference: KeyReference = "x5c",
-        expires_in: int | None = 300,
-        accounts: dict[str, Account] | None = None,
-    ) -> LocalRegistry: ...
+    def __call__(self, **options: Unpack[RegistryOptions]) -> LocalRegistry: ...
 
 
 class PusherFactory(Protocol):
@@ -66,29 +55,9 @@ def registry_factory(tmp_path: Path) -> Iterator[RegistryFactory]:
     """Starts registries in any mode for one test; all are stopped at teardown."""
     with ExitStack() as stack:
 
-        def start(
-            *,
-            auth: AuthMode = "none",
-            tls: bool = False,
-            token_server_tls: bool | None = None,
-            anonymous_pull: bool = False,
-            key_reference: KeyReference = "x5c",
-            expires_in: int | None = 300,
-            accounts: dict[str, Account] | None = None,
-        ) -> LocalRegistry:
+        def start(**options: Unpack[RegistryOptions]) -> LocalRegistry:
             workdir = tmp_path / f"registry-{secrets.token_hex(4)}"
-            return stack.enter_context(
-                local_registry(
-                    workdir,
-                    auth=auth,
-                    tls=tls,
-                    token_server_tls=token_server_tls,
-                    anonymous_pull=anonymous_pull,
-                    key_reference=key_reference,
-                    expires_in=expires_in,
-                    accounts=accounts,
-                )
-            )
+            return stack.enter_context(local_registry(workdir, **options))
 
         yield start
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tests.support.aws_fixtures import AwsClients
+from tests.support.sqs_drain import drain_bodies
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -56,15 +57,7 @@ class AlertQueue:
 
     def receive(self) -> list[DeliveredAlert]:
         """Every notification waiting in the queue, in arrival order; the queue is empty afterwards."""
-        received: list[DeliveredAlert] = []
-        while True:
-            batch = self._sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
-            messages = batch.get("Messages", [])
-            if not messages:
-                return received
-            for message in messages:
-                received.append(_decode(json.loads(message["Body"])))
-                self._sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
+        return [_decode(json.loads(body)) for body in drain_bodies(self._sqs, self.url)]
 
 
 def _decode(envelope: dict[str, Any]) -> DeliveredAlert:

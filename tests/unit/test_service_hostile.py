@@ -12,7 +12,6 @@ import httpx
 import pytest
 
 from audit.adapters.file_store import FileTrustStore
-from audit.drift import AlertPolicy
 from audit.models import (
     Finding,
     ImageRef,
@@ -27,8 +26,8 @@ from audit.models import (
 )
 from audit.reference import rejected_tag_key
 from audit.service import TAG_LIST_CAP_KEY, AuditService, RunOptions, RunReport
+from tests.support.service_world import IMAGE, World
 from tests.unit.registry.fakes import REGISTRY, FakeRegistry, image_manifest, make_client
-from tests.unit.test_service import IMAGE, World
 
 OTHER = "registry.example.com/org/other"
 HOSTILE = ["v1\x1b]0;pwned\x07", "v4';id;echo'", "x" * 1100]
@@ -67,18 +66,7 @@ class HostileRegistry:
 
 
 def service(world: World, registry: object, *, max_tags: int = 10_000) -> AuditService:
-    return AuditService(
-        world.trust,
-        world.state,
-        registry,  # type: ignore[arg-type]
-        world.alerts,
-        alert_policy=AlertPolicy(reminder_interval=timedelta(hours=24), unverifiable_after=3),
-        reverify_delay=5.0,
-        clock=world.clock,
-        sleep=world.sleep,
-        should_start=world.should_start,
-        max_tags_per_repository=max_tags,
-    )
+    return world.service(registry, max_tags_per_repository=max_tags)
 
 
 async def run(world: World, registry: object, **kwargs: int) -> tuple[RunReport, list[Finding]]:

@@ -12,9 +12,9 @@ from audit.drift import AlertPolicy
 from audit.models import Digest, ImageRef, LiveStatus, Observation, TrustedImage, TrustSnapshot, WatchSettings
 from audit.ports import PackageIndex
 from audit.service import AuditService, RunOptions
-from tests.unit.packages.test_package_audit import FakeIndex
-from tests.unit.packages.test_package_audit import trusted as package_record
-from tests.unit.test_service import T0, RecordingAlerts, ScriptedRegistry, digest
+from tests.support.package_world import FakeIndex
+from tests.support.package_world import trusted as package_record
+from tests.support.service_world import T0, RecordingAlerts, ScriptedRegistry, digest
 
 REGISTRY = "registry.example.com"
 

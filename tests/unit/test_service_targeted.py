@@ -8,7 +8,7 @@ import pytest
 
 from audit.models import Notice, Verdict, WatchSettings
 from audit.service import RunOptions
-from tests.unit.test_service import IMAGE, World, digest
+from tests.support.service_world import IMAGE, World, digest
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from audit.adapters.dynamodb_store import (
 from audit.errors import StoreError, TrustConflictError
 from audit.models import RecordOutcome, TrustSnapshot
 from tests.support.aws_fixtures import AwsClients, TableNames
-from tests.unit.stores.builders import IMAGE, digest, moving_watch, state, trusted
+from tests.support.store_builders import IMAGE, digest, moving_watch, state, trusted
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

@@ -12,7 +12,7 @@ from audit.errors import TrustConflictError, UsageError
 from audit.models import RecordOutcome, Verdict
 from audit.ports import StateStore, TrustStore
 from tests.support.aws_fixtures import AwsClients, TableNames
-from tests.unit.stores.builders import (
+from tests.support.store_builders import (
     IMAGE,
     alerted_state,
     digest,

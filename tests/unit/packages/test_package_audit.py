@@ -2,102 +2,32 @@
 
 from __future__ import annotations
 
-import hashlib
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from audit import alerts, drift
-from audit.adapters.file_store import FileStateStore, FileTrustStore
+from audit.adapters.file_store import FileStateStore
 from audit.cli.packages import dist_files
 from audit.errors import PackageIndexError, ProjectNotFoundError, UsageError
-from audit.models import Digest, ImageRef, LiveStatus, Observation, TrustedImage, Verdict, WatchSettings
-from audit.packages import IndexFile, PackageSpec, ProjectPage, parse_filename, registry_key
-from audit.service import AuditService, RunOptions
-from tests.unit.test_service import T0, Clock, RecordingAlerts, ScriptedRegistry
-
-INDEX = "https://pypi.example.com/simple"
-REGISTRY = registry_key(INDEX)
-WHEEL = "demo_pkg-1.0-py3-none-any.whl"
-SDIST = "demo_pkg-1.0.tar.gz"
-
-
-def digest(text: str) -> Digest:
-    return Digest(algorithm="sha256", hex=hashlib.sha256(text.encode()).hexdigest())
-
-
-def served(filename: str, content: str, *, listed: str | None = "same", yanked: str | None = None) -> IndexFile:
-    name = parse_filename(filename)
-    assert name is not None
-    sha = digest(content) if listed == "same" else (digest(listed) if listed else None)
-    return IndexFile(name, f"https://files.example/{filename}", sha, yanked)
-
-
-def trusted(filename: str, content: str) -> TrustedImage:
-    return TrustedImage(
-        registry=REGISTRY, repository="demo-pkg", tag=filename, digest=digest(content),
-        source="https://ci.example/runs/1", commit="abc", recorded_at=T0,
-    )  # fmt: skip
-
-
-class FakeIndex:
-    """An in-process PackageIndex: pages per project, bytes per filename (hashed like the real adapter)."""
-
-    def __init__(self) -> None:
-        self.files: list[IndexFile] = []
-        self.content: dict[str, str] = {}
-        self.error: Exception | None = None
-        self.downloads: list[str] = []
-
-    async def project_page(self, index_url: str, project: str) -> ProjectPage:
-        if self.error is not None:
-            raise self.error
-        return ProjectPage(project=project, files=tuple(self.files))
-
-    async def file_digest(self, index_url: str, file: IndexFile) -> Digest:
-        self.downloads.append(file.filename)
-        return digest(self.content[file.filename])
-
-    def serve(self, filename: str, content: str, **kwargs: object) -> None:
-        self.files = [f for f in self.files if f.filename != filename]
-        self.files.append(served(filename, content, **kwargs))  # type: ignore[arg-type]
-        self.content[filename] = content
-
-
-class World:
-    def __init__(self, tmp_path: Path) -> None:
-        self.trust = FileTrustStore(tmp_path / "trust.json")
-        self.state = FileStateStore(tmp_path / "state.json")
-        self.registry = ScriptedRegistry()
-        self.index = FakeIndex()
-        self.alerts = RecordingAlerts()
-        self.clock = Clock()
-        self.sleeps: list[float] = []
-        self.during_sleep: list[TrustedImage] = []
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        for item in self.during_sleep:  # CI records while the auditor waits to re-check
-            self.trust.record(item, replace=True)
-
-    async def run(self, **options: object) -> tuple[int, dict[str, Verdict]]:
-        service = AuditService(
-            self.trust, self.state, self.registry, self.alerts,
-            alert_policy=drift.AlertPolicy(reminder_interval=timedelta(hours=24), unverifiable_after=3),
-            reverify_delay=5.0, clock=self.clock, sleep=self.sleep, packages=self.index,
-        )  # fmt: skip
-        report = await service.run(RunOptions(**options))  # type: ignore[arg-type]
-        return report.worst_exit_code(), {r.ref.tag or "": r.verdict for r in report.results}
+from audit.models import ImageRef, LiveStatus, Observation, TrustedImage, Verdict, WatchSettings
+from audit.packages import IndexFile, PackageSpec, ProjectPage
+from tests.support.package_world import (
+    REGISTRY,
+    SDIST,
+    WHEEL,
+    World,
+    digest,
+    released_world,
+    served,
+    trusted,
+)
+from tests.support.service_world import T0
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
-    w = World(tmp_path)
-    for name, content in ((WHEEL, "wheel"), (SDIST, "sdist")):
-        w.trust.record(trusted(name, content))
-        w.index.serve(name, content)
-    return w
+    return released_world(tmp_path)
 
 
 async def test_packages_are_audited_beside_images_in_one_decide_publish_save_flow(world: World) -> None:

@@ -13,8 +13,8 @@ from audit import alerts, drift
 from audit.adapters.file_store import FileStateStore
 from audit.errors import PackageIndexError, PublishError
 from audit.models import Finding, ImageRef, LiveStatus, Notice, Observation, TagState, Verdict
-from tests.unit.packages.test_package_audit import REGISTRY, SDIST, WHEEL, World, digest, trusted
-from tests.unit.test_service import T0
+from tests.support.package_world import REGISTRY, SDIST, WHEEL, World, digest, released_world, trusted
+from tests.support.service_world import T0
 
 REF = ImageRef(registry=REGISTRY, repository="demo-pkg", tag=WHEEL)
 KEY = (f"{REGISTRY}/demo-pkg", WHEEL)
@@ -22,11 +22,7 @@ KEY = (f"{REGISTRY}/demo-pkg", WHEEL)
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
-    w = World(tmp_path)
-    for name, content in ((WHEEL, "wheel"), (SDIST, "sdist")):
-        w.trust.record(trusted(name, content))
-        w.index.serve(name, content)
-    return w
+    return released_world(tmp_path)
 
 
 def yank_findings(findings: Sequence[Finding]) -> list[tuple[str | None, Notice, str | None]]:

@@ -78,30 +78,20 @@ async def test_link_to_another_origin_gets_no_credentials() -> None:
     assert followed.authorization is None
 
 
-async def test_link_to_plain_http_is_refused() -> None:
+@pytest.mark.parametrize(
+    ("link", "reason"),
+    [
+        pytest.param('<http://registry.example/next>; rel="next"', "insecure tag list link", id="plain-http-refused"),
+        pytest.param(f'</v2/{REPO}/tags/list?n=1000>; rel="next"', "tag list pagination loops", id="loop-is-an-error"),
+    ],
+)
+async def test_a_bad_next_link_is_an_error(link: str, reason: str) -> None:
     registry = registry_with_tags(1)
-    registry.hooks.append(
-        lambda request: httpx.Response(
-            200, headers={"Link": '<http://registry.example/next>; rel="next"'}, json={"tags": ["a"]}
-        )
-    )
+    registry.hooks.append(lambda request: httpx.Response(200, headers={"Link": link}, json={"tags": ["a"]}))
     async with make_client(registry) as client:
         with pytest.raises(RegistryRequestError) as caught:
             await client.list_tags(REGISTRY, REPO)
-    assert caught.value.reason == "insecure tag list link"
-
-
-async def test_link_loop_is_an_error() -> None:
-    registry = registry_with_tags(1)
-    registry.hooks.append(
-        lambda request: httpx.Response(
-            200, headers={"Link": f'</v2/{REPO}/tags/list?n=1000>; rel="next"'}, json={"tags": ["a"]}
-        )
-    )
-    async with make_client(registry) as client:
-        with pytest.raises(RegistryRequestError) as caught:
-            await client.list_tags(REGISTRY, REPO)
-    assert caught.value.reason == "tag list pagination loops"
+    assert caught.value.reason == reason
 
 
 async def test_null_tags_is_an_empty_list() -> None:

@@ -21,7 +21,7 @@ from audit.adapters.dynamodb_store import (
 )
 from audit.errors import InvalidReferenceError, StoreError, TrustConflictError
 from audit.models import RecordOutcome
-from tests.unit.stores.builders import IMAGE, state, trusted
+from tests.support.store_builders import IMAGE, state, trusted
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

@@ -12,7 +12,7 @@ import pytest
 from audit.adapters.file_store import FileStateStore, FileTrustStore
 from audit.errors import StoreError
 from audit.models import RecordOutcome
-from tests.unit.stores.builders import IMAGE, RECORDED_AT, digest, moving_watch, state, trusted
+from tests.support.store_builders import IMAGE, RECORDED_AT, digest, moving_watch, state, trusted
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from audit.adapters.trust_io import (
 )
 from audit.errors import StoreError, UsageError
 from audit.models import Digest, MovingMode, RecordOutcome, TrustedImage, TrustSnapshot, WatchSettings
-from tests.unit.stores.builders import IMAGE, digest, full_record, trusted
+from tests.support.store_builders import IMAGE, digest, full_record, trusted
 
 HEADER = ",".join(TRUST_FIELDS)
 DIGEST_A = str(digest("a"))

@@ -34,6 +34,7 @@ from audit.models import Digest, ImageRef, TrustedImage
 from tests.support.aws_fixtures import AwsClients, TableNames
 from tests.support.local_registry import LocalRegistry
 from tests.support.push_queue import PushQueue
+from tests.support.sqs_drain import drain_bodies
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -48,6 +49,11 @@ FUNCTION_NAME = "digest-audit-AuditFunction-0123456789AB"
 ACCOUNT = "123456789012"
 #: Comfortably more than the handler's margin (reverify delay + 2 x registry timeout + 10 s).
 PLENTY_MS = 300_000
+
+#: Powertools warns when a failed or rejected invocation flushes no metrics; that is the expected outcome.
+NO_METRICS_WARNING = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
+#: Each test of a module so marked starts in a new container and leaves none behind.
+IN_NEW_CONTAINER = pytest.mark.usefixtures("new_container")
 
 #: Variables of audit.config that a developer's shell might hold; each test starts without them.
 _AUDIT_VARIABLES = (
@@ -95,15 +101,7 @@ class AlertQueue:
     url: str
 
     def envelopes(self) -> list[dict[str, Any]]:
-        received: list[dict[str, Any]] = []
-        while True:
-            batch = self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
-            messages = batch.get("Messages", [])
-            if not messages:
-                return received
-            for message in messages:
-                received.append(json.loads(message["Body"]))
-                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
+        return [json.loads(body) for body in drain_bodies(self.sqs, self.url)]
 
 
 @dataclass
@@ -167,7 +165,7 @@ def _forget_warm_container() -> None:
     parameters.clear_caches()  # type: ignore[no-untyped-call]  # Powertools leaves it unannotated
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def new_container() -> Iterator[None]:
     """Each test starts in a new container and leaves none behind (the app's loop and clients closed)."""
     _forget_warm_container()

@@ -1,4 +1,4 @@
-"""Small builders of trust records and tag states shared by the store tests."""
+"""Small builders of trust records and tag states shared by the store tests (unit and integration)."""
 
 from __future__ import annotations
 
