@@ -17,7 +17,7 @@ from audit.models import Digest, MovingMode, Notice, TrustedImage, TrustSnapshot
 from audit.package_audit import PackageAuditor
 from audit.ports import TrustReader, TrustRecorder
 from audit.service import AuditService, RunOptions
-from tests.unit.test_service import World, digest
+from tests.support.service_world import World, digest
 
 WRITES = {"record", "put_watch_settings"}
 

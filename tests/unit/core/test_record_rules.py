@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from audit.errors import TrustConflictError, UsageError
 from audit.models import RecordOutcome, TrustedImage
 from audit.record_rules import RecordDecision, concurrent_change_error, decide_record
-from tests.unit.stores.builders import digest, trusted
+from tests.support.store_builders import digest, trusted
 
 CURRENT = trusted("1.0", "a")
 
