@@ -279,7 +279,7 @@ def test_a_yank_reason_is_data_escaped_in_the_notice(
     [notice] = [line for line in out.splitlines() if "[new]: yanked" in line]
     assert WHEEL in notice
     assert not any(char in out for char in "\x1b\x07\u202e")
-    assert "see \\\\x1b]8;;https://evil.example\\\\x07here" in notice  # escaped by the index adapter, then the alert
+    assert "see \\x1b]8;;https://evil.example\\x07here" in notice  # escaped once, where it is shown
     assert len(notice) < 1000  # the adapter bounds a reason to 200 characters
 
 

@@ -35,6 +35,9 @@ from audit.models import Digest
 from audit.packages import IndexFile, ProjectPage, index_host, is_insecure, parse_filename
 from audit.untrusted import printable
 
+#: A yank reason is kept as the index wrote it (escaped where it is shown), but bounded.
+MAX_YANK_REASON = 200
+
 if TYPE_CHECKING:
     from types import TracebackType
 
@@ -317,7 +320,7 @@ def parse_json_page(
                 filename,
                 url,
                 _digest(hashes.get("sha256")) if isinstance(hashes, dict) else None,
-                printable(yanked, max_chars=200) if yanked is not None else None,
+                yanked[:MAX_YANK_REASON] if yanked is not None else None,
                 printable(upload_time, max_chars=40) if isinstance(upload_time, str) else None,
                 size if isinstance(size, int) and not isinstance(size, bool) else None,
             )
@@ -394,7 +397,7 @@ def parse_html_page(
                 _filename_of(url),
                 url,
                 _digest(hex_text) if algorithm == "sha256" else None,
-                printable(yanked or "", max_chars=200) if "data-yanked" in anchor else None,
+                (yanked or "")[:MAX_YANK_REASON] if "data-yanked" in anchor else None,
                 None,
                 None,
             )
