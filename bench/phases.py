@@ -21,9 +21,9 @@ from audit import bootstrap
 from audit.adapters.dynamodb_store import SCAN_SEGMENTS, DynamoStateStore, DynamoTrustStore
 from audit.adapters.registry import RegistryClient, RegistrySettings
 from audit.adapters.sns_alerts import PrintAlerts
+from audit.app.audit import AuditService, RunOptions
 from audit.drift import AlertPolicy
 from audit.models import Digest, ImageRef, Observation, TrustSnapshot
-from audit.service import AuditService, RunOptions
 
 
 class Timeline:

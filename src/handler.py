@@ -14,9 +14,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from audit import bootstrap, hooks, push_events
+from audit.app.audit import RunOptions, RunReport
 from audit.errors import AuditError, ConfigError, InvalidEventError, InvalidReferenceError
 from audit.hooks import CheckRequest
-from audit.service import RunOptions, RunReport
 
 # Defaults equal the template's, so the heartbeat alarm (namespace + `service` dimension) always matches.
 SERVICE_NAME = os.environ.get("POWERTOOLS_SERVICE_NAME", "digest-audit")

@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from audit.adapters.package_index import PackageIndexClient
     from audit.adapters.registry import CredentialProvider, RegistryClient, RegistrySettings, StaticCredentials
     from audit.adapters.sns_alerts import SnsAlerts
+    from audit.app.audit import RunOptions, RunReport
     from audit.ports import RunLease, StateStore, TrustReader, TrustStore
-    from audit.service import RunOptions, RunReport
 
 
 #: The AWS SDK and its HTTP library print request headers (SigV4 signatures, session tokens) and response bodies
@@ -276,7 +276,7 @@ class LambdaApp:
         return self.config.reverify_delay + 2 * self.config.registry.timeout + 10
 
     def run(self, options: RunOptions, *, should_start: Callable[[], bool]) -> RunReport:
-        from audit.service import AuditService  # noqa: PLC0415 - deferred, see above
+        from audit.app.audit import AuditService  # noqa: PLC0415 - deferred, see above
 
         service = AuditService(
             self.trust,

@@ -20,9 +20,9 @@ import pytest
 from audit.adapters.dynamodb_store import DynamoStateStore, DynamoTrustStore
 from audit.adapters.registry import RegistryClient, RegistrySettings
 from audit.adapters.sns_alerts import SnsAlerts
+from audit.app.audit import AuditService, RunReport
 from audit.drift import AlertPolicy
 from audit.models import Digest, MediaType, Verdict
-from audit.service import AuditService, RunReport
 from tests.support.aws_fixtures import AwsClients, MotoServer, TableNames
 from tests.support.cli_fixtures import TOPIC_NAME
 from tests.support.cli_runner import CliResult, CliRunner

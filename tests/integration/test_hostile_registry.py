@@ -18,9 +18,9 @@ from audit.adapters.dynamodb_store import DynamoStateStore
 from audit.adapters.file_store import FileTrustStore
 from audit.adapters.registry import RegistryClient, RegistrySettings
 from audit.alerts import AlertMessage, render
+from audit.app.audit import AuditService, RunOptions, RunReport
 from audit.drift import AlertPolicy
 from audit.models import Digest, Finding, TrustedImage, Verdict, WatchSettings
-from audit.service import AuditService, RunOptions, RunReport
 from tests.support.aws_fixtures import AwsClients, TableNames
 from tests.support.local_registry import LocalRegistry
 from tests.support.loopback_server import LoopbackServer, Recorded, Reply

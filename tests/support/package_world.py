@@ -9,9 +9,9 @@ from pathlib import Path
 
 from audit import drift
 from audit.adapters.file_store import FileStateStore, FileTrustStore
+from audit.app.audit import AuditService, RunOptions
 from audit.models import Digest, TrustedImage, Verdict
 from audit.packages import IndexFile, ProjectPage, parse_filename, registry_key
-from audit.service import AuditService, RunOptions
 from tests.support.service_world import T0, Clock, RecordingAlerts, ScriptedRegistry
 
 INDEX = "https://pypi.example.com/simple"

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from audit.adapters.file_store import FileStateStore, FileTrustStore
+from audit.app.audit import AuditService, RunOptions
 from audit.drift import AlertPolicy
 from audit.errors import PublishError, RegistryError
 from audit.models import Digest, Finding, ImageRef, LiveStatus, Observation, TagListing, TrustedImage
-from audit.service import AuditService, RunOptions
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 IMAGE = "registry.example.com/org/app"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from audit.adapters.file_store import FileRunLease, FileStateStore
+from audit.app.audit import EXIT_STEPPED_ASIDE, RunOptions
 from audit.errors import PublishError, StoreError
 from audit.models import (
     MovingMode,
@@ -18,7 +19,6 @@ from audit.models import (
     WatchSettings,
 )
 from audit.ports import LeaseClaim
-from audit.service import EXIT_STEPPED_ASIDE, RunOptions
 from tests.support.service_world import IMAGE, World, digest
 
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from audit.adapters.file_store import FileTrustStore
+from audit.app.audit import TAG_LIST_CAP_KEY, AuditService, RunOptions, RunReport
 from audit.models import (
     Finding,
     ImageRef,
@@ -25,7 +26,6 @@ from audit.models import (
     WatchSettings,
 )
 from audit.reference import rejected_tag_key
-from audit.service import TAG_LIST_CAP_KEY, AuditService, RunOptions, RunReport
 from tests.support.service_world import IMAGE, World
 from tests.unit.registry.fakes import REGISTRY, FakeRegistry, image_manifest, make_client
 

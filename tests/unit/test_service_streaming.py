@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from audit.adapters.file_store import FileStateStore, FileTrustStore
+from audit.app.audit import AuditService, RunOptions
 from audit.drift import AlertPolicy
 from audit.models import Digest, ImageRef, LiveStatus, Observation, TrustedImage, TrustSnapshot, WatchSettings
 from audit.ports import PackageIndex
-from audit.service import AuditService, RunOptions
 from tests.support.package_world import FakeIndex
 from tests.support.package_world import trusted as package_record
 from tests.support.service_world import T0, RecordingAlerts, ScriptedRegistry, digest

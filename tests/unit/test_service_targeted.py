@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from audit.app.audit import RunOptions
 from audit.models import Notice, Verdict, WatchSettings
-from audit.service import RunOptions
 from tests.support.service_world import IMAGE, World, digest
 
 

@@ -12,11 +12,11 @@ from typing import get_protocol_members, get_type_hints
 
 from audit import incident_report
 from audit.adapters.file_store import FileTrustStore
+from audit.app.audit import AuditService, RunOptions
 from audit.drift import AlertPolicy
 from audit.models import Digest, MovingMode, Notice, TrustedImage, TrustSnapshot, Verdict, WatchSettings
 from audit.package_audit import PackageAuditor
 from audit.ports import TrustReader, TrustRecorder
-from audit.service import AuditService, RunOptions
 from tests.support.service_world import World, digest
 
 WRITES = {"record", "put_watch_settings"}

@@ -13,6 +13,7 @@ import signal
 from datetime import datetime
 
 from audit import bootstrap, hooks
+from audit.app.audit import RunOptions
 from audit.cli.common import add_registry_options, add_store_options, err
 from audit.cli.run import AuditSetup, add_audit_options, audit_setup, print_summary
 from audit.config import ENV_GITHUB_WEBHOOK_SECRET, ENV_WEBHOOK_TOKEN, Environment, webhook_secrets
@@ -22,7 +23,6 @@ from audit.listener import MAX_HEADER_BYTES, AuditBatch, Listener
 from audit.models import Finding, Notice, utcnow
 from audit.ports import Registry
 from audit.reference import parse_image_name
-from audit.service import RunOptions
 from audit.untrusted import printable
 
 log = logging.getLogger(__name__)

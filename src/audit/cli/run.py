@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from audit import bootstrap, drift
 from audit.adapters.sns_alerts import PrintAlerts
+from audit.app.audit import AuditService, RunOptions, RunReport
 from audit.cli.common import (
     add_registry_options,
     add_store_options,
@@ -21,7 +22,6 @@ from audit.cli.common import (
 from audit.config import AuditConfig, Environment, audit_config
 from audit.errors import UsageError
 from audit.ports import Alerts, PackageIndex, Registry, RunLease, StateStore, TrustReader
-from audit.service import AuditService, RunOptions, RunReport
 from audit.untrusted import printable
 
 
