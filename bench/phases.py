@@ -74,7 +74,7 @@ async def audit(args: argparse.Namespace, timeline: Timeline) -> int:
             PrintAlerts(sys.stderr),
             alert_policy=AlertPolicy(),
             reverify_delay=0,
-            max_in_flight=bootstrap.check_workers(settings),
+            max_in_flight=settings.check_workers,
         )
         report = await service.run(RunOptions(dry_run=True))
     return report.checked

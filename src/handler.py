@@ -13,7 +13,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from audit import bootstrap, hooks, push_events
+from audit import bootstrap, push_events
 from audit.app.audit import RunOptions, RunReport
 from audit.errors import AuditError, ConfigError, InvalidEventError, InvalidReferenceError
 from audit.hooks import CheckRequest
@@ -95,17 +95,13 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         logger.error("rejected event", extra={"error": exc.message})  # noqa: TRY400 - a user error, no traceback
         raise
     app = bootstrap.lambda_app()
-    margin_ms = app.time_margin_seconds * 1000
-
-    def should_start() -> bool:
-        return context.get_remaining_time_in_millis() > margin_ms
-
+    should_start = _time_guard(app, context)
     options = RunOptions(
         repositories=frozenset(request.repositories) if request.repositories else None,
         dry_run=request.dry_run,
     )
     try:
-        report = app.run(options, should_start=should_start)
+        report = app.run_blocking(app.auditor(should_start=should_start).run(options))
     except AuditError as exc:
         logger.error("audit failed", extra={"error": exc.message, "hint": exc.hint})  # noqa: TRY400
         raise
@@ -120,6 +116,16 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     _emit_metrics(report)
     logger.info("audit finished", extra=summary)
     return summary
+
+
+def _time_guard(app: bootstrap.App, context: LambdaContext) -> Callable[[], bool]:
+    """Start no further check when less than the margin is left (retries, re-verification and saving)."""
+    margin_ms = app.settings.time_margin_seconds * 1000
+
+    def should_start() -> bool:
+        return context.get_remaining_time_in_millis() > margin_ms
+
+    return should_start
 
 
 def is_sqs_batch(event: Any) -> bool:
@@ -156,16 +162,10 @@ def consume_push_events(event: dict[str, Any], context: LambdaContext) -> dict[s
         return {"batchItemFailures": []}
 
     app = bootstrap.lambda_app()
-    margin_ms = app.time_margin_seconds * 1000
-
-    def should_start() -> bool:
-        return context.get_remaining_time_in_millis() > margin_ms
-
     try:
-        tags = hooks.tags_to_check(list(requests.values()), app.trust.load_all)
-        if not tags:  # only deletes by digest of digests nobody trusted: nothing to check
+        report = app.run_blocking(app.push_audit(should_start=_time_guard(app, context)).run(list(requests.values())))
+        if report is None:  # only deletes by digest of digests nobody trusted: nothing to check
             return {"batchItemFailures": []}
-        report = app.run(RunOptions(tags=tags), should_start=should_start)
     except AuditError as exc:
         logger.error("push event audit failed", extra={"error": exc.message, "hint": exc.hint})  # noqa: TRY400
         return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in requests]}

@@ -1,8 +1,10 @@
-"""Composition root: wires the real adapters (httpx registry client, DynamoDB/SNS or local files) from settings.
+"""The composition root: `build(settings, **overrides) -> App` wires the real adapters (httpx registry client,
+DynamoDB/SNS or local files) or whatever a test passes instead; the CLI, the handler, the demo and the tests
+all get their ports here.
 
-boto3, the stores, the registry client (httpx) and the engine are imported where they are first needed:
-`digest-audit check` uses no boto3 (about 90 ms of start-up per process), and `import handler` (the Lambda's
-cold start) loads no adapter before the first invocation builds them.
+boto3, the stores, the registry client (httpx) and the engine are imported where they are first needed, and an
+App builds each adapter on first use: `digest-audit check` uses no boto3 (about 90 ms of start-up per process),
+and `import handler` (the Lambda's cold start) loads no adapter before the first invocation builds them.
 """
 
 from __future__ import annotations
@@ -11,24 +13,25 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Callable
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from datetime import datetime
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Self, TextIO
 
 from audit.config import (
     ENV_CREDENTIALS_SECRET,
     ENV_STATE_TABLE,
     ENV_TOPIC_ARN,
     ENV_TRUST_TABLE,
-    AuditConfig,
     Environment,
-    RegistryOptions,
-    audit_config,
-    registry_options,
+    RegistrySettings,
+    Settings,
 )
 from audit.errors import ConfigError, CredentialsError
-from audit.models import ImageRef
+from audit.models import ImageRef, utcnow
 from audit.packages import is_package_spec, package_image_name
 
 if TYPE_CHECKING:
@@ -37,10 +40,12 @@ if TYPE_CHECKING:
     from mypy_boto3_sns import SNSClient
 
     from audit.adapters.package_index import PackageIndexClient
-    from audit.adapters.registry import CredentialProvider, RegistryClient, RegistrySettings, StaticCredentials
+    from audit.adapters.registry import CredentialProvider, RegistryClient, StaticCredentials
     from audit.adapters.sns_alerts import SnsAlerts
-    from audit.app.audit import RunOptions, RunReport
-    from audit.ports import RunLease, StateStore, TrustReader, TrustStore
+    from audit.app.audit import AuditService
+    from audit.app.listen import PushAudit
+    from audit.drift import AlertPolicy
+    from audit.ports import Alerts, PackageIndex, Registry, RunLease, StateStore, TrustStore
 
 
 #: The AWS SDK and its HTTP library print request headers (SigV4 signatures, session tokens) and response bodies
@@ -58,24 +63,7 @@ def pin_sdk_loggers() -> None:
 pin_sdk_loggers()
 
 
-def registry_settings(options: RegistryOptions) -> RegistrySettings:
-    from audit.adapters.registry import RegistrySettings  # noqa: PLC0415 - deferred: see the module docstring
-
-    return RegistrySettings(
-        insecure_registries=options.insecure_registries,
-        ca_file=options.ca_file,
-        timeout=options.timeout,
-        concurrency=options.concurrency,
-    )
-
-
-def check_workers(settings: RegistrySettings) -> int:
-    """How many checks run at once: twice the per-registry maximum, so one registry at its adaptive maximum
-    still leaves workers for the others, while memory stays flat at any number of tags."""
-    return 2 * settings.concurrency
-
-
-def credentials(options: RegistryOptions, *, secret_text: str | None = None) -> CredentialProvider:
+def credentials(options: RegistrySettings, *, secret_text: str | None = None) -> CredentialProvider:
     """Secret (Lambda) first, then Docker's config.json, then ECR tokens for ECR hosts."""
     from audit.adapters.registry import (  # noqa: PLC0415 - deferred: see the module docstring
         ChainCredentials,
@@ -105,14 +93,14 @@ def static_credentials(secret_text: str, *, origin: str) -> StaticCredentials:
     return StaticCredentials.from_mapping(mapping, source=f"registry credentials secret {origin}")
 
 
-def registry_client(options: RegistryOptions, *, secret_text: str | None = None) -> RegistryClient:
+def registry_client(options: RegistrySettings, *, secret_text: str | None = None) -> RegistryClient:
     from audit.adapters.registry import RegistryClient  # noqa: PLC0415 - deferred: see the module docstring
 
-    return RegistryClient(registry_settings(options), credentials(options, secret_text=secret_text))
+    return RegistryClient(options, credentials(options, secret_text=secret_text))
 
 
 def package_index(
-    options: RegistryOptions, *, secret_text: str | None = None, netrc: bool = False
+    options: RegistrySettings, *, secret_text: str | None = None, netrc: bool | None = None
 ) -> PackageIndexClient:
     """Index credentials: the same secret map as registries (host -> username/password or token), `netrc` for
     the CLI, and CodeArtifact tokens (`codeartifact:GetAuthorizationToken`) for CodeArtifact hosts."""
@@ -127,11 +115,14 @@ def package_index(
     providers: list[CredentialProvider] = []
     if secret_text is not None:
         providers.append(static_credentials(secret_text, origin=options.credentials_secret or "secret"))
-    if netrc:
+    if options.netrc if netrc is None else netrc:
         providers.append(NetrcCredentials())
     providers.append(CodeArtifactCredentials())
     settings = IndexSettings(
-        insecure_hosts=options.insecure_registries, ca_file=options.ca_file, timeout=options.timeout
+        insecure_hosts=options.insecure_registries,
+        ca_file=options.ca_file,
+        timeout=options.timeout,
+        user_agent=options.user_agent,
     )
     return PackageIndexClient(settings, ChainCredentials(*providers))
 
@@ -198,7 +189,7 @@ def store_file(path: Path, *, flag: str, create: bool) -> Path:
     return path
 
 
-def trust_store(trust_file: Path | None, config: AuditConfig, *, create: bool = False) -> TrustStore:
+def trust_store(trust_file: Path | None, config: Settings, *, create: bool = False) -> TrustStore:
     """`--trust-file` for people without AWS, else the DynamoDB table named by TRUSTED_DIGESTS_TABLE.
 
     `create`: a missing file is a new, empty store (recording); otherwise it is an error (auditing).
@@ -208,36 +199,42 @@ def trust_store(trust_file: Path | None, config: AuditConfig, *, create: bool = 
 
     if trust_file is not None:
         return FileTrustStore(store_file(trust_file, flag="--trust-file", create=create))
-    table = require(config.trust_table, what="trust store", variable=ENV_TRUST_TABLE, flag="--trust-file FILE")
+    table = require(config.stores.trust_table, what="trust store", variable=ENV_TRUST_TABLE, flag="--trust-file FILE")
     return DynamoTrustStore(table, dynamodb_client())
 
 
-def state_store(state_file: Path | None, config: AuditConfig) -> StateStore:
+def state_store(state_file: Path | None, config: Settings) -> StateStore:
     from audit.adapters.dynamodb_store import DynamoStateStore  # noqa: PLC0415 - deferred, see above
     from audit.adapters.file_store import FileStateStore  # noqa: PLC0415
 
     if state_file is not None:
         # The state file starts empty on a first run; it only needs a directory to live in.
         return FileStateStore(store_file(state_file, flag="--state-file", create=True))
-    table = require(config.state_table, what="audit state store", variable=ENV_STATE_TABLE, flag="--state-file FILE")
+    table = _state_table(config)
     return DynamoStateStore(table, dynamodb_client(), max_attempts=DYNAMODB_MAX_ATTEMPTS, backoff=aws_backoff)
 
 
-def run_lease(state_file: Path | None, config: AuditConfig) -> RunLease:
+def _state_table(config: Settings) -> str:
+    return require(
+        config.stores.state_table, what="audit state store", variable=ENV_STATE_TABLE, flag="--state-file FILE"
+    )
+
+
+def run_lease(state_file: Path | None, config: Settings) -> RunLease:
     """The run lease lives where the state lives: next to the state file, or in the state table."""
     from audit.adapters.dynamodb_store import DynamoRunLease  # noqa: PLC0415 - deferred, see above
     from audit.adapters.file_store import FileRunLease  # noqa: PLC0415
 
     if state_file is not None:
         return FileRunLease(state_file)
-    table = require(config.state_table, what="audit state store", variable=ENV_STATE_TABLE, flag="--state-file FILE")
-    return DynamoRunLease(table, dynamodb_client(), duration=config.lease_duration)
+    table = _state_table(config)
+    return DynamoRunLease(table, dynamodb_client(), duration=config.stores.lease_duration)
 
 
-def sns_alerts(config: AuditConfig) -> SnsAlerts:
+def sns_alerts(config: Settings) -> SnsAlerts:
     from audit.adapters.sns_alerts import SnsAlerts  # noqa: PLC0415 - deferred, see above
 
-    topic = require(config.topic_arn, what="alert topic", variable=ENV_TOPIC_ARN, flag="--print-alerts")
+    topic = require(config.alerts.topic_arn, what="alert topic", variable=ENV_TOPIC_ARN, flag="--print-alerts")
     return SnsAlerts(topic, sns_client(), entry_attempts=SNS_ENTRY_ATTEMPTS, backoff=aws_backoff)
 
 
@@ -248,65 +245,232 @@ def image_name(text: str) -> str:
     return ImageRef.parse(text).image
 
 
-class LambdaApp:
-    """Everything one warm Lambda container reuses between invocations: clients, token cache, event loop.
+class App:
+    """The composed application: settings and every port, each adapter built on first use and then kept.
 
-    The httpx connection pools belong to an event loop, so the container keeps one loop for its lifetime
-    instead of `asyncio.run` per invocation; tokens and connections then survive between scheduled runs.
+    Built by `build`; the CLI uses one per command (`async with app:` closes the HTTP clients it built), the
+    Lambda one per warm container (`lambda_app`), with one event loop for the container's lifetime: the httpx
+    connection pools belong to a loop, so tokens and connections survive between scheduled runs.
     """
 
-    def __init__(self, config: AuditConfig, secret_text: str | None) -> None:
-        from audit.drift import AlertPolicy  # noqa: PLC0415 - deferred, see above
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        trust: TrustStore | None = None,
+        state: StateStore | None = None,
+        lease: RunLease | None = None,
+        alerts: Alerts | None = None,
+        registry: Registry | None = None,
+        packages: PackageIndex | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        should_start: Callable[[], bool] | None = None,
+        secret_text: str | Callable[[], str | None] | None = None,
+        alert_stream: TextIO | None = None,
+    ) -> None:
+        self.settings = settings
+        self._trust = trust
+        self._state = state
+        self._lease = lease
+        self._alerts = alerts
+        self._registry = registry
+        self._packages = packages
+        self.clock = clock
+        self._sleep = sleep
+        self._should_start = should_start
+        self._secret_source = secret_text
+        self._secret_read = False
+        self._secret_text: str | None = None
+        self._alert_stream = alert_stream
+        self._built_clients: list[RegistryClient | PackageIndexClient] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-        self.config = config
-        self.loop = asyncio.new_event_loop()
-        self.registry = registry_client(config.registry, secret_text=secret_text)
-        self.packages = package_index(config.registry, secret_text=secret_text)
-        self.trust: TrustReader = trust_store(None, config)  # the audit role may only read the trust table
-        self.state = state_store(None, config)
-        self.lease = run_lease(None, config)
-        self.alerts = sns_alerts(config)
-        self.policy = AlertPolicy(
-            reminder_interval=config.reminder_interval, unverifiable_after=config.unverifiable_after
-        )
+    # --- the ports ------------------------------------------------------------------------------------------
+    @property
+    def trust(self) -> TrustStore:
+        """The trust store an audit reads: `--trust-file` (it must exist) or the trust table."""
+        if self._trust is None:
+            self._trust = trust_store(self.settings.stores.trust_file, self.settings)
+        return self._trust
 
     @property
-    def time_margin_seconds(self) -> float:
-        """Stop starting checks when less than this is left: room for retries, re-verification and saving."""
-        return self.config.reverify_delay + 2 * self.config.registry.timeout + 10
+    def state(self) -> StateStore:
+        if self._state is None:
+            self._state = state_store(self.settings.stores.state_file, self.settings)
+        return self._state
 
-    def run(self, options: RunOptions, *, should_start: Callable[[], bool]) -> RunReport:
-        from audit.app.audit import AuditService  # noqa: PLC0415 - deferred, see above
+    @property
+    def lease(self) -> RunLease:
+        if self._lease is None:
+            self._lease = run_lease(self.settings.stores.state_file, self.settings)
+        return self._lease
 
-        service = AuditService(
+    @property
+    def alerts(self) -> Alerts:
+        """Printed (local runs, `--print-alerts`, dry runs) or published to the SNS topic."""
+        if self._alerts is None:
+            if self.settings.alerts.print_alerts:
+                from audit.adapters.sns_alerts import PrintAlerts  # noqa: PLC0415 - deferred, see the module docstring
+
+                self._alerts = PrintAlerts(self._alert_stream or sys.stdout)
+            else:
+                self._alerts = sns_alerts(self.settings)
+        return self._alerts
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            client = registry_client(self.settings.registry, secret_text=self._secret())
+            self._built_clients.append(client)
+            self._registry = client
+        return self._registry
+
+    @property
+    def packages(self) -> PackageIndex:
+        if self._packages is None:
+            client = package_index(self.settings.registry, secret_text=self._secret())
+            self._built_clients.append(client)
+            self._packages = client
+        return self._packages
+
+    @property
+    def policy(self) -> AlertPolicy:
+        from audit.drift import AlertPolicy  # noqa: PLC0415 - deferred, see the module docstring
+
+        return AlertPolicy(
+            reminder_interval=self.settings.alerts.reminder_interval,
+            unverifiable_after=self.settings.alerts.unverifiable_after,
+        )
+
+    def _secret(self) -> str | None:
+        """The registry credentials secret's text, read once, only where the App was built to read it."""
+        if not self._secret_read:
+            source = self._secret_source
+            self._secret_text = source() if callable(source) else source
+            self._secret_read = True
+        return self._secret_text
+
+    # --- the use cases --------------------------------------------------------------------------------------
+    def auditor(
+        self,
+        *,
+        should_start: Callable[[], bool] | None = None,
+        dry_run: bool = False,
+        with_packages: bool = True,
+    ) -> AuditService:
+        """The audit use case over this App's ports. A dry run publishes and saves nothing, so it needs no lease
+        (it may run beside another run); `should_start` also ends tag listing once time is short."""
+        from audit.app.audit import AuditService  # noqa: PLC0415 - deferred, see the module docstring
+
+        start = should_start or self._should_start
+        return AuditService(
             self.trust,
             self.state,
             self.registry,
             self.alerts,
             alert_policy=self.policy,
-            reverify_delay=self.config.reverify_delay,
-            should_start=should_start,  # also ends tag listing: no further page once time is short
-            packages=self.packages,
-            lease=self.lease,
-            max_tags_per_repository=self.config.max_tags_per_repository,
-            max_in_flight=check_workers(self.registry.settings),
+            reverify_delay=self.settings.audit.reverify_delay,
+            clock=self.clock,
+            sleep=self._sleep or asyncio.sleep,
+            should_start=start or (lambda: True),
+            max_in_flight=self.settings.registry.check_workers,
+            packages=self.packages if with_packages else None,
+            lease=None if dry_run else self.lease,
+            max_tags_per_repository=self.settings.audit.max_tags_per_repository,
         )
-        return self.loop.run_until_complete(service.run(options))
+
+    def push_audit(self, *, should_start: Callable[[], bool] | None = None, with_packages: bool = True) -> PushAudit:
+        """The targeted audit of the tags a batch of push events names (the Lambda's queue, `listen`)."""
+        from audit.app.listen import PushAudit  # noqa: PLC0415 - deferred, see the module docstring
+
+        return PushAudit(self.trust, lambda: self.auditor(should_start=should_start, with_packages=with_packages))
+
+    def prepare(self) -> Self:
+        """Build every port the audit uses now, so a configuration error surfaces here, not mid-run."""
+        _ = (self.registry, self.packages, self.trust, self.state, self.lease, self.alerts)
+        return self
+
+    # --- lifetime -------------------------------------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Close the HTTP clients this App built (ports passed in belong to whoever passed them)."""
+        clients, self._built_clients = self._built_clients, []
+        for client in clients:
+            await client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def run_blocking[T](self, work: Coroutine[Any, Any, T]) -> T:
+        """Run on this App's own event loop (the Lambda container's), created on first use and kept."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(work)
+
+    def close(self) -> None:
+        """End this App's own loop: cancel what an interrupted invocation left on it, close the clients."""
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        # An interrupted invocation may have left an audit suspended on this loop: cancel it, never resume it.
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(self.aclose())
+        loop.close()
 
 
-_lambda_app: LambdaApp | None = None
+def build(
+    settings: Settings,
+    *,
+    trust: TrustStore | None = None,
+    state: StateStore | None = None,
+    lease: RunLease | None = None,
+    alerts: Alerts | None = None,
+    registry: Registry | None = None,
+    packages: PackageIndex | None = None,
+    clock: Callable[[], datetime] = utcnow,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+    should_start: Callable[[], bool] | None = None,
+    secret_text: str | Callable[[], str | None] | None = None,
+    alert_stream: TextIO | None = None,
+) -> App:
+    """The one composition root. Every port may be given (tests pass in-memory fakes); what is not given is
+    built from `settings` on first use. `secret_text`: the registry credentials secret (or how to read it)."""
+    return App(
+        settings,
+        trust=trust,
+        state=state,
+        lease=lease,
+        alerts=alerts,
+        registry=registry,
+        packages=packages,
+        clock=clock,
+        sleep=sleep,
+        should_start=should_start,
+        secret_text=secret_text,
+        alert_stream=alert_stream,
+    )
 
 
-def lambda_app(env: Environment | None = None) -> LambdaApp:
+_lambda_app: App | None = None
+
+
+def lambda_app(env: Environment | Mapping[str, str] | None = None) -> App:
     """Built once per container (a deliberate warm cache); configuration errors surface on first use."""
     global _lambda_app  # noqa: PLW0603 - the documented per-container cache
     if _lambda_app is None:
-        env = env or Environment()
-        config = audit_config(env, registry_options(env))
-        secret_text = None
-        if config.registry.credentials_secret:
-            secret_text = read_secret(config.registry.credentials_secret)
-        _lambda_app = LambdaApp(config, secret_text)
+        settings = Settings.from_environment(env)
+        secret_id = settings.registry.credentials_secret
+        app = build(settings, secret_text=(lambda: read_secret(secret_id)) if secret_id else None)
+        _lambda_app = app.prepare()
     return _lambda_app
 
 
@@ -314,16 +478,7 @@ def reset_lambda_app() -> None:
     """Forget the cached app (tests, or after a configuration change)."""
     global _lambda_app  # noqa: PLW0603
     if _lambda_app is not None:
-        loop = _lambda_app.loop
-        # An interrupted invocation may have left an audit suspended on this loop: cancel it, never resume it.
-        pending = asyncio.all_tasks(loop)
-        for task in pending:
-            task.cancel()
-        if pending:
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        loop.run_until_complete(_lambda_app.registry.aclose())
-        loop.run_until_complete(_lambda_app.packages.aclose())
-        loop.close()
+        _lambda_app.close()
     _lambda_app = None
 
 

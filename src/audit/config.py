@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Final
 
 from audit.errors import ConfigError
 
@@ -80,34 +81,196 @@ def parse_insecure_registries(values: Iterable[str], *, origin: str) -> frozense
     return frozenset(hosts)
 
 
+#: Per request to a registry or index, connect to last byte.
+DEFAULT_TIMEOUT: Final = 10.0
+#: Requests in flight per registry at most. 64 is where the bench's raw loop stops gaining through a 50 ms
+#: proxy for 2,000 tags and where loopback has long levelled off; the adaptive limit only gets there while
+#: latency holds, and halves at the first 429, 503 or timeout.
+DEFAULT_CONCURRENCY: Final = 64
+#: Seconds to wait before re-checking a drift or a missing tag (CI may have pushed and recorded meanwhile).
+DEFAULT_REVERIFY_DELAY: Final = 5.0
+DEFAULT_REMINDER_INTERVAL: Final = timedelta(hours=24)
+DEFAULT_UNVERIFIABLE_AFTER: Final = 3
+#: How long a run lease lasts before another run may take it over: longer than the Lambda timeout (900 s is
+#: Lambda's maximum), so a live run never loses it and a killed one blocks the schedule for one slot.
+DEFAULT_LEASE_DURATION: Final = timedelta(seconds=900)
+USER_AGENT: Final = "digest-audit/0.1"
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
 @dataclass(frozen=True)
-class RegistryOptions:
-    """What the registry client needs; built from flags and the environment."""
+class RegistrySettings:
+    """How to reach registries and package indexes (and with which credentials); the registry client takes it."""
 
-    insecure_registries: frozenset[str] = frozenset()
-    ca_file: Path | None = None
-    timeout: float = 10.0
-    concurrency: int = 64  # the most requests in flight per registry host; adaptive below it
-    docker_config: Path | None = None
-    enable_ecr: bool = True
-    credentials_secret: str | None = None
+    insecure_registries: frozenset[str] = frozenset()  # "host" (all ports) or "host:port": plain HTTP
+    ca_file: Path | None = None  # added to the system trust store (and certifi), not replacing it
+    timeout: float = DEFAULT_TIMEOUT  # per request, connect to last byte
+    concurrency: int = DEFAULT_CONCURRENCY  # the most requests in flight per registry host (adaptive below it)
+    max_attempts: int = 3
+    max_retry_after: float = 60.0
+    user_agent: str = USER_AGENT
+    backoff_base: float = 0.2  # first retry waits about this long (jittered), doubling each attempt
+    docker_config: Path | None = None  # the directory of Docker's config.json (None: DOCKER_CONFIG or ~/.docker)
+    enable_ecr: bool = True  # ECR tokens for ECR hosts
+    credentials_secret: str | None = None  # the secret holding registry credentials (the Lambda reads it)
+    netrc: bool = False  # ~/.netrc credentials for package indexes (the CLI)
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0:
+            raise ConfigError(f"the registry timeout must be positive, not {self.timeout}")
+        if self.concurrency < 1:
+            raise ConfigError("registry concurrency must be at least 1")
+        if self.max_attempts < 1:
+            raise ConfigError("max_attempts must be at least 1")
+        object.__setattr__(
+            self,
+            "insecure_registries",
+            frozenset(entry.strip().lower() for entry in self.insecure_registries),
+        )
+
+    def allows_plain_http(self, host: str, port: int | None) -> bool:
+        """Whether plain HTTP may be used to host:port (port None: the default HTTP port)."""
+        name = host.lower()
+        if ":" in name and not name.startswith("["):
+            name = f"[{name}]"  # httpx gives IPv6 hosts without brackets
+        listed = self.insecure_registries
+        return name in listed or f"{name}:{port if port is not None else _DEFAULT_PORTS['http']}" in listed
+
+    @property
+    def check_workers(self) -> int:
+        """How many checks run at once: twice the per-registry maximum, so one registry at its adaptive maximum
+        still leaves workers for the others, while memory stays flat at any number of tags."""
+        return 2 * self.concurrency
 
 
 @dataclass(frozen=True)
-class AuditConfig:
-    """Settings of the audit run (`digest-audit run` and the Lambda)."""
+class StoreSettings:
+    """Where trust and audit state live: DynamoDB tables, or local JSON files (`--trust-file`, `--state-file`)."""
 
     trust_table: str | None = None
     state_table: str | None = None
+    trust_file: Path | None = None
+    state_file: Path | None = None
+    lease_duration: timedelta = DEFAULT_LEASE_DURATION
+
+    @property
+    def local(self) -> bool:
+        return self.trust_file is not None or self.state_file is not None
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """Where alerts go (the SNS topic, or printed) and when an open problem is told again."""
+
     topic_arn: str | None = None
-    reverify_delay: float = 5.0
-    reminder_interval: timedelta = timedelta(hours=24)
-    unverifiable_after: int = 3
-    # How long a run lease lasts before another run may take it over: longer than the Lambda timeout (900 s
-    # is Lambda's maximum), so a live run never loses it and a killed one blocks the schedule for one slot.
-    lease_duration: timedelta = timedelta(seconds=900)
+    print_alerts: bool = False  # print on stdout instead of publishing to the topic
+    reminder_interval: timedelta = DEFAULT_REMINDER_INTERVAL
+    unverifiable_after: int = DEFAULT_UNVERIFIABLE_AFTER
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """How one audit run behaves."""
+
+    reverify_delay: float = DEFAULT_REVERIFY_DELAY
     max_tags_per_repository: int = DEFAULT_MAX_TAGS_PER_REPOSITORY
-    registry: RegistryOptions = field(default_factory=RegistryOptions)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of digest-audit, one object per concern; `from_environment` is the one reader of them."""
+
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    stores: StoreSettings = field(default_factory=StoreSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+
+    @classmethod
+    def from_environment(
+        cls,
+        env: Environment | Mapping[str, str] | None = None,
+        *,
+        insecure: Iterable[str] = (),
+        ca_file: Path | None = None,
+        timeout: float | None = None,
+        concurrency: int | None = None,
+        docker_config: Path | None = None,
+        netrc: bool = False,
+        trust_file: Path | None = None,
+        state_file: Path | None = None,
+        print_alerts: bool = False,
+        reverify_delay: float | None = None,
+        reminder_interval: float | None = None,
+        unverifiable_after: int | None = None,
+    ) -> Settings:
+        """The environment (os.environ by default) read once; a flag given (not None) wins over its variable."""
+        environment = env if isinstance(env, Environment) else Environment(env)
+        registry = registry_options(
+            environment,
+            insecure=insecure,
+            ca_file=ca_file,
+            timeout=timeout,
+            concurrency=concurrency,
+            docker_config=docker_config,
+            netrc=netrc,
+        )
+        return cls._with_registry(
+            environment,
+            registry,
+            trust_file=trust_file,
+            state_file=state_file,
+            print_alerts=print_alerts,
+            reverify_delay=reverify_delay,
+            reminder_interval=reminder_interval,
+            unverifiable_after=unverifiable_after,
+        )
+
+    @classmethod
+    def _with_registry(
+        cls,
+        environment: Environment,
+        registry: RegistrySettings,
+        *,
+        trust_file: Path | None = None,
+        state_file: Path | None = None,
+        print_alerts: bool = False,
+        reverify_delay: float | None = None,
+        reminder_interval: float | None = None,
+        unverifiable_after: int | None = None,
+    ) -> Settings:
+        trust_table = environment.text(ENV_TRUST_TABLE)
+        state_table = environment.text(ENV_STATE_TABLE)
+        topic_arn = environment.text(ENV_TOPIC_ARN)
+        env_reverify_delay = environment.number(ENV_REVERIFY_DELAY, DEFAULT_REVERIFY_DELAY)
+        env_reminder = environment.number(ENV_REMINDER_INTERVAL, DEFAULT_REMINDER_INTERVAL.total_seconds(), minimum=1.0)
+        env_unverifiable_after = environment.integer(ENV_UNVERIFIABLE_AFTER, DEFAULT_UNVERIFIABLE_AFTER, minimum=1)
+        lease = environment.number(ENV_LEASE_SECONDS, DEFAULT_LEASE_DURATION.total_seconds(), minimum=1.0)
+        max_tags = environment.integer(ENV_MAX_TAGS, DEFAULT_MAX_TAGS_PER_REPOSITORY, minimum=1)
+        return cls(
+            registry=registry,
+            stores=StoreSettings(
+                trust_table=trust_table,
+                state_table=state_table,
+                trust_file=trust_file,
+                state_file=state_file,
+                lease_duration=timedelta(seconds=lease),
+            ),
+            alerts=AlertSettings(
+                topic_arn=topic_arn,
+                print_alerts=print_alerts,
+                reminder_interval=timedelta(seconds=reminder_interval or env_reminder),
+                unverifiable_after=unverifiable_after or env_unverifiable_after,
+            ),
+            audit=AuditSettings(
+                reverify_delay=reverify_delay if reverify_delay is not None else env_reverify_delay,
+                max_tags_per_repository=max_tags,
+            ),
+        )
+
+    @property
+    def time_margin_seconds(self) -> float:
+        """Stop starting checks when less than this is left: room for retries, re-verification and saving."""
+        return self.audit.reverify_delay + 2 * self.registry.timeout + 10
 
 
 class Environment:
@@ -173,8 +336,10 @@ def registry_options(
     timeout: float | None = None,
     concurrency: int | None = None,
     docker_config: Path | None = None,
-) -> RegistryOptions:
-    """Flags win over the environment; insecure registries from both are combined."""
+    netrc: bool = False,
+) -> RegistrySettings:
+    """The registry part of `Settings.from_environment`: flags win over the environment; insecure registries
+    from both are combined."""
     if ca_file is not None and not ca_file.is_file():
         raise ConfigError(f"--ca-file {ca_file} does not exist or is not a file", hint="give the path of a PEM file")
     if docker_config is not None and not docker_config.is_dir():
@@ -182,30 +347,29 @@ def registry_options(
             f"--docker-config {docker_config} is not a directory",
             hint="give the directory that holds config.json (like DOCKER_CONFIG)",
         )
-    return RegistryOptions(
+    return RegistrySettings(
         insecure_registries=env.insecure_registries()
         | parse_insecure_registries(insecure, origin="--insecure-registry"),
         ca_file=ca_file,
-        timeout=timeout if timeout is not None else env.number(ENV_TIMEOUT, 10.0, minimum=0.1),
-        concurrency=concurrency if concurrency is not None else env.integer(ENV_CONCURRENCY, 64, minimum=1),
+        timeout=timeout if timeout is not None else env.number(ENV_TIMEOUT, DEFAULT_TIMEOUT, minimum=0.1),
+        concurrency=concurrency
+        if concurrency is not None
+        else env.integer(ENV_CONCURRENCY, DEFAULT_CONCURRENCY, minimum=1),
         docker_config=docker_config,
         enable_ecr=env.flag(ENV_ENABLE_ECR, True),
         credentials_secret=env.text(ENV_CREDENTIALS_SECRET),
+        netrc=netrc,
     )
 
 
-def audit_config(env: Environment, registry: RegistryOptions) -> AuditConfig:
-    return AuditConfig(
-        trust_table=env.text(ENV_TRUST_TABLE),
-        state_table=env.text(ENV_STATE_TABLE),
-        topic_arn=env.text(ENV_TOPIC_ARN),
-        reverify_delay=env.number(ENV_REVERIFY_DELAY, 5.0),
-        reminder_interval=timedelta(seconds=env.number(ENV_REMINDER_INTERVAL, 86400.0, minimum=1.0)),
-        unverifiable_after=env.integer(ENV_UNVERIFIABLE_AFTER, 3, minimum=1),
-        lease_duration=timedelta(seconds=env.number(ENV_LEASE_SECONDS, 900.0, minimum=1.0)),
-        max_tags_per_repository=env.integer(ENV_MAX_TAGS, DEFAULT_MAX_TAGS_PER_REPOSITORY, minimum=1),
-        registry=registry,
-    )
+# --- until the recorder-side CLI modules (issue 10, 10uc) use `Settings.from_environment`: remove then --------
+#: The old name of RegistrySettings.
+RegistryOptions = RegistrySettings
+
+
+def audit_config(env: Environment, registry: RegistrySettings) -> Settings:
+    """The old two-step reader: the environment's settings with these registry settings."""
+    return Settings._with_registry(env, registry)
 
 
 def webhook_secrets(env: Environment) -> tuple[str | None, str | None]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import handler  # noqa: F401 - first import at collection, so Powertools' logger writes to a stable stream
 from audit import bootstrap
 from audit.adapters.dynamodb_store import DynamoRunLease
-from audit.config import ENV_CREDENTIALS_SECRET, ENV_TIMEOUT, ENV_TRUST_TABLE, AuditConfig
+from audit.config import ENV_CREDENTIALS_SECRET, ENV_TIMEOUT, ENV_TRUST_TABLE, Settings
 from audit.errors import ConfigError, CredentialsError, StoreError
 from tests.support.lambda_env import (
     EVENTS,
@@ -340,14 +341,15 @@ def test_credentials_come_from_the_secret_and_a_warm_container_reuses_its_tokens
     for tag in ("1.0", "2.0"):
         image = token_registry.pusher.push_image(repository, tag)
         env.record(token_registry.reference_of(image), image.digest)
-    built: list[bootstrap.LambdaApp] = []
+    built: list[bootstrap.App] = []
+    build = bootstrap.build
 
-    class RecordedApp(bootstrap.LambdaApp):
-        def __init__(self, config: AuditConfig, secret_text: str | None) -> None:
-            super().__init__(config, secret_text)
-            built.append(self)
+    def recorded_build(settings: Settings, **overrides: Any) -> bootstrap.App:
+        app = build(settings, **overrides)
+        built.append(app)
+        return app
 
-    monkeypatch.setattr(bootstrap, "LambdaApp", RecordedApp)
+    monkeypatch.setattr(bootstrap, "build", recorded_build)
     function = cold_start(monkeypatch)
 
     first = function.invoke(load_event("scheduled.json"))

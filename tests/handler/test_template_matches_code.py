@@ -148,12 +148,12 @@ def test_the_app_builds_from_the_template_environment_and_reads_nothing_else(
     assert recording.read <= set(environment), "the code reads a variable the template does not set"
     assert recording.read == set(ALL_VARIABLES), "audit.config.ALL_VARIABLES is not what the code reads"
     # With default parameters the app gets the code's documented defaults and the stack's resources.
-    config = app.config
-    assert (config.trust_table, config.state_table) == (lambda_env.tables.trust, lambda_env.tables.state)
-    assert config.topic_arn == lambda_env.topic_arn
-    assert config.reverify_delay == 5
-    assert config.reminder_interval == timedelta(hours=24)
-    assert config.unverifiable_after == 3
+    config = app.settings
+    assert (config.stores.trust_table, config.stores.state_table) == (lambda_env.tables.trust, lambda_env.tables.state)
+    assert config.alerts.topic_arn == lambda_env.topic_arn
+    assert config.audit.reverify_delay == 5
+    assert config.alerts.reminder_interval == timedelta(hours=24)
+    assert config.alerts.unverifiable_after == 3
     assert config.registry.timeout == 10
     assert config.registry.concurrency == 64
     assert config.registry.enable_ecr is False

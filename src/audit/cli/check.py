@@ -5,29 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections import Counter
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from audit import bootstrap
-from audit.cli.common import (
-    add_registry_options,
-    err,
-    parse_references,
-    print_json,
-    registry_options_from,
-    render_table,
-)
+from audit.app.check import CheckResult, check
+from audit.cli.common import add_registry_options, err, parse_references, print_json, render_table, settings_from
 from audit.cli.packages import run_check_packages
-from audit.config import RegistryOptions
-from audit.drift import check_verdict, platform_absent
 from audit.errors import UsageError
-from audit.models import Digest, ImageRef, Observation, Verdict
+from audit.models import Verdict
 from audit.packages import is_package_spec
-from audit.platforms import Platform, select_platform
+from audit.platforms import Platform
 from audit.untrusted import printable
-from audit.workers import drain
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -73,24 +63,33 @@ def run_check(args: argparse.Namespace) -> int:
             raise UsageError(
                 "pypi: packages are checked on their own", hint="check images and packages in separate commands"
             )
-        return run_check_packages(args, registry_options_from(args), packages)
+        return run_check_packages(args, settings_from(args).registry, packages)
     if args.index_url is not None:
         raise UsageError("--index-url is for pypi:PROJECT==VERSION", hint="drop it for images")
     platform = _parse_platform(args.platform)
     references = parse_references(args.references, args.file)
-    options = registry_options_from(args)
-    want_platforms = bool(args.platforms or platform)
+    app = bootstrap.build(settings_from(args))
     found: list[dict[str, Any] | None] = [None] * len(references)
     absent_at: list[int] = []
 
-    def answered(index: int, observation: Observation) -> None:
-        # Each observation becomes its output row at once and is dropped: memory per tag stays one row.
-        typed, ref = references[index]
-        found[index] = _row(typed, ref, observation, platform)
-        if platform_absent(observation, platform):
+    def answered(index: int, result: CheckResult) -> None:
+        # Each result becomes its output row at once and is dropped: memory per tag stays one row.
+        found[index] = _row(references[index][0], result)
+        if result.platform_absent:
             absent_at.append(index)
 
-    asyncio.run(_observe_all(options, [ref for _, ref in references], want_platforms, answered))
+    async def check_all() -> None:
+        async with app:
+            await check(
+                app.registry,
+                [ref for _, ref in references],
+                platform=platform,
+                platforms=bool(args.platforms),
+                workers=app.settings.registry.check_workers,
+                answered=answered,
+            )
+
+    asyncio.run(check_all())
     rows = [row for row in found if row is not None]
     absent = [references[index][0] for index in sorted(absent_at)]
     if args.json:
@@ -111,20 +110,6 @@ def run_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _observe_all(
-    options: RegistryOptions, refs: list[ImageRef], platforms: bool, answered: Callable[[int, Observation], None]
-) -> None:
-    """Every reference observed by a fixed set of workers (the client adapts requests in flight below it)."""
-    async with bootstrap.registry_client(options) as client:
-
-        async def observe(index: int) -> None:
-            ref = refs[index]
-            expected = ref.digest if ref.tag else None
-            answered(index, await client.observe(ref, expected=expected, platforms=platforms))
-
-        await drain(range(len(refs)), observe, workers=bootstrap.check_workers(client.settings))
-
-
 def _parse_platform(text: str | None) -> Platform | None:
     if text is None:
         return None
@@ -134,27 +119,20 @@ def _parse_platform(text: str | None) -> Platform | None:
         raise UsageError(f"invalid --platform {text!r}", hint=exc.hint) from None
 
 
-def _row(typed: str, ref: ImageRef, observation: Observation, platform: Platform | None) -> dict[str, Any]:
-    verdict, reason = check_verdict(observation, ref.digest, platform)
-    live: Digest | None = observation.live_digest
-    shown_platform = str(platform) if platform else None
-    if platform is not None:
-        selected = select_platform(observation.platforms or {}, platform)
-        live = selected[1] if selected else None
-        if selected is not None:
-            shown_platform = selected[0]  # as the index spells it (linux/arm64/v8 for linux/arm64)
+def _row(typed: str, result: CheckResult) -> dict[str, Any]:
+    ref, observation = result.ref, result.observation
     return {
         "reference": typed,
         "registry": ref.registry,
         "repository": ref.repository,
         "tag": ref.tag,
         "trusted_digest": str(ref.digest) if ref.digest else None,
-        "live_digest": str(live) if live else None,
-        "status": verdict.value,
-        "reason": reason,
+        "live_digest": str(result.live_digest) if result.live_digest else None,
+        "status": result.verdict.value,
+        "reason": result.reason,
         "checked_at": _iso(observation.checked_at),
         "media_type": observation.media_type,
-        "platform": shown_platform,
+        "platform": result.platform,
         "platforms": (
             {name: str(digest) for name, digest in observation.platforms.items()}
             if observation.platforms is not None

@@ -9,7 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from audit.config import Environment, RegistryOptions, registry_options
+from audit.config import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_TIMEOUT,
+    Environment,
+    RegistrySettings,
+    Settings,
+    registry_options,
+)
 from audit.errors import AuditError, UsageError
 from audit.models import ImageRef
 from audit.untrusted import has_unsafe_characters, printable
@@ -29,12 +36,37 @@ def add_registry_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--concurrency",
         type=positive_int,
-        help="the most requests in flight per registry host; adaptive below it (default 64)",
+        help=f"the most requests in flight per registry host; adaptive below it (default {DEFAULT_CONCURRENCY})",
     )
-    group.add_argument("--timeout", type=positive_float, help="seconds per request (default 10)")
+    group.add_argument("--timeout", type=positive_float, help=f"seconds per request (default {DEFAULT_TIMEOUT:g})")
 
 
-def registry_options_from(args: argparse.Namespace, env: Environment | None = None) -> RegistryOptions:
+def settings_from(args: argparse.Namespace, *, print_alerts: bool = False) -> Settings:
+    """Every setting of a command in one call: its flags (those it has) over the environment.
+
+    `print_alerts` besides `--print-alerts`: a command that must not publish (a local or dry run) says so.
+    The CLI reads package index credentials from ~/.netrc too (the Lambda does not).
+    """
+    flags = vars(args)
+    return Settings.from_environment(
+        Environment(),
+        insecure=flags.get("insecure_registry") or (),
+        ca_file=flags.get("ca_file"),
+        timeout=flags.get("timeout"),
+        concurrency=flags.get("concurrency"),
+        docker_config=flags.get("docker_config"),
+        netrc=True,
+        trust_file=flags.get("trust_file"),
+        state_file=flags.get("state_file"),
+        print_alerts=print_alerts or bool(flags.get("print_alerts")),
+        reverify_delay=flags.get("reverify_delay"),
+        reminder_interval=flags.get("reminder_interval"),
+        unverifiable_after=flags.get("unverifiable_after"),
+    )
+
+
+def registry_options_from(args: argparse.Namespace, env: Environment | None = None) -> RegistrySettings:
+    """Until the recorder-side commands use `settings_from` (issue 10): remove then."""
     return registry_options(
         env or Environment(),
         insecure=args.insecure_registry,
@@ -42,6 +74,7 @@ def registry_options_from(args: argparse.Namespace, env: Environment | None = No
         timeout=args.timeout,
         concurrency=args.concurrency,
         docker_config=args.docker_config,
+        netrc=True,
     )
 
 

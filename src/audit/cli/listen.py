@@ -13,15 +13,14 @@ import signal
 from datetime import datetime
 
 from audit import bootstrap, hooks
-from audit.app.audit import RunOptions
+from audit.app.listen import PushAudit
 from audit.cli.common import add_registry_options, add_store_options, err
-from audit.cli.run import AuditSetup, add_audit_options, audit_setup, print_summary
+from audit.cli.run import add_audit_options, audit_app, print_summary
 from audit.config import ENV_GITHUB_WEBHOOK_SECRET, ENV_WEBHOOK_TOKEN, Environment, webhook_secrets
 from audit.errors import AuditError, ConfigError, UsageError
 from audit.hooks import CheckRequest, HookSecrets
 from audit.listener import MAX_HEADER_BYTES, AuditBatch, Listener
 from audit.models import Finding, Notice, utcnow
-from audit.ports import Registry
 from audit.reference import parse_image_name
 from audit.untrusted import printable
 
@@ -107,20 +106,22 @@ def _secrets() -> HookSecrets:
 def listen(args: argparse.Namespace) -> int:
     secrets = _secrets()
     aliases = _aliases(args.registry_alias)
-    setup = audit_setup(args)
+    app = audit_app(args)
     # What arrived and what was refused is this command's output, so it is shown without -v.
     for name in ("audit.listener", "audit.hooks"):
         logging.getLogger(name).setLevel(logging.DEBUG if args.verbose > 1 else logging.INFO)
-    return asyncio.run(_serve(args, secrets, aliases, setup))
+    return asyncio.run(_serve(args, secrets, aliases, app))
 
 
-async def _serve(args: argparse.Namespace, secrets: HookSecrets, aliases: dict[str, str], setup: AuditSetup) -> int:
+async def _serve(args: argparse.Namespace, secrets: HookSecrets, aliases: dict[str, str], app: bootstrap.App) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with bootstrap.registry_client(setup.config.registry) as client:
-        listener = Listener(secrets, _audit_batch(setup, client), grace=args.grace, aliases=aliases)
+    async with app:
+        listener = Listener(
+            secrets, _audit_batch(app.push_audit(with_packages=False)), grace=args.grace, aliases=aliases
+        )
         try:
             server = await asyncio.start_server(listener.handle, args.host, args.port, limit=MAX_HEADER_BYTES)
         except OSError as exc:
@@ -148,13 +149,12 @@ async def _serve(args: argparse.Namespace, secrets: HookSecrets, aliases: dict[s
     return 0
 
 
-def _audit_batch(setup: AuditSetup, client: Registry) -> AuditBatch:
+def _audit_batch(push_audit: PushAudit) -> AuditBatch:
     async def audit(requests: list[CheckRequest]) -> None:
-        tags = hooks.tags_to_check(requests, setup.trust.load_all)
-        if not tags:
+        report = await push_audit.run(requests)
+        if report is None:
             err(f"nothing recorded to check for {hooks.describe(requests)}")
             return
-        report = await setup.service(client).run(RunOptions(tags=tags))
         print_summary(report, dry_run=False)
         if report.stepped_aside is not None:
             # Another run (the hourly one, say) holds the lease and checked nothing of ours: try again later.

@@ -85,7 +85,7 @@ def run_report(args: argparse.Namespace) -> int:
         raise UsageError("--recorded-since is after --recorded-until", hint="swap the two dates")
     config = audit_config(Environment(), RegistryOptions())
     trust = bootstrap.trust_store(args.trust_file, config)
-    state = bootstrap.state_store(args.state_file, config) if args.state_file or config.state_table else None
+    state = bootstrap.state_store(args.state_file, config) if args.state_file or config.stores.state_table else None
     states = state.load_all() if state is not None else {}
     wanted = {bootstrap.image_name(name) for name in args.repository}
     records = [

@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
-from dataclasses import dataclass
-from datetime import timedelta
 
-from audit import bootstrap, drift
-from audit.adapters.sns_alerts import PrintAlerts
-from audit.app.audit import AuditService, RunOptions, RunReport
-from audit.cli.common import (
-    add_registry_options,
-    add_store_options,
-    err,
-    positive_float,
-    positive_int,
-    registry_options_from,
-)
-from audit.config import AuditConfig, Environment, audit_config
+from audit import bootstrap
+from audit.app.audit import RunOptions, RunReport
+from audit.cli.common import add_registry_options, add_store_options, err, positive_float, positive_int, settings_from
 from audit.errors import UsageError
-from audit.ports import Alerts, PackageIndex, Registry, RunLease, StateStore, TrustReader
 from audit.untrusted import printable
 
 
@@ -58,68 +45,27 @@ def add_audit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unverifiable-after", type=positive_int, metavar="RUNS")
 
 
-@dataclass(frozen=True)
-class AuditSetup:
-    """The stores, alert channel and policy of an audit, built from flags and the environment."""
-
-    config: AuditConfig
-    trust: TrustReader
-    state: StateStore
-    alerts: Alerts
-    policy: drift.AlertPolicy
-    reverify_delay: float
-    lease: RunLease | None
-
-    def service(self, registry: Registry, packages: PackageIndex | None = None) -> AuditService:
-        return AuditService(
-            self.trust,
-            self.state,
-            registry,
-            self.alerts,
-            alert_policy=self.policy,
-            reverify_delay=self.reverify_delay,
-            packages=packages,
-            lease=self.lease,
-            max_tags_per_repository=self.config.max_tags_per_repository,
-            max_in_flight=bootstrap.check_workers(bootstrap.registry_settings(self.config.registry)),
-        )
-
-
-def audit_setup(args: argparse.Namespace, *, dry_run: bool = False) -> AuditSetup:
+def audit_app(args: argparse.Namespace, *, dry_run: bool = False) -> bootstrap.App:
     """Local files (`--trust-file` and `--state-file`, alerts printed) or DynamoDB and SNS from the environment."""
-    env = Environment()
-    config = audit_config(env, registry_options_from(args, env))
     local = args.trust_file is not None or args.state_file is not None
     if local and (args.trust_file is None or args.state_file is None):
         raise UsageError("--trust-file and --state-file go together", hint="give both for a local run")
-    trust = bootstrap.trust_store(args.trust_file, config)
-    state = bootstrap.state_store(args.state_file, config)
-    # A dry run publishes and saves nothing, so it may run beside another run: no lease.
-    lease = None if dry_run else bootstrap.run_lease(args.state_file, config)
     # A dry run publishes nothing, so it needs no topic.
-    printing = local or args.print_alerts or dry_run
-    alerts: Alerts = PrintAlerts(sys.stdout) if printing else bootstrap.sns_alerts(config)
-    policy = drift.AlertPolicy(
-        reminder_interval=timedelta(seconds=args.reminder_interval)
-        if args.reminder_interval
-        else config.reminder_interval,
-        unverifiable_after=args.unverifiable_after or config.unverifiable_after,
-    )
-    delay = args.reverify_delay if args.reverify_delay is not None else config.reverify_delay
-    return AuditSetup(config, trust, state, alerts, policy, delay, lease)
+    app = bootstrap.build(settings_from(args, print_alerts=local or dry_run))
+    # Stores and the alert channel first (a wrong path, a missing table or topic is the first thing to hear
+    # about), then the registry client. A dry run may run beside another run: it takes no lease.
+    _ = (app.trust, app.state, app.alerts) if dry_run else (app.trust, app.state, app.lease, app.alerts)
+    return app
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    setup = audit_setup(args, dry_run=args.dry_run)
+    app = audit_app(args, dry_run=args.dry_run)
     repositories = frozenset(bootstrap.image_name(name) for name in args.repository) or None
     options = RunOptions(repositories=repositories, dry_run=args.dry_run)
 
     async def audit() -> RunReport:
-        async with (
-            bootstrap.registry_client(setup.config.registry) as client,
-            bootstrap.package_index(setup.config.registry, netrc=True) as packages,
-        ):
-            return await setup.service(client, packages).run(options)
+        async with app:
+            return await app.auditor(dry_run=args.dry_run).run(options)
 
     report = asyncio.run(audit())
     print_summary(report, dry_run=args.dry_run)

@@ -19,7 +19,6 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
@@ -50,8 +49,8 @@ from audit.adapters.registry.transport import (
     aiohttp_transport,
     environment_mounts,
 )
-from audit.config import DEFAULT_MAX_TAGS_PER_REPOSITORY
-from audit.errors import ConfigError, CredentialsError, InvalidDigestError, InvalidReferenceError
+from audit.config import DEFAULT_MAX_TAGS_PER_REPOSITORY, RegistrySettings
+from audit.errors import CredentialsError, InvalidDigestError, InvalidReferenceError
 from audit.models import (
     MANIFEST_ACCEPT,
     Digest,
@@ -84,48 +83,9 @@ DEFAULT_MAX_TAGS: Final = DEFAULT_MAX_TAGS_PER_REPOSITORY
 MAX_REJECTED_KEPT: Final = 100  # rejected names kept per repository for reporting; the rest are only counted
 MAX_REJECTED_SHOWN: Final = 160  # characters of a rejected name kept for reports and alerts (escaped there)
 TAGS_ACCEPT: Final = "application/json"
-#: Requests in flight per registry at most. 64 is where the bench's raw loop stops gaining through a 50 ms
-#: proxy for 2,000 tags and where loopback has long levelled off; the adaptive limit only gets there while
-#: latency holds, and halves at the first 429, 503 or timeout.
-DEFAULT_CONCURRENCY: Final = 64
 _TOKEN: Final = "digest_audit.token"  # noqa: S105 - request extension marking a token request, not a secret
 
 type Origin = tuple[str, str, int]
-
-
-@dataclass(frozen=True)
-class RegistrySettings:
-    """How to talk to registries; one instance per run."""
-
-    insecure_registries: frozenset[str] = frozenset()  # "host" (all ports) or "host:port": plain HTTP
-    ca_file: Path | None = None  # added to the system trust store (and certifi), not replacing it
-    timeout: float = 10.0  # per request, connect to last byte
-    concurrency: int = DEFAULT_CONCURRENCY  # the most requests in flight per registry host (adaptive below it)
-    max_attempts: int = 3
-    max_retry_after: float = 60.0
-    user_agent: str = "digest-audit/0.1"
-    backoff_base: float = 0.2  # first retry waits about this long (jittered), doubling each attempt
-
-    def __post_init__(self) -> None:
-        if self.timeout <= 0:
-            raise ConfigError(f"the registry timeout must be positive, not {self.timeout}")
-        if self.concurrency < 1:
-            raise ConfigError("registry concurrency must be at least 1")
-        if self.max_attempts < 1:
-            raise ConfigError("max_attempts must be at least 1")
-        object.__setattr__(
-            self,
-            "insecure_registries",
-            frozenset(entry.strip().lower() for entry in self.insecure_registries),
-        )
-
-    def allows_plain_http(self, host: str, port: int | None) -> bool:
-        """Whether plain HTTP may be used to host:port (port None: the default HTTP port)."""
-        name = host.lower()
-        if ":" in name and not name.startswith("["):
-            name = f"[{name}]"  # httpx gives IPv6 hosts without brackets
-        listed = self.insecure_registries
-        return name in listed or f"{name}:{port if port is not None else DEFAULT_PORTS['http']}" in listed
 
 
 @dataclass
