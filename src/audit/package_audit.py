@@ -133,7 +133,7 @@ class PackageAuditor:
             # CI may have uploaded and recorded between our trust read and the page read: wait, read again.
             await self._sleep(self._reverify_delay)
             for index in suspects:
-                fresh = self._fresh(projects[index])
+                fresh = await asyncio.to_thread(self._fresh, projects[index])  # store reads, off the loop
                 run.unlisted.pop(fresh.key, None)
                 outcomes[index] = await self._audit(fresh, run.unlisted)
         for results in outcomes:

@@ -156,7 +156,7 @@ class AuditService:
         # remaining-time guard; the registry client bounds and adapts requests per host on its own.
         self._max_in_flight = max_in_flight
         self._max_tags = max_tags_per_repository
-        self._ever_trusted: dict[str, frozenset[Digest]] = {}
+        self._ever_trusted: dict[str, frozenset[Digest]] = {}  # per repository, read before judging
         self._packages = PackageAuditor(
             packages, trust, reverify_delay=reverify_delay, sleep=sleep, should_start=should_start
         )
@@ -171,7 +171,7 @@ class AuditService:
         if self._lease is None or options.dry_run:
             await self._audit(options, report)
         else:
-            claim = self._lease.acquire(report.run_id)
+            claim = await asyncio.to_thread(self._lease.acquire, report.run_id)
             if not claim.acquired:
                 log.warning("another run holds the run lease (%s): stepping aside", claim.holder)
                 report.stepped_aside = claim
@@ -206,7 +206,7 @@ class AuditService:
                 pending.cancel()
             await asyncio.gather(*previous_read, return_exceptions=True)
             raise
-        previous = await previous_read[0] if previous_read else self._state.load_all()
+        previous = await (previous_read[0] if previous_read else asyncio.to_thread(self._state.load_all))
         targets, results = _without_vanished_untracked(targets, results, options)
         results = await self._reverify(results, {t.ref: t for t in targets}, previous)
         # Package files: their own small path, the same TagResults into the same decide/publish/save flow.
@@ -228,7 +228,7 @@ class AuditService:
 
         if options.dry_run:
             return
-        if self._lease is not None and not self._lease.renew(report.run_id):
+        if self._lease is not None and not await asyncio.to_thread(self._lease.renew, report.run_id):
             # Our lease expired during a long run and another run took it: it decides from the same state
             # and alerts; publishing here too would send every alert twice.
             log.warning("the run lease expired and was taken over: stepping aside without publishing")
@@ -236,12 +236,14 @@ class AuditService:
             return
         if report.findings:
             try:
-                report.alerts_published = self._alerts.publish(report.run_id, report.findings, total_tags=len(results))
+                report.alerts_published = await asyncio.to_thread(
+                    self._alerts.publish, report.run_id, report.findings, total_tags=len(results)
+                )
             except PublishError as exc:
-                report.states_saved = self._save_delivered(decisions, exc.delivered)
+                report.states_saved = await asyncio.to_thread(self._save_delivered, decisions, exc.delivered)
                 raise
         # Only after every alert went out: a failed publish raised above and only what was accepted is saved.
-        self._state.save(changed)
+        await asyncio.to_thread(self._state.save, changed)
         report.states_saved = len(changed)
 
     def _save_delivered(
@@ -347,17 +349,18 @@ class AuditService:
         )
         trusted.sort(key=lambda record: (record.image, record.tag))
         targets: list[_Target] = []
-        results: list[TagResult] = []
+        judged: list[tuple[_Target, Observation]] = []
         for target in [_trusted_target(t, settings.get(t.image)) for t in trusted] + listed:
             if target.preset is not None:
-                verdict, reason = target.preset
-                observation = Observation(ref=target.ref, status=LiveStatus.UNVERIFIABLE, reason=reason)
-                results.append(TagResult(target.ref, None, observation, verdict, reason))
+                _, reason = target.preset
+                judged.append((target, Observation(ref=target.ref, status=LiveStatus.UNVERIFIABLE, reason=reason)))
             elif target.ref in observed:
                 observation = observed.pop(target.ref)
                 target = replace(target, ref=observation.ref)  # noqa: PLW2901 - one ImageRef per tag, shared
-                results.append(self._judge(target, observation))
+                judged.append((target, observation))
             targets.append(target)
+        await self._read_ever_trusted(target for target, _ in judged)
+        results = [self._judge(target, observation) for target, observation in judged]
         return targets, results, unreached, unlisted
 
     async def _list_tags(self, watch: WatchSettings, unlisted: dict[str, str]) -> TagListing | None:
@@ -428,17 +431,32 @@ class AuditService:
             log.error("unexpected %s while checking %s", type(exc).__name__, printable(str(ref)))  # noqa: TRY400
             return Observation(ref=ref, status=LiveStatus.UNVERIFIABLE, reason=f"internal error ({type(exc).__name__})")
 
+    async def _read_ever_trusted(self, targets: Iterable[_Target]) -> None:
+        """Every digest ever recorded for the repositories whose policy accepts any of them, read before judging:
+        one store query per repository, in threads at once, so the loop never waits on the store."""
+        images = sorted(
+            {
+                target.trusted.image
+                for target in targets
+                if target.trusted is not None
+                and target.preset is None
+                and target.trusted.image not in self._ever_trusted
+                and drift.policy_for(target.settings, target.ref.tag or "").needs_all_trusted
+            }
+        )
+        found = await asyncio.gather(*(asyncio.to_thread(self._trust.digests_ever_recorded, image) for image in images))
+        self._ever_trusted.update(zip(images, (frozenset(digests) for digests in found), strict=True))
+
     def _judge(self, target: _Target, observation: Observation) -> TagResult:
+        if target.preset is not None:  # decided without asking the registry
+            preset_verdict, preset_reason = target.preset
+            return TagResult(target.ref, None, observation, preset_verdict, preset_reason)
         if target.trusted is None:
             verdict, reason = _untracked_verdict(observation)
             return TagResult(target.ref, None, observation, verdict, reason)
         policy = drift.policy_for(target.settings, target.ref.tag or "")
-        ever: frozenset[Digest] = frozenset()
-        if policy.needs_all_trusted:
-            image = target.trusted.image
-            if image not in self._ever_trusted:
-                self._ever_trusted[image] = frozenset(self._trust.digests_ever_recorded(image))
-            ever = self._ever_trusted[image]
+        # Read beforehand by _read_ever_trusted (never here, on the loop).
+        ever = self._ever_trusted[target.trusted.image] if policy.needs_all_trusted else frozenset[Digest]()
         judgement = drift.judge(target.trusted, observation, policy=policy, ever_trusted=ever)
         return TagResult(target.ref, target.trusted, observation, judgement.verdict, judgement.reason)
 
@@ -468,11 +486,13 @@ class AuditService:
             result = results[index]
             target = targets[result.ref]
             assert result.trusted is not None
-            fresh = self._trust.get(result.trusted.image, result.trusted.tag, consistent=True)
+            fresh = await asyncio.to_thread(self._trust.get, result.trusted.image, result.trusted.tag, consistent=True)
             if fresh is None:  # the record was removed meanwhile: nothing to compare with any more
                 return result
             observation = await self._observe(result.ref, expected=fresh.digest, platforms=True)
-            return self._judge(_Target(target.ref, fresh, target.settings), observation)
+            again = _Target(target.ref, fresh, target.settings)
+            await self._read_ever_trusted([again])
+            return self._judge(again, observation)
 
         rechecked = await asyncio.gather(*(again(i) for i in suspects))
         merged = list(results)

@@ -1,4 +1,5 @@
-"""One behavioural suite for every TrustStore and StateStore: the JSON files and DynamoDB on a moto server."""
+"""One behavioural suite for every TrustStore and StateStore: the JSON files, DynamoDB on a moto server, and the
+in-memory fakes unit tests use (so a fake cannot drift from the real stores)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from audit.errors import TrustConflictError, UsageError
 from audit.models import RecordOutcome, Verdict
 from audit.ports import StateStore, TrustStore
 from tests.support.aws_fixtures import AwsClients, TableNames
+from tests.support.memory_ports import MemoryStateStore, MemoryTrustStore
 from tests.support.store_builders import (
     IMAGE,
     alerted_state,
@@ -25,13 +27,15 @@ from tests.support.store_builders import (
 
 pytestmark = pytest.mark.integration
 
-BACKENDS = ["file", "dynamodb"]
+BACKENDS = ["file", "dynamodb", "memory"]
 
 
 @pytest.fixture(params=BACKENDS)
 def trust_store(request: pytest.FixtureRequest, tmp_path: Path) -> TrustStore:
     if request.param == "file":
         return FileTrustStore(tmp_path / "trusted.json")
+    if request.param == "memory":
+        return MemoryTrustStore()
     tables: TableNames = request.getfixturevalue("tables")
     aws: AwsClients = request.getfixturevalue("aws")
     # A page size of 2 makes every multi-item read cross pages.
@@ -42,6 +46,8 @@ def trust_store(request: pytest.FixtureRequest, tmp_path: Path) -> TrustStore:
 def state_store(request: pytest.FixtureRequest, tmp_path: Path) -> StateStore:
     if request.param == "file":
         return FileStateStore(tmp_path / "state.json")
+    if request.param == "memory":
+        return MemoryStateStore()
     tables: TableNames = request.getfixturevalue("tables")
     aws: AwsClients = request.getfixturevalue("aws")
     return DynamoStateStore(tables.state, aws.dynamodb(), page_size=3)
