@@ -106,9 +106,8 @@ def _blocked_until_the_loop_runs(call: Callable[..., Any]) -> tuple[Callable[...
         return call(*args, **kwargs)
 
     async def ticker() -> None:
-        while not began.is_set():  # a thread sets it: no asyncio.Event can be awaited for it
-            await asyncio.sleep(0.001)  # noqa: ASYNC110
-        ticked.set()
+        await asyncio.to_thread(began.wait, PATIENCE)
+        ticked.set()  # only once the loop runs this task again
 
     return blocked, waited, ticker
 
