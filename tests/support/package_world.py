@@ -4,12 +4,12 @@ shared by the package and streaming service tests."""
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
 from pathlib import Path
 
-from audit import drift
+from audit import bootstrap
 from audit.adapters.file_store import FileStateStore, FileTrustStore
-from audit.app.audit import AuditService, RunOptions
+from audit.app.audit import RunOptions
+from audit.config import AuditSettings, Settings
 from audit.models import Digest, TrustedImage, Verdict
 from audit.packages import IndexFile, ProjectPage, parse_filename, registry_key
 from tests.support.service_world import T0, Clock, RecordingAlerts, ScriptedRegistry
@@ -79,12 +79,14 @@ class World:
             self.trust.record(item, replace=True)
 
     async def run(self, **options: object) -> tuple[int, dict[str, Verdict]]:
-        service = AuditService(
-            self.trust, self.state, self.registry, self.alerts,
-            alert_policy=drift.AlertPolicy(reminder_interval=timedelta(hours=24), unverifiable_after=3),
-            reverify_delay=5.0, clock=self.clock, sleep=self.sleep, packages=self.index,
+        from tests.support.memory_ports import MemoryRunLease  # noqa: PLC0415 - it imports this module's fakes
+
+        app = bootstrap.build(
+            Settings(audit=AuditSettings(reverify_delay=5.0)),
+            trust=self.trust, state=self.state, lease=MemoryRunLease(), alerts=self.alerts,
+            registry=self.registry, packages=self.index, clock=self.clock, sleep=self.sleep,
         )  # fmt: skip
-        report = await service.run(RunOptions(**options))  # type: ignore[arg-type]
+        report = await app.auditor().run(RunOptions(**options))  # type: ignore[arg-type]
         return report.worst_exit_code(), {r.ref.tag or "": r.verdict for r in report.results}
 
 

@@ -4,14 +4,17 @@ registry, recording alerts and a settable clock, shared by every service test mo
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
+from audit import bootstrap
 from audit.adapters.file_store import FileStateStore, FileTrustStore
 from audit.app.audit import AuditService, RunOptions
-from audit.drift import AlertPolicy
+from audit.config import DEFAULT_MAX_TAGS_PER_REPOSITORY, AuditSettings, Settings
 from audit.errors import PublishError, RegistryError
 from audit.models import Digest, Finding, ImageRef, LiveStatus, Observation, TagListing, TrustedImage
+from audit.ports import Registry, RunLease
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 IMAGE = "registry.example.com/org/app"
@@ -117,20 +120,30 @@ class World:
         self.started += 1
         return self.budget is None or self.started <= self.budget
 
-    def service(self, registry: object | None = None, **overrides: object) -> AuditService:
-        """The service over this world; `registry` replaces the scripted one (e.g. a wrapper around it)."""
-        return AuditService(
-            self.trust,
-            self.state,
-            registry or self.registry,  # type: ignore[arg-type]
-            self.alerts,
-            alert_policy=AlertPolicy(reminder_interval=timedelta(hours=24), unverifiable_after=3),
-            reverify_delay=5.0,
+    def service(
+        self,
+        registry: object | None = None,
+        *,
+        lease: RunLease | None = None,
+        max_tags_per_repository: int = DEFAULT_MAX_TAGS_PER_REPOSITORY,
+    ) -> AuditService:
+        """The service over this world, built by the composition root; `registry` replaces the scripted one (e.g.
+        a wrapper around it). Without a `lease`, one no other run holds."""
+        from tests.support.memory_ports import MemoryRunLease  # noqa: PLC0415 - it imports this module's fakes
+
+        settings = Settings(audit=AuditSettings(reverify_delay=5.0, max_tags_per_repository=max_tags_per_repository))
+        app = bootstrap.build(
+            settings,
+            trust=self.trust,
+            state=self.state,
+            lease=lease or MemoryRunLease(),
+            alerts=self.alerts,
+            registry=cast(Registry, registry or self.registry),  # a wrapper is duck-typed
             clock=self.clock,
             sleep=self.sleep,
             should_start=self.should_start,
-            **overrides,  # type: ignore[arg-type]
         )
+        return app.auditor(with_packages=False)
 
     async def run(self, **options: object) -> tuple[int, list[Finding]]:
         before = len(self.alerts.runs)
