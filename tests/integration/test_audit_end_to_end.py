@@ -17,11 +17,10 @@ from typing import Any
 
 import pytest
 
+from audit import bootstrap
 from audit.adapters.dynamodb_store import DynamoStateStore, DynamoTrustStore
-from audit.adapters.registry import RegistryClient, RegistrySettings
-from audit.adapters.sns_alerts import SnsAlerts
-from audit.app.audit import AuditService, RunReport
-from audit.drift import AlertPolicy
+from audit.app.audit import RunReport
+from audit.config import AlertSettings, AuditSettings, RegistrySettings, Settings, StoreSettings
 from audit.models import Digest, MediaType, Verdict
 from tests.support.aws_fixtures import AwsClients, MotoServer, TableNames
 from tests.support.cli_fixtures import TOPIC_NAME
@@ -492,18 +491,14 @@ def audit_directly(
     """One run of the service with the real adapters, its re-verification wait replaced by `sleep`."""
 
     async def run() -> RunReport:
-        settings = RegistrySettings(insecure_registries=frozenset({registry.host}))
-        async with RegistryClient(settings) as client:
-            service = AuditService(
-                DynamoTrustStore(tables.trust, aws.dynamodb()),
-                DynamoStateStore(tables.state, aws.dynamodb()),
-                client,
-                SnsAlerts(topic_arn, aws.sns()),
-                alert_policy=AlertPolicy(),
-                reverify_delay=5.0,
-                sleep=sleep,
-            )
-            return await service.run()
+        settings = Settings(
+            registry=RegistrySettings(insecure_registries=frozenset({registry.host})),
+            stores=StoreSettings(trust_table=tables.trust, state_table=tables.state),
+            alerts=AlertSettings(topic_arn=topic_arn),
+            audit=AuditSettings(reverify_delay=5.0),
+        )
+        async with bootstrap.build(settings, sleep=sleep) as app:
+            return await app.auditor().run()
 
     return asyncio.run(run())
 

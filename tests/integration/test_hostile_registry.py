@@ -14,16 +14,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from audit import bootstrap
 from audit.adapters.dynamodb_store import DynamoStateStore
 from audit.adapters.file_store import FileTrustStore
-from audit.adapters.registry import RegistryClient, RegistrySettings
 from audit.alerts import AlertMessage, render
-from audit.app.audit import AuditService, RunOptions, RunReport
-from audit.drift import AlertPolicy
+from audit.app.audit import RunOptions, RunReport
+from audit.config import AlertSettings, AuditSettings, RegistrySettings, Settings
 from audit.models import Digest, Finding, TrustedImage, Verdict, WatchSettings
 from tests.support.aws_fixtures import AwsClients, TableNames
 from tests.support.local_registry import LocalRegistry
 from tests.support.loopback_server import LoopbackServer, Recorded, Reply
+from tests.support.memory_ports import MemoryRunLease
 
 pytestmark = pytest.mark.integration
 
@@ -73,17 +74,13 @@ def hostile_front(registry: LocalRegistry, repository: str, names: list[str]) ->
 async def audit(
     front: LoopbackServer, trust: FileTrustStore, state: DynamoStateStore, alerts: RenderingAlerts
 ) -> RunReport:
-    settings = RegistrySettings(insecure_registries=frozenset({front.host}))
-    async with RegistryClient(settings) as client:
-        service = AuditService(
-            trust,
-            state,
-            client,
-            alerts,
-            alert_policy=AlertPolicy(unverifiable_after=3),
-            reverify_delay=0,
-        )
-        return await service.run(RunOptions())
+    settings = Settings(
+        registry=RegistrySettings(insecure_registries=frozenset({front.host})),
+        alerts=AlertSettings(unverifiable_after=3),
+        audit=AuditSettings(reverify_delay=0),
+    )
+    async with bootstrap.build(settings, trust=trust, state=state, alerts=alerts, lease=MemoryRunLease()) as app:
+        return await app.auditor(with_packages=False).run(RunOptions())
 
 
 async def test_hostile_tag_names_are_findings_never_urls_commands_or_raw_keys(
