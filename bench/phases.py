@@ -1,7 +1,7 @@
 """`run` on DynamoDB, phase by phase: when Scan pages arrive and when checks start and end, in one process.
 
-Runs the audit engine (`AuditService`, dry run: decide, publish and save nothing) against the trust and state
-tables at AWS_ENDPOINT_URL (moto, behind the bench's counting proxy) and a loopback registry, timing the trust
+Runs the audit engine (built by `bootstrap.build`; dry run: decide, publish and save nothing) against the trust
+and state tables at AWS_ENDPOINT_URL (moto, behind the bench's counting proxy) and a loopback registry, timing the trust
 Scan's pages and the checks. `overlap_s` is how long checks ran while the Scan was still reading: the point of
 starting at the first page. Prints JSON.
 
@@ -18,11 +18,10 @@ import time
 from collections.abc import Iterator, Sequence
 
 from audit import bootstrap
-from audit.adapters.dynamodb_store import SCAN_SEGMENTS, DynamoStateStore, DynamoTrustStore
-from audit.adapters.registry import RegistryClient, RegistrySettings
-from audit.adapters.sns_alerts import PrintAlerts
-from audit.app.audit import AuditService, RunOptions
-from audit.drift import AlertPolicy
+from audit.adapters.dynamodb_store import SCAN_SEGMENTS, DynamoTrustStore
+from audit.adapters.registry import RegistryClient
+from audit.app.audit import RunOptions
+from audit.config import AlertSettings, AuditSettings, RegistrySettings, Settings, StoreSettings
 from audit.models import Digest, ImageRef, Observation, TrustSnapshot
 
 
@@ -64,19 +63,16 @@ async def audit(args: argparse.Namespace, timeline: Timeline) -> int:
     dynamodb = bootstrap.dynamodb_client()
     trust = TimedTrust(args.trust_table, dynamodb, scan_segments=args.segments)
     trust.timeline = timeline
-    settings = RegistrySettings(insecure_registries=frozenset({args.insecure}))
-    async with TimedRegistry(settings) as registry:
+    settings = Settings(
+        registry=RegistrySettings(insecure_registries=frozenset({args.insecure})),
+        stores=StoreSettings(trust_table=args.trust_table, state_table=args.state_table),
+        alerts=AlertSettings(print_alerts=True),
+        audit=AuditSettings(reverify_delay=0),
+    )
+    async with TimedRegistry(settings.registry) as registry:
         registry.timeline = timeline
-        service = AuditService(
-            trust,
-            DynamoStateStore(args.state_table, dynamodb),
-            registry,
-            PrintAlerts(sys.stderr),
-            alert_policy=AlertPolicy(),
-            reverify_delay=0,
-            max_in_flight=settings.check_workers,
-        )
-        report = await service.run(RunOptions(dry_run=True))
+        app = bootstrap.build(settings, trust=trust, registry=registry, alert_stream=sys.stderr)
+        report = await app.auditor(dry_run=True, with_packages=False).run(RunOptions(dry_run=True))
     return report.checked
 
 
