@@ -30,6 +30,7 @@ import httpx
 
 from audit.adapters.registry.credentials import Credential, CredentialProvider
 from audit.adapters.registry.tls import build_ssl_context
+from audit.config import DEFAULT_TIMEOUT, USER_AGENT
 from audit.errors import CredentialsError, PackageIndexError, ProjectNotFoundError
 from audit.models import Digest
 from audit.packages import IndexFile, ProjectPage, index_host, is_insecure, parse_filename
@@ -61,11 +62,11 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 class IndexSettings:
     insecure_hosts: frozenset[str] = frozenset()
     ca_file: Path | None = None
-    timeout: float = 10.0
+    timeout: float = DEFAULT_TIMEOUT
     max_page_bytes: int = MAX_PAGE_BYTES
     max_files: int = MAX_FILES
     max_file_bytes: int = MAX_FILE_BYTES
-    user_agent: str = "digest-audit/0.1"
+    user_agent: str = USER_AGENT
 
 
 class PackageIndexClient:

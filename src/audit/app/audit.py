@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from audit import drift
-from audit.config import DEFAULT_MAX_TAGS_PER_REPOSITORY, ENV_MAX_TAGS
+from audit.config import DEFAULT_MAX_TAGS_PER_REPOSITORY, DEFAULT_REVERIFY_DELAY, ENV_MAX_TAGS, RegistrySettings
 from audit.errors import AuditError, PublishError, RegistryError
 from audit.models import (
     Digest,
@@ -134,11 +134,11 @@ class AuditService:
         alerts: Alerts,
         *,
         alert_policy: drift.AlertPolicy,
-        reverify_delay: float = 5.0,
+        reverify_delay: float = DEFAULT_REVERIFY_DELAY,
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         should_start: Callable[[], bool] = lambda: True,
-        max_in_flight: int = 64,
+        max_in_flight: int = RegistrySettings().check_workers,
         packages: PackageIndex | None = None,
         lease: RunLease | None = None,
         max_tags_per_repository: int = DEFAULT_MAX_TAGS_PER_REPOSITORY,
