@@ -183,6 +183,19 @@ def test_matching_pin_exits_0(capsys: pytest.CaptureFixture[str], scenario: Scen
     assert run.stderr == "checked 1 reference(s): 1 match\n"
 
 
+def test_a_malformed_variable_of_a_setting_check_never_uses_is_none_of_its_business(
+    capsys: pytest.CaptureFixture[str], scenario: Scenario, cli_env: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`check` reads the registry settings only: the audit's variables may be wrong without stopping it."""
+    monkeypatch.setenv("DIGEST_AUDIT_REVERIFY_DELAY", "soon")
+    monkeypatch.setenv("DIGEST_AUDIT_UNVERIFIABLE_AFTER", "0")
+
+    run = check(capsys, "--json", scenario.match_ref)
+
+    assert run.exit_code == 0
+    assert [row["status"] for row in run.rows] == ["match"]
+
+
 def tampered_pin(s: Scenario) -> tuple[str, dict[str, Any]]:
     reason = f"serves {short(s.tampered.digest)}, pinned {short(s.original.digest)}"
     row = expected_row(

@@ -11,8 +11,16 @@ from typing import Any
 
 from audit import bootstrap
 from audit.app.check import CheckResult, check
-from audit.cli.common import add_registry_options, err, parse_references, print_json, render_table, settings_from
+from audit.cli.common import (
+    add_registry_options,
+    err,
+    parse_references,
+    print_json,
+    registry_options_from,
+    render_table,
+)
 from audit.cli.packages import run_check_packages
+from audit.config import Settings
 from audit.errors import UsageError
 from audit.models import Verdict
 from audit.packages import is_package_spec
@@ -63,12 +71,12 @@ def run_check(args: argparse.Namespace) -> int:
             raise UsageError(
                 "pypi: packages are checked on their own", hint="check images and packages in separate commands"
             )
-        return run_check_packages(args, settings_from(args).registry, packages)
+        return run_check_packages(args, registry_options_from(args), packages)
     if args.index_url is not None:
         raise UsageError("--index-url is for pypi:PROJECT==VERSION", hint="drop it for images")
     platform = _parse_platform(args.platform)
     references = parse_references(args.references, args.file)
-    app = bootstrap.build(settings_from(args))
+    app = bootstrap.build(Settings(registry=registry_options_from(args)))
     found: list[dict[str, Any] | None] = [None] * len(references)
     absent_at: list[int] = []
 

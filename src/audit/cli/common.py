@@ -66,7 +66,8 @@ def settings_from(args: argparse.Namespace, *, print_alerts: bool = False) -> Se
 
 
 def registry_options_from(args: argparse.Namespace, env: Environment | None = None) -> RegistrySettings:
-    """Until the recorder-side commands use `settings_from` (issue 10): remove then."""
+    """Only the registry settings (flags over the environment), for commands that use no store or alert channel
+    (`check`): a malformed variable of a setting they never use is none of their business."""
     return registry_options(
         env or Environment(),
         insecure=args.insecure_registry,
