@@ -271,6 +271,7 @@ class App:
     ) -> None:
         self.settings = settings
         self._trust = trust
+        self._recorder: TrustStore | None = None
         self._state = state
         self._lease = lease
         self._alerts = alerts
@@ -293,6 +294,16 @@ class App:
         if self._trust is None:
             self._trust = trust_store(self.settings.stores.trust_file, self.settings)
         return self._trust
+
+    @property
+    def recorder(self) -> TrustStore:
+        """The trust store a recorder writes (`record`, `watch`, `trust import`): a missing `--trust-file` is a
+        new, empty store here, where an audit refuses it."""
+        if self._trust is not None:
+            return self._trust
+        if self._recorder is None:
+            self._recorder = trust_store(self.settings.stores.trust_file, self.settings, create=True)
+        return self._recorder
 
     @property
     def state(self) -> StateStore:
@@ -414,9 +425,8 @@ class App:
 
     def close(self) -> None:
         """End this App's own loop: cancel what an interrupted invocation left on it, close the clients."""
-        loop, self._loop = self._loop, None
-        if loop is None:
-            return
+        # Clients built but never used still hold a pool to close; a loop for that is made if none ran yet.
+        loop, self._loop = self._loop or asyncio.new_event_loop(), None
         # An interrupted invocation may have left an audit suspended on this loop: cancel it, never resume it.
         pending = asyncio.all_tasks(loop)
         for task in pending:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import io
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from audit import bootstrap
+from audit.adapters.package_index import PackageIndexClient
 from audit.app.audit import RunOptions
-from audit.config import AlertSettings, AuditSettings, Settings
+from audit.config import AlertSettings, AuditSettings, Settings, StoreSettings
 from audit.errors import ConfigError
 from audit.models import Notice, TrustedImage, Verdict
 from tests.support.memory_ports import (
@@ -161,3 +163,23 @@ def test_the_secret_is_read_once_and_only_when_a_client_needs_credentials() -> N
     _ = (app.registry, app.packages)
     assert reads == ["read"]
     asyncio.run(app.aclose())
+
+
+def test_a_recorder_creates_a_missing_trust_file_where_an_audit_refuses_it(tmp_path: Path) -> None:
+    settings = Settings(stores=StoreSettings(trust_file=tmp_path / "trusted.json", state_file=tmp_path / "state.json"))
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        _ = bootstrap.build(settings).trust
+    recorder = bootstrap.build(settings).recorder
+    assert recorder.load_all() == []
+
+
+def test_closing_a_container_app_closes_the_clients_it_built_even_before_any_run() -> None:
+    app = bootstrap.build(Settings())
+    packages = app.packages
+    assert isinstance(packages, PackageIndexClient)
+    assert not packages._http.is_closed
+
+    app.close()
+
+    assert packages._http.is_closed
