@@ -13,7 +13,7 @@ from audit.adapters.ci.gitlab import DEFAULT_API_URL as GITLAB_API_URL
 from audit.adapters.ci.gitlab import GitLabJobs
 from audit.adapters.ci.http import CiHttp
 from audit.adapters.ci.saved_log import SavedLog
-from audit.backfill import Applied, PlanEntry, PlanStatus, apply_plan, plan_backfill
+from audit.app.backfill import Applied, PlanEntry, PlanStatus, apply_plan, plan_backfill
 from audit.cli.common import add_store_options, err, positive_float, positive_int, render_table
 from audit.cli.record import default_recorder
 from audit.cli.report import parse_moment, parse_moment_end

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from audit import bootstrap
+from audit.app.recording import record_trusted
 from audit.cli.common import err, print_json, render_table
 from audit.config import RegistryOptions
 from audit.errors import AuditError, PackageIndexError, ProjectNotFoundError, UsageError
@@ -30,7 +31,6 @@ from audit.packages import (
     registry_key,
 )
 from audit.ports import PackageIndex, TrustRecorder
-from audit.recording import record_trusted
 from audit.reference import is_valid_tag
 from audit.untrusted import printable
 

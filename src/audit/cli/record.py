@@ -12,13 +12,13 @@ from pathlib import Path
 
 from audit import bootstrap
 from audit.adapters.registry import RegistryClient, RegistryRequestError
+from audit.app.recording import record_trusted
 from audit.cli.common import add_registry_options, add_store_options, refuse_unsafe_text, registry_options_from
 from audit.cli.packages import record_package
 from audit.config import Environment, RegistryOptions, audit_config
 from audit.errors import AuditError, RegistryError, UsageError
 from audit.models import Digest, ImageRef, LiveStatus, MediaType, TrustedImage, utcnow
 from audit.packages import is_package_spec
-from audit.recording import record_trusted
 
 
 @dataclass(frozen=True)
