@@ -9,7 +9,6 @@ import pytest
 
 from audit import bootstrap
 from audit.adapters.file_store import FileTrustStore
-from audit.adapters.trust_io import export_trust, import_trust
 from audit.errors import UsageError
 from audit.models import Digest, ImageRef, TrustedImage
 from audit.packages import (
@@ -21,6 +20,7 @@ from audit.packages import (
     parse_index_url,
     registry_key,
 )
+from audit.trust_formats import export_trust, import_trust
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from audit.adapters.file_store import FileTrustStore
-from audit.adapters.trust_io import (
+from audit.errors import StoreError, UsageError
+from audit.models import Digest, MovingMode, RecordOutcome, TrustedImage, TrustSnapshot, WatchSettings
+from audit.trust_formats import (
     TRUST_FIELDS,
     ImportConflict,
     TrustImportError,
@@ -20,8 +22,6 @@ from audit.adapters.trust_io import (
     import_trust,
     import_trust_file,
 )
-from audit.errors import StoreError, UsageError
-from audit.models import Digest, MovingMode, RecordOutcome, TrustedImage, TrustSnapshot, WatchSettings
 from tests.support.store_builders import IMAGE, digest, full_record, trusted
 
 HEADER = ",".join(TRUST_FIELDS)
