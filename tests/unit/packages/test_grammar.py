@@ -9,6 +9,7 @@ import pytest
 
 from audit import bootstrap
 from audit.adapters.file_store import FileTrustStore
+from audit.app.trust_transfer import export_trust, import_trust
 from audit.errors import UsageError
 from audit.models import Digest, ImageRef, TrustedImage
 from audit.packages import (
@@ -20,7 +21,6 @@ from audit.packages import (
     parse_index_url,
     registry_key,
 )
-from audit.trust_formats import export_trust, import_trust
 
 
 @pytest.mark.parametrize(

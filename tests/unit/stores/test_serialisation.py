@@ -20,8 +20,8 @@ from audit.adapters.dynamodb_store import (
     watch_settings_to_item,
 )
 from audit.adapters.file_store import FileStateStore, FileTrustStore
+from audit.app.trust_transfer import export_trust, import_trust
 from audit.models import Digest, ImageRef, MovingMode, TagState, TrustedImage, Verdict, WatchSettings
-from audit.trust_formats import export_trust, import_trust
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef
