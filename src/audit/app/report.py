@@ -43,19 +43,19 @@ class ReportScope:
 
 
 @dataclass(frozen=True)
-class Evidence:
+class ReleaseEvidence:
     """The releases in scope (by image, then recording time) and the audit state of every tag."""
 
     records: list[TrustedImage]
     states: dict[tuple[str, str], TagState]
 
 
-def gather_evidence(trust: TrustReader, state: StateStore | None, scope: ReportScope) -> Evidence:
+def gather_evidence(trust: TrustReader, state: StateStore | None, scope: ReportScope) -> ReleaseEvidence:
     """Read the audit state (none: nothing audited yet) and the trust records in scope."""
     states = state.load_all() if state is not None else {}
     records = [record for record in trust.load_all() if scope.covers(record)]
     records.sort(key=lambda item: (item.image, item.recorded_at, item.tag))
-    return Evidence(records, states)
+    return ReleaseEvidence(records, states)
 
 
 def evidence_row(item: TrustedImage, state: TagState | None) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def evidence_row(item: TrustedImage, state: TagState | None) -> dict[str, Any]:
     }
 
 
-def evidence_rows(evidence: Evidence) -> list[dict[str, Any]]:
+def evidence_rows(evidence: ReleaseEvidence) -> list[dict[str, Any]]:
     return [evidence_row(item, evidence.states.get((item.image, item.tag))) for item in evidence.records]
 
 
@@ -102,7 +102,7 @@ async def live_verdicts(registry: Registry, trust: TrustReader, records: Sequenc
 
 
 def incident_report(
-    evidence: Evidence,
+    evidence: ReleaseEvidence,
     scope: ReportScope,
     *,
     live: Mapping[tuple[str, str], tuple[Observation, Verdict, str | None]] | None,

@@ -13,8 +13,8 @@ from typing import Any
 
 from audit import bootstrap
 from audit.app.report import (
-    Evidence,
     LiveVerdicts,
+    ReleaseEvidence,
     ReportScope,
     evidence_rows,
     gather_evidence,
@@ -115,7 +115,9 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _incident_report(args: argparse.Namespace, trust: TrustReader, evidence: Evidence, scope: ReportScope) -> str:
+def _incident_report(
+    args: argparse.Namespace, trust: TrustReader, evidence: ReleaseEvidence, scope: ReportScope
+) -> str:
     live = None
     if args.live:
 
