@@ -505,3 +505,86 @@ def read_secret(secret_id: str) -> str:
             hint=f"check {ENV_CREDENTIALS_SECRET} and that the function may read it",
         ) from None
     return value if isinstance(value, str) else json.dumps(value)
+
+
+# --- recorder-side wiring (10uc) ------------------------------------------------------------------------------
+# Imports kept in this section so the merge with the composition-root rewrite stays local.
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from datetime import datetime  # noqa: E402
+
+from audit.config import ENV_GITHUB_TOKEN, ENV_GITLAB_TOKEN  # noqa: E402
+
+if TYPE_CHECKING:
+    from audit.ports import CiLogSource, Provisioning
+
+
+def provisioning() -> Provisioning:
+    """`digest-audit init`: tables and topic at the configured endpoint (AWS_ENDPOINT_URL honoured)."""
+    from audit.adapters.aws_setup import AwsProvisioning  # noqa: PLC0415 - deferred, see above
+
+    return AwsProvisioning(dynamodb_client(), sns_client)
+
+
+@dataclass(frozen=True)
+class CiLogOrigin:
+    """Where `trust backfill` reads CI logs: exactly one of a saved log, GitHub Actions runs or GitLab CI jobs."""
+
+    log: Path | None = None
+    source: str | None = None  # the CI run a saved log belongs to
+    commit: str | None = None
+    github: str | None = None  # OWNER/REPO
+    gitlab: str | None = None  # project path or id
+    api_url: str | None = None  # GitHub Enterprise or self-hosted GitLab
+    workflow: str | None = None
+    branch: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    max_runs: int = 1000
+    max_wait: float = 900.0  # seconds to wait for rate limits in total
+
+
+@contextmanager
+def ci_log_source(origin: CiLogOrigin, env: Environment, *, notify: Callable[[str], None]) -> Iterator[CiLogSource]:
+    """The CI log source of `origin`, its HTTP client closed on exit; tokens from GITHUB_TOKEN / GITLAB_TOKEN."""
+    from audit.adapters.ci.github import DEFAULT_API_URL as GITHUB_API_URL  # noqa: PLC0415 - deferred, see above
+    from audit.adapters.ci.github import GitHubActions  # noqa: PLC0415
+    from audit.adapters.ci.gitlab import DEFAULT_API_URL as GITLAB_API_URL  # noqa: PLC0415
+    from audit.adapters.ci.gitlab import GitLabJobs  # noqa: PLC0415
+    from audit.adapters.ci.http import CiHttp  # noqa: PLC0415
+    from audit.adapters.ci.saved_log import SavedLog  # noqa: PLC0415
+
+    if origin.log is not None:
+        yield SavedLog(origin.log, source=origin.source or "", commit=origin.commit)
+        return
+    source: CiLogSource
+    if origin.github:
+        token = env.text(ENV_GITHUB_TOKEN)
+        if token is None:
+            notify(f"{ENV_GITHUB_TOKEN} is not set; GitHub serves run logs to authenticated requests only")
+        headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        http = CiHttp(origin.api_url or GITHUB_API_URL, token_headers=headers, max_wait=origin.max_wait, notify=notify)
+        web = None if origin.api_url is None else http.api_url.removesuffix("/api/v3")
+        source = GitHubActions(
+            http,
+            origin.github,
+            web_url=web,
+            workflow=origin.workflow,
+            branch=origin.branch,
+            since=origin.since,
+            until=origin.until,
+            max_runs=origin.max_runs,
+            notify=notify,
+        )
+    else:
+        token = env.text(ENV_GITLAB_TOKEN)
+        headers = {"PRIVATE-TOKEN": token} if token else {}
+        http = CiHttp(origin.api_url or GITLAB_API_URL, token_headers=headers, max_wait=origin.max_wait, notify=notify)
+        source = GitLabJobs(http, origin.gitlab or "", max_jobs=origin.max_runs, notify=notify)
+    try:
+        yield source
+    finally:
+        http.close()

@@ -69,6 +69,8 @@ class CredentialsError(AuditError):
 
 class RegistryError(AuditError):
     exit_code = 3
+    #: The short phrase of why a request failed, without the reference (set by the registry client).
+    reason: str | None = None
 
 
 class PackageIndexError(RegistryError):

@@ -9,7 +9,6 @@ state or a registry is escaped; only http(s) URLs become links.
 
 from __future__ import annotations
 
-import asyncio
 import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,14 +16,11 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from urllib.parse import quote, urlsplit
 
-from audit.drift import judge, policy_for
-from audit.models import Digest, Observation, TagState, TrustedImage, Verdict, WatchSettings
-from audit.ports import Registry, TrustReader
+from audit.models import Digest, Observation, TagState, TrustedImage, Verdict
 from audit.reference import DOCKER_HUB_API_HOST, familiar_name
 from audit.untrusted import has_unsafe_characters, markdown_text, printable
 
 MAX_URL_CHARS = 2048
-LIVE_CONCURRENCY = 16
 
 
 class ReleaseVerdict(StrEnum):
@@ -150,24 +146,6 @@ def build_report(
             last = release_verdict(state.last_verdict)
             rows.append(ReleaseRow(record, last, state.last_live_digest, state.last_seen, "last audit"))
     return IncidentReport(tuple(rows), since, until, generated_at, live is not None)
-
-
-async def observe_releases(
-    registry: Registry, trust: TrustReader, records: Sequence[TrustedImage], settings: Sequence[WatchSettings]
-) -> dict[tuple[str, str], tuple[Observation, Verdict, str | None]]:
-    """Ask the registry now, and judge each release by the same rules as the audit (moving tags included)."""
-    by_image = {entry.image: entry for entry in settings}
-    gate = asyncio.Semaphore(LIVE_CONCURRENCY)
-
-    async def one(record: TrustedImage) -> tuple[tuple[str, str], tuple[Observation, Verdict, str | None]]:
-        async with gate:
-            observation = await registry.observe(record.ref, expected=record.digest)
-        policy = policy_for(by_image.get(record.image), record.tag)
-        ever = trust.digests_ever_recorded(record.image) if policy.needs_all_trusted else frozenset()
-        judgement = judge(record, observation, policy=policy, ever_trusted=ever)
-        return (record.image, record.tag), (observation, judgement.verdict, judgement.reason)
-
-    return dict(await asyncio.gather(*(one(record) for record in records)))
 
 
 # --------------------------------------------------------------------------------------------------- links

@@ -12,6 +12,7 @@ from audit.models import (
     Digest,
     Finding,
     ImageRef,
+    MediaType,
     Observation,
     RecordOutcome,
     RunLogs,
@@ -112,6 +113,24 @@ class Registry(Protocol):
         ...
 
 
+class ManifestView(Protocol):
+    """What `record` keeps of a manifest as evidence: its media type and, for an index, the platform digests."""
+
+    @property
+    def media_type(self) -> MediaType: ...
+
+    @property
+    def platforms(self) -> dict[str, Digest] | None: ...
+
+
+class ManifestReader(Protocol):
+    """The registry as `record` asks it about a digest before trusting it."""
+
+    async def fetch_manifest(self, ref: ImageRef) -> ManifestView:
+        """The manifest of `ref` (by digest when it has one), its bytes verified; raises RegistryError."""
+        ...
+
+
 class Alerts(Protocol):
     """Where findings go. Raises PublishError when any part could not be delivered."""
 
@@ -168,4 +187,16 @@ class RunLease(Protocol):
 
     def release(self, owner: str) -> None:
         """Give the lease up if it is still ours (a lease already taken over is left alone)."""
+        ...
+
+
+class Provisioning(Protocol):
+    """Creates what the stores and alerts live in (`digest-audit init`), idempotently: existing ones are kept."""
+
+    def create_tables(self, trust_table: str, state_table: str) -> None:
+        """Both tables with the key schema of the SAM template; raises StoreError on another schema."""
+        ...
+
+    def create_topic(self, name: str) -> str:
+        """The topic's ARN (created, or the existing one); raises PublishError."""
         ...

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from audit.adapters.file_store import FileTrustStore
-from audit.backfill import PlanStatus, apply_plan, plan_backfill
+from audit.app.backfill import PlanStatus, apply_plan, plan_backfill
 from audit.models import (
     CiRun,
     Digest,

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import get_protocol_members, get_type_hints
 
-from audit import incident_report
 from audit.adapters.file_store import FileTrustStore
+from audit.app import report as report_use_case
 from audit.app.audit import AuditService, RunOptions
 from audit.drift import AlertPolicy
 from audit.models import Digest, MovingMode, Notice, TrustedImage, TrustSnapshot, Verdict, WatchSettings
@@ -71,7 +71,7 @@ def test_the_reader_port_has_no_write_and_the_recorder_port_has_them() -> None:
 def test_the_auditors_take_the_reader_port() -> None:
     assert get_type_hints(AuditService.__init__)["trust"] is TrustReader
     assert get_type_hints(PackageAuditor.__init__)["trust"] is TrustReader
-    assert get_type_hints(incident_report.observe_releases)["trust"] is TrustReader
+    assert get_type_hints(report_use_case.observe_releases)["trust"] is TrustReader
 
 
 async def test_a_whole_audit_runs_on_a_store_that_cannot_write(tmp_path: Path) -> None:

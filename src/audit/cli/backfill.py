@@ -7,20 +7,13 @@ import json
 from pathlib import Path
 
 from audit import bootstrap
-from audit.adapters.ci.github import DEFAULT_API_URL as GITHUB_API_URL
-from audit.adapters.ci.github import GitHubActions
-from audit.adapters.ci.gitlab import DEFAULT_API_URL as GITLAB_API_URL
-from audit.adapters.ci.gitlab import GitLabJobs
-from audit.adapters.ci.http import CiHttp
-from audit.adapters.ci.saved_log import SavedLog
-from audit.backfill import Applied, PlanEntry, PlanStatus, apply_plan, plan_backfill
+from audit.app.backfill import Applied, PlanEntry, PlanStatus, apply_plan, plan_backfill
 from audit.cli.common import add_store_options, err, positive_float, positive_int, render_table
 from audit.cli.record import default_recorder
 from audit.cli.report import parse_moment, parse_moment_end
-from audit.config import ENV_GITHUB_TOKEN, ENV_GITLAB_TOKEN, Environment, RegistryOptions, audit_config
+from audit.config import Environment, RegistryOptions, audit_config
 from audit.errors import UsageError
 from audit.models import CiRun
-from audit.ports import CiLogSource
 from audit.untrusted import printable
 
 
@@ -84,34 +77,21 @@ def _progress(done: int, total: int, run: CiRun) -> None:
     err(f"backfill: {done}/{total} runs read ({printable(run.source, max_chars=200)})")
 
 
-def _source(args: argparse.Namespace, env: Environment) -> tuple[CiLogSource, CiHttp | None]:
-    if args.log is not None:
-        return SavedLog(args.log, source=args.source, commit=args.commit), None
-    if args.github:
-        token = env.text(ENV_GITHUB_TOKEN)
-        if token is None:
-            err(f"backfill: {ENV_GITHUB_TOKEN} is not set; GitHub serves run logs to authenticated requests only")
-        headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        http = CiHttp(args.api_url or GITHUB_API_URL, token_headers=headers, max_wait=args.max_wait, notify=_note)
-        web = None if args.api_url is None else http.api_url.removesuffix("/api/v3")
-        source = GitHubActions(
-            http,
-            args.github,
-            web_url=web,
-            workflow=args.workflow,
-            branch=args.branch,
-            since=args.since,
-            until=args.until,
-            max_runs=args.max_runs,
-            notify=_note,
-        )
-        return source, http
-    token = env.text(ENV_GITLAB_TOKEN)
-    headers = {"PRIVATE-TOKEN": token} if token else {}
-    http = CiHttp(args.api_url or GITLAB_API_URL, token_headers=headers, max_wait=args.max_wait, notify=_note)
-    return GitLabJobs(http, args.gitlab, max_jobs=args.max_runs, notify=_note), http
+def _origin(args: argparse.Namespace) -> bootstrap.CiLogOrigin:
+    return bootstrap.CiLogOrigin(
+        log=args.log,
+        source=args.source,
+        commit=args.commit,
+        github=args.github,
+        gitlab=args.gitlab,
+        api_url=args.api_url,
+        workflow=args.workflow,
+        branch=args.branch,
+        since=args.since,
+        until=args.until,
+        max_runs=args.max_runs,
+        max_wait=args.max_wait,
+    )
 
 
 def _note(message: str) -> None:
@@ -123,12 +103,8 @@ def run_backfill(args: argparse.Namespace) -> int:
     env = Environment()
     # A first back-fill plans against an empty store; planning never writes, so a missing file is fine.
     store = bootstrap.trust_store(args.trust_file, audit_config(env, RegistryOptions()), create=True)
-    source, http = _source(args, env)
-    try:
+    with bootstrap.ci_log_source(_origin(args), env, notify=_note) as source:
         plan = plan_backfill(store, source, progress=_progress)
-    finally:
-        if http is not None:
-            http.close()
     applied: list[Applied] = []
     if args.apply:
         reason = args.reason.strip() if args.replace else None

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 
 from audit import bootstrap
-from audit.adapters.dynamodb_store import create_tables
+from audit.app.init import create_stores, create_topic
 from audit.config import ENV_STATE_TABLE, ENV_TRUST_TABLE, Environment
-from audit.errors import PublishError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,14 +24,9 @@ def run_init(args: argparse.Namespace) -> int:
     env = Environment()
     trust = bootstrap.require(env.text(ENV_TRUST_TABLE), what="trust table name", variable=ENV_TRUST_TABLE)
     state = bootstrap.require(env.text(ENV_STATE_TABLE), what="state table name", variable=ENV_STATE_TABLE)
-    create_tables(bootstrap.dynamodb_client(), trust, state)
+    provisioning = bootstrap.provisioning()
+    create_stores(provisioning, trust, state)
     print(f"tables ready: {trust} (trusted digests), {state} (audit state)")
     if args.topic:
-        try:
-            arn = bootstrap.sns_client().create_topic(Name=args.topic)["TopicArn"]
-        except Exception as exc:  # botocore raises many unrelated types; name the topic and move on
-            raise PublishError(
-                f"cannot create topic {args.topic}: {exc}", hint="check credentials and region"
-            ) from None
-        print(f"topic ready: {arn}")
+        print(f"topic ready: {create_topic(provisioning, args.topic)}")
     return 0

@@ -15,22 +15,23 @@ from pathlib import Path
 from typing import Any
 
 from audit import bootstrap
+from audit.app.package_check import check_rows
+from audit.app.record import Provenance, record_release, resolve_release
+from audit.app.watch import update_package_watch
 from audit.cli.common import err, print_json, render_table
 from audit.config import RegistryOptions
-from audit.errors import AuditError, PackageIndexError, ProjectNotFoundError, UsageError
-from audit.models import Digest, TrustedImage, Verdict, WatchSettings, utcnow
+from audit.errors import UsageError
+from audit.models import Digest, Verdict, WatchSettings
 from audit.packages import (
     DEFAULT_INDEX_URL,
     DistFilename,
-    IndexFile,
     PackageSpec,
     normalise_version,
     parse_filename,
     parse_index_url,
     registry_key,
 )
-from audit.ports import PackageIndex, TrustRecorder
-from audit.recording import record_trusted
+from audit.ports import TrustRecorder
 from audit.reference import is_valid_tag
 from audit.untrusted import printable
 
@@ -90,31 +91,8 @@ def _hash_file(path: Path) -> Digest:
     return Digest(algorithm="sha256", hex=digest.hexdigest())
 
 
-async def resolve_release(index: PackageIndex, index_url: str, spec: PackageSpec) -> list[tuple[DistFilename, Digest]]:
-    """First adoption: the files the index serves now for the release, each hashed from its bytes."""
-    assert spec.version is not None
-    page = await index.project_page(index_url, spec.project)
-    files = [
-        f for f in page.files if f.name.project == spec.project and f.name.release == normalise_version(spec.version)
-    ]
-    if not files:
-        raise PackageIndexError(
-            f"{index_url} serves no file of {spec.project}=={spec.version}", hint="check the version and --index-url"
-        )
-    resolved: list[tuple[DistFilename, Digest]] = []
-    for file in files:
-        hashed = await index.file_digest(index_url, file)
-        if file.sha256 is not None and hashed != file.sha256:
-            raise PackageIndexError(
-                f"{file.filename}: the index lists {file.sha256} but serves bytes hashing to {hashed}",
-                hint="the index contradicts itself: do not adopt this release before finding out why",
-            )
-        resolved.append((file.name, hashed))
-    return resolved
-
-
 def record_package(
-    args: argparse.Namespace, options: RegistryOptions, store: TrustRecorder, *, recorded_by: str
+    args: argparse.Namespace, options: RegistryOptions, store: TrustRecorder, provenance: Provenance
 ) -> int:
     text = args.resolve if args.resolve is not None else args.reference
     spec = PackageSpec.parse(text, require_version=True)
@@ -131,20 +109,8 @@ def record_package(
             )
         files = dist_files(args.dist, spec)
     note = " (resolved from the index now, not from a CI build)" if args.resolve is not None else ""
-    for name, digest in files:
-        item = TrustedImage(
-            registry=registry_key(index_url),
-            repository=spec.project,
-            tag=name.filename,
-            digest=digest,
-            source=args.source.strip(),
-            commit=args.commit,
-            recorded_at=utcnow(),
-            recorded_by=recorded_by,
-            reason=args.reason,
-        )
-        outcome = record_trusted(store, item, replace=args.replace)
-        print(f"{outcome.value}: {item.ref.familiar} {digest}{note}")
+    for recorded in record_release(store, index_url, spec, files, provenance):
+        print(f"{recorded.outcome.value}: {recorded.item.ref.familiar} {recorded.item.digest}{note}")
     return 0
 
 
@@ -154,58 +120,6 @@ async def _resolve(options: RegistryOptions, index_url: str, spec: PackageSpec) 
 
 
 # --------------------------------------------------------------------------------------------------- check
-
-
-async def check_rows(index: PackageIndex, index_url: str, typed: str, spec: PackageSpec) -> list[dict[str, Any]]:
-    """One row per file the index serves for the release (`resolved`), or one `missing`/`unverifiable` row."""
-    registry = registry_key(index_url)
-
-    def row(
-        status: Verdict, *, file: IndexFile | None = None, live: Digest | None = None, reason: str | None = None
-    ) -> dict[str, Any]:
-        return {
-            "reference": typed,
-            "registry": registry,
-            "repository": spec.project,
-            "tag": file.filename if file else None,
-            "filename": file.filename if file else None,
-            "version": file.name.version if file else spec.version,
-            "trusted_digest": None,
-            "live_digest": str(live) if live else None,
-            "status": status.value,
-            "reason": reason,
-            "checked_at": utcnow().isoformat().replace("+00:00", "Z"),
-            "yanked": file.yanked if file else None,
-            "upload_time": file.upload_time if file else None,
-            "size": file.size if file else None,
-        }
-
-    try:
-        page = await index.project_page(index_url, spec.project)
-    except ProjectNotFoundError as exc:
-        return [row(Verdict.MISSING, reason=exc.message)]
-    except AuditError as exc:
-        return [row(Verdict.UNVERIFIABLE, reason=exc.message)]
-    wanted = normalise_version(spec.version) if spec.version else None
-    files = [f for f in page.files if f.name.project == spec.project and (wanted is None or f.name.release == wanted)]
-    if not files:
-        reason = f"the index lists no file of {spec.project}=={spec.version}"
-        if page.truncated:
-            return [row(Verdict.UNVERIFIABLE, reason=f"{reason} among the files read (the page is truncated)")]
-        return [row(Verdict.MISSING, reason=reason)]
-    rows = []
-    for file in files:
-        yanked = f"yanked ({file.yanked or 'no reason given'})" if file.yanked is not None else None
-        if file.sha256 is not None:
-            rows.append(row(Verdict.RESOLVED, file=file, live=file.sha256, reason=yanked))
-            continue
-        try:  # the index gave no sha256: hash the bytes it serves
-            hashed = await index.file_digest(index_url, file)
-        except AuditError as exc:
-            rows.append(row(Verdict.UNVERIFIABLE, file=file, reason=exc.message))
-            continue
-        rows.append(row(Verdict.RESOLVED, file=file, live=hashed, reason=yanked or "hashed from the served bytes"))
-    return rows
 
 
 def run_check_packages(args: argparse.Namespace, options: RegistryOptions, typed: Sequence[str]) -> int:
@@ -249,18 +163,12 @@ def run_check_packages(args: argparse.Namespace, options: RegistryOptions, typed
 # --------------------------------------------------------------------------------------------------- watch
 
 
-def package_watch_settings(
-    args: argparse.Namespace, options: RegistryOptions, current_of: Any
-) -> tuple[WatchSettings, WatchSettings]:
-    """(current, updated) settings of a `pypi:PROJECT`; only new-release tracking applies to packages."""
+def watch_package(args: argparse.Namespace, options: RegistryOptions, store: TrustRecorder) -> WatchSettings:
+    """`watch pypi:PROJECT`: only new-release tracking applies to packages."""
     spec = PackageSpec.parse(args.image, require_version=False)
     if spec.version is not None:
         raise UsageError(f"watch takes pypi:PROJECT without a version, not {args.image!r}")
     if args.ignore or args.no_ignore or args.moving or args.pinned:
         raise UsageError("--ignore, --moving and --pinned are for images", hint="packages take --track-new-releases")
     registry = registry_key(index_url_from(args, options))
-    current = current_of(f"{registry}/{spec.project}") or WatchSettings(registry=registry, repository=spec.project)
-    updated = current.model_copy(
-        update={"track_new_tags": current.track_new_tags if args.track is None else args.track}
-    )
-    return current, updated
+    return update_package_watch(store, registry, spec.project, track=args.track)

@@ -7,26 +7,16 @@ import asyncio
 import getpass
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from audit import bootstrap
-from audit.adapters.registry import RegistryClient, RegistryRequestError
+from audit.app.record import Evidence, Provenance, manifest_evidence, record_images, resolve_image
 from audit.cli.common import add_registry_options, add_store_options, refuse_unsafe_text, registry_options_from
 from audit.cli.packages import record_package
 from audit.config import Environment, RegistryOptions, audit_config
-from audit.errors import AuditError, RegistryError, UsageError
-from audit.models import Digest, ImageRef, LiveStatus, MediaType, TrustedImage, utcnow
+from audit.errors import AuditError, UsageError
+from audit.models import Digest, ImageRef
 from audit.packages import is_package_spec
-from audit.recording import record_trusted
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """What the registry says about the digest being recorded."""
-
-    media_type: str | None
-    platforms: dict[str, Digest] | None
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -89,8 +79,15 @@ def run_record(args: argparse.Namespace) -> int:
     if not package and (args.dist is not None or args.index_url is not None):
         raise UsageError("--dist and --index-url are for pypi:PROJECT==VERSION", hint="images take IMAGE:TAG@DIGEST")
     store = bootstrap.trust_store(args.trust_file, audit_config(env, options), create=True)
+    provenance = Provenance(
+        source=args.source.strip(),
+        recorded_by=args.recorded_by or default_recorder(),
+        commit=args.commit,
+        replace=args.replace,
+        reason=args.reason,
+    )
     if package:
-        return record_package(args, options, store, recorded_by=args.recorded_by or default_recorder())
+        return record_package(args, options, store, provenance)
 
     resolved_now = False
     if args.from_buildx_metadata is not None:
@@ -101,26 +98,10 @@ def run_record(args: argparse.Namespace) -> int:
     else:
         refs = [_pinned_reference(args.reference)]
 
-    recorded_by = args.recorded_by or default_recorder()
-    evidence = [Evidence(None, None)] * len(refs) if args.offline else asyncio.run(_evidence(options, refs))
-    for ref, found in zip(refs, evidence, strict=True):
-        assert ref.tag is not None and ref.digest is not None  # guaranteed by the parsers above
-        item = TrustedImage(
-            registry=ref.registry,
-            repository=ref.repository,
-            tag=ref.tag,
-            digest=ref.digest,
-            platforms=found.platforms,
-            media_type=found.media_type,
-            source=args.source.strip(),
-            commit=args.commit,
-            recorded_at=utcnow(),
-            recorded_by=recorded_by,
-            reason=args.reason,
-        )
-        outcome = record_trusted(store, item, replace=args.replace)
-        note = " (resolved from the registry now, not from a CI build)" if resolved_now else ""
-        print(f"{outcome.value}: {ref.familiar}{note}")
+    evidence = [Evidence()] * len(refs) if args.offline else asyncio.run(_evidence(options, refs))
+    note = " (resolved from the registry now, not from a CI build)" if resolved_now else ""
+    for recorded in record_images(store, refs, evidence, provenance):
+        print(f"{recorded.outcome.value}: {recorded.pinned.familiar}{note}")
     return 0
 
 
@@ -175,33 +156,12 @@ async def _resolve(options: RegistryOptions, text: str) -> ImageRef:
     if ref.digest is not None:
         raise UsageError(f"--resolve takes IMAGE:TAG without a digest, not {text!r}")
     async with bootstrap.registry_client(options) as client:
-        observation = await client.observe(ref)
-    if observation.status is not LiveStatus.FOUND or observation.live_digest is None:
-        raise RegistryError(
-            f"cannot resolve {ref.familiar}: {observation.reason or observation.status.value}",
-            hint="check the name, the tag and the registry credentials",
-        )
-    return ImageRef(registry=ref.registry, repository=ref.repository, tag=ref.tag, digest=observation.live_digest)
+        return await resolve_image(client, ref)
 
 
 async def _evidence(options: RegistryOptions, refs: list[ImageRef]) -> list[Evidence]:
-    """Media type and child digests of each recorded digest, fetched by digest so the tag cannot mislead."""
     async with bootstrap.registry_client(options) as client:
-        return [await _evidence_of(client, ref) for ref in refs]
-
-
-async def _evidence_of(client: RegistryClient, ref: ImageRef) -> Evidence:
-    by_digest = ImageRef(registry=ref.registry, repository=ref.repository, digest=ref.digest)
-    try:
-        manifest = await client.fetch_manifest(by_digest)
-    except RegistryError as exc:
-        reason = exc.reason if isinstance(exc, RegistryRequestError) else exc.message
-        raise RegistryError(
-            f"cannot read {by_digest.familiar} from the registry to record it: {reason}",
-            hint="record only digests the registry serves, or pass --offline to record without checking",
-        ) from None
-    is_index = manifest.media_type in (MediaType.DOCKER_LIST, MediaType.OCI_INDEX)
-    return Evidence(manifest.media_type, manifest.platforms if is_index else None)
+        return await manifest_evidence(client, refs)
 
 
 def default_recorder() -> str:

@@ -12,11 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from audit import bootstrap
+from audit.app.report import (
+    LiveVerdicts,
+    ReleaseEvidence,
+    ReportScope,
+    evidence_rows,
+    gather_evidence,
+    incident_report,
+    live_verdicts,
+)
 from audit.cli.common import add_registry_options, add_store_options, registry_options_from, render_table
 from audit.config import Environment, RegistryOptions, audit_config
 from audit.errors import UsageError
-from audit.incident_report import build_report, observe_releases, render_html, render_markdown
-from audit.models import Observation, TagState, TrustedImage, Verdict, utcnow
+from audit.incident_report import render_html, render_markdown
 from audit.ports import TrustReader
 from audit.reference import familiar_name
 from audit.untrusted import csv_cell, printable
@@ -33,7 +41,6 @@ FIELDS = (
     "status",
     "since",
 )
-NOT_AUDITED = "unchecked"
 INCIDENT_FORMATS = ("html", "markdown")
 
 
@@ -86,23 +93,18 @@ def run_report(args: argparse.Namespace) -> int:
     config = audit_config(Environment(), RegistryOptions())
     trust = bootstrap.trust_store(args.trust_file, config)
     state = bootstrap.state_store(args.state_file, config) if args.state_file or config.stores.state_table else None
-    states = state.load_all() if state is not None else {}
-    wanted = {bootstrap.image_name(name) for name in args.repository}
-    records = [
-        item
-        for item in trust.load_all()
-        if (not wanted or item.image in wanted)
-        and (args.recorded_since is None or item.recorded_at >= args.recorded_since)
-        and (args.recorded_until is None or item.recorded_at <= args.recorded_until)
-    ]
-    records.sort(key=lambda item: (item.image, item.recorded_at, item.tag))
+    scope = ReportScope(
+        repositories={bootstrap.image_name(name) for name in args.repository},
+        recorded_since=args.recorded_since,
+        recorded_until=args.recorded_until,
+    )
+    evidence = gather_evidence(trust, state, scope)
     if args.format in INCIDENT_FORMATS:
-        text = _incident_report(args, trust, records, states)
+        text = _incident_report(args, trust, evidence, scope)
     else:
         if args.live:
             raise UsageError("--live goes with --format html or markdown", hint="use `check` for a live table")
-        rows = [evidence_row(item, states.get((item.image, item.tag))) for item in records]
-        text = render(rows, args.format)
+        text = render(evidence_rows(evidence), args.format)
     if args.output is not None:
         try:
             args.output.write_text(text + "\n", encoding="utf-8")
@@ -114,36 +116,18 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def _incident_report(
-    args: argparse.Namespace, trust: TrustReader, records: list[TrustedImage], states: dict[tuple[str, str], TagState]
+    args: argparse.Namespace, trust: TrustReader, evidence: ReleaseEvidence, scope: ReportScope
 ) -> str:
     live = None
     if args.live:
-        settings = trust.load_watch_settings()
 
-        async def observe() -> dict[tuple[str, str], tuple[Observation, Verdict, str | None]]:
+        async def observe() -> LiveVerdicts:
             async with bootstrap.registry_client(registry_options_from(args)) as client:
-                return await observe_releases(client, trust, records, settings)
+                return await live_verdicts(client, trust, evidence.records)
 
         live = asyncio.run(observe())
-    report = build_report(
-        records, states, since=args.recorded_since, until=args.recorded_until, generated_at=utcnow(), live=live
-    )
+    report = incident_report(evidence, scope, live=live)
     return render_html(report) if args.format == "html" else render_markdown(report)
-
-
-def evidence_row(item: TrustedImage, state: TagState | None) -> dict[str, Any]:
-    return {
-        "registry": item.registry,
-        "repository": item.repository,
-        "tag": item.tag,
-        "trusted_digest": str(item.digest),
-        "source": item.source,
-        "commit": item.commit,
-        "recorded_at": _iso(item.recorded_at),
-        "live_digest": str(state.last_live_digest) if state and state.last_live_digest else None,
-        "status": state.last_verdict.value if state else NOT_AUDITED,
-        "since": _iso(state.first_seen) if state else None,
-    }
 
 
 def render(rows: list[dict[str, Any]], fmt: str) -> str:
@@ -173,7 +157,3 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
         for row in rows
     ]
     return render_table(headers, [[printable(cell) for cell in row] for row in body])
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

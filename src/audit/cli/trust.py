@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 from audit import bootstrap
-from audit.adapters.trust_io import DEFAULT_MAX_ROWS, export_trust, import_trust_file
+from audit.app.trust_transfer import export_trust, import_trust_file
 from audit.cli import backfill
 from audit.cli.common import add_store_options, positive_int
 from audit.config import Environment, RegistryOptions, audit_config
 from audit.errors import UsageError
+from audit.trust_formats import DEFAULT_MAX_ROWS
 
 _FORMATS = ("json", "csv")
 

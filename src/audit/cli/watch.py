@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from pydantic import ValidationError
-
 from audit import bootstrap
+from audit.app.watch import WatchChanges, update_watch
 from audit.cli.common import add_store_options
-from audit.cli.packages import package_watch_settings
+from audit.cli.packages import watch_package
 from audit.config import Environment, RegistryOptions, audit_config, registry_options
 from audit.errors import UsageError
 from audit.models import ImageRef, MovingMode, WatchSettings
@@ -78,10 +77,7 @@ def run_watch(args: argparse.Namespace) -> int:
         env = Environment()
         options = registry_options(env)
         store = bootstrap.trust_store(args.trust_file, audit_config(env, options), create=True)
-        current, updated = package_watch_settings(args, options, store.get_watch_settings)
-        if args.track is not None and updated != current:
-            store.put_watch_settings(updated)
-        print(describe(updated))
+        print(describe(watch_package(args, options, store)))
         return 0
     if args.index_url is not None:
         raise UsageError("--index-url is for pypi:PROJECT", hint="drop it for images")
@@ -89,36 +85,15 @@ def run_watch(args: argparse.Namespace) -> int:
     if ref.digest is not None or ":" in args.image.rsplit("/", 1)[-1]:
         raise UsageError(f"watch takes a repository without tag or digest, not {args.image!r}")
     store = bootstrap.trust_store(args.trust_file, audit_config(Environment(), RegistryOptions()), create=True)
-    current = store.get_watch_settings(ref.image) or WatchSettings(registry=ref.registry, repository=ref.repository)
-    moving = dict(current.moving)
-    for text in args.moving:
-        tag, mode = parse_moving(text)
-        moving[tag] = mode
-    for tag in args.pinned:
-        moving.pop(tag, None)
-    ignore = [pattern for pattern in current.ignore if pattern not in args.no_ignore]
-    ignore.extend(pattern for pattern in args.ignore if pattern not in ignore)
-    try:
-        updated = WatchSettings(
-            registry=ref.registry,
-            repository=ref.repository,
-            track_new_tags=current.track_new_tags if args.track is None else args.track,
-            ignore=tuple(ignore),
-            moving=moving,
-        )
-    except ValidationError as exc:
-        problem = "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())
-        raise UsageError(
-            f"invalid watch settings for {familiar_name(ref.registry, ref.repository)}: {problem}"
-        ) from None
-    if _changes_requested(args) and updated != current:
-        store.put_watch_settings(updated)
-    print(describe(updated))
+    changes = WatchChanges(
+        track_new_tags=args.track,
+        ignore=args.ignore,
+        no_ignore=args.no_ignore,
+        moving=[parse_moving(text) for text in args.moving],
+        pinned=args.pinned,
+    )
+    print(describe(update_watch(store, ref.registry, ref.repository, changes)))
     return 0
-
-
-def _changes_requested(args: argparse.Namespace) -> bool:
-    return bool(args.track is not None or args.ignore or args.no_ignore or args.moving or args.pinned)
 
 
 def describe(settings: WatchSettings) -> str:

@@ -10,8 +10,9 @@ from pydantic import ValidationError
 
 from audit import cli
 from audit.adapters.file_store import FileTrustStore
-from audit.adapters.trust_io import TrustImportError, import_trust
+from audit.app.trust_transfer import import_trust
 from audit.models import MovingMode, WatchSettings
+from audit.trust_formats import TrustImportError
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 
 from audit import bootstrap
 from audit.adapters.file_store import FileTrustStore
-from audit.adapters.trust_io import export_trust, import_trust
+from audit.app.trust_transfer import export_trust, import_trust
 from audit.errors import UsageError
 from audit.models import Digest, ImageRef, TrustedImage
 from audit.packages import (

@@ -20,7 +20,7 @@ from audit.adapters.dynamodb_store import (
     watch_settings_to_item,
 )
 from audit.adapters.file_store import FileStateStore, FileTrustStore
-from audit.adapters.trust_io import export_trust, import_trust
+from audit.app.trust_transfer import export_trust, import_trust
 from audit.models import Digest, ImageRef, MovingMode, TagState, TrustedImage, Verdict, WatchSettings
 
 if TYPE_CHECKING:

@@ -1,21 +1,18 @@
-"""Import and export of trust records as CSV or JSON: back-fill digests from CI history, or change stores.
+"""The trust file formats, CSV and JSON: what `trust import` reads and `trust export` writes (no store here;
+the import and export flows are `audit.app.trust_transfer`).
 
 Both formats carry the fields of TrustedImage: registry, repository, tag, digest, platforms (a JSON object
 in CSV), media_type, source, commit, recorded_at (ISO 8601 with a time zone), recorded_by, reason. Empty
 optional values mean "none". CSV holds the current records only; JSON is {"schema_version": 1, "trusted":
 [...], "history": [...], "watch": [...]}, a valid `--trust-file`; watch settings travel with it, so moving
-between backends keeps moving tags and ignore patterns. Import goes through `TrustRecorder.record` without replace:
-a row whose tag is trusted with another digest is reported as a conflict and never replaces anything.
-Import reads "trusted" only (history in the input is counted, not imported), and validates all input first.
+between backends keeps moving tags and ignore patterns.
 
-Input is untrusted: a CSV is streamed twice (validate every row keeping only tag names, then write), with at
-most `max_rows` records on lines of at most MAX_LINE_BYTES, so a huge or hostile file is refused at its first
-bad line with memory bounded by `max_rows`; a JSON file is read whole, at most JSON_BYTES_PER_RECORD per record.
-A store that can batch (the trust file) is written once, all or nothing; DynamoDB is written record by record,
-so an import that stops half-way leaves the records before the failure, and running it again is safe (the same
-digest again is "unchanged"). CSV cells are written with `untrusted.csv_cell`, so a spreadsheet never runs a
-formula; import reads that form back (one leading `'` before `= + - @ '`, tab, CR or LF is dropped; `\\\\` is
-one backslash). Text with control or format characters is refused on import.
+Input is untrusted: a CSV is streamed (each pass reads it again), with at most `max_rows` records on lines of at
+most MAX_LINE_BYTES, so a huge or hostile file is refused at its first bad line with memory bounded by
+`max_rows`; a JSON file is read whole, at most JSON_BYTES_PER_RECORD per record. CSV cells are written with
+`untrusted.csv_cell`, so a spreadsheet never runs a formula; import reads that form back (one leading `'` before
+`= + - @ '`, tab, CR or LF is dropped; `\\\\` is one backslash). Text with control or format characters is
+refused on import.
 """
 
 from __future__ import annotations
@@ -24,19 +21,18 @@ import csv
 import io
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import BinaryIO
 
 from pydantic import ValidationError
 
-from audit.errors import AuditError, TrustConflictError, UsageError
-from audit.models import Digest, ImageRef, RecordOutcome, TrustedImage, WatchSettings
+from audit.errors import AuditError, UsageError
+from audit.models import Digest, ImageRef, TrustedImage, WatchSettings
 from audit.packages import is_package_registry, package_key
-from audit.ports import TrustReader, TrustRecorder
 from audit.reference import normalise_registry
 from audit.untrusted import csv_cell, has_unsafe_characters, printable
 
@@ -77,45 +73,6 @@ class TrustImportError(UsageError):
     )
 
 
-@dataclass(frozen=True)
-class ImportConflict:
-    """A row whose tag is already trusted with another digest; nothing was written for it."""
-
-    where: str  # "line 4" (CSV) or "record 3" (JSON)
-    reference: str
-    trusted_digest: Digest | None  # None when it could not be read back
-    imported_digest: Digest
-
-
-@dataclass(frozen=True)
-class ImportSummary:
-    created: tuple[str, ...] = ()
-    unchanged: tuple[str, ...] = ()
-    conflicts: tuple[ImportConflict, ...] = ()
-    skipped_history: int = 0  # history entries in a JSON input, which import does not write
-    watch_settings: int = 0  # per-repository watch settings written (JSON input only)
-
-    def describe(self) -> str:
-        """Counts, then one line per conflict with what to do about it."""
-        lines = [f"created {len(self.created)}, unchanged {len(self.unchanged)}, conflicts {len(self.conflicts)}"]
-        if self.watch_settings:
-            lines.append(f"watch settings of {self.watch_settings} repositories imported")
-        if self.skipped_history:
-            lines.append(f"{self.skipped_history} history entries in the input were not imported")
-        for conflict in self.conflicts:
-            trusted = str(conflict.trusted_digest) if conflict.trusted_digest else "another digest"
-            lines.append(
-                f"conflict ({conflict.where}): {conflict.reference} is trusted as {trusted}, "
-                f"not {conflict.imported_digest}"
-            )
-        if self.conflicts:
-            lines.append(
-                "  hint: conflicting rows were not imported; if a new digest is a legitimate re-release, "
-                "record it with `digest-audit record --replace --reason TEXT`"
-            )
-        return "\n".join(lines)
-
-
 def _check_format(fmt: str) -> str:
     if fmt not in FORMATS:
         raise UsageError(f"unknown trust format {fmt!r}", hint="use csv or json")
@@ -129,26 +86,30 @@ def _record_fields(record: TrustedImage) -> dict[str, object]:
     return record.model_dump(mode="json", exclude_none=True)
 
 
-def export_trust(store: TrustReader, fmt: str) -> str:
-    """Every current record (JSON adds the history of each tag, oldest first), sorted by image and tag."""
-    records = sorted(store.load_all(), key=lambda record: (record.image, record.tag))
+@dataclass(frozen=True)
+class TrustExport:
+    """What an export holds: current records, the history of each tag (oldest first) and the watch settings."""
+
+    trusted: Sequence[TrustedImage]
+    history: Sequence[TrustedImage] = ()
+    watch: Sequence[WatchSettings] = ()
+
+
+def render_export(export: TrustExport, fmt: str) -> str:
+    """The export as text: JSON (a valid `--trust-file`) or CSV (current records only), in the given order."""
     if _check_format(fmt) == "json":
-        history = [entry for record in records for entry in store.history(record.image, record.tag)]
         document = {
             "schema_version": 1,
-            "trusted": [_record_fields(record) for record in records],
-            "history": [_record_fields(entry) for entry in history],
-            "watch": [
-                settings.model_dump(mode="json")
-                for settings in sorted(store.load_watch_settings(), key=lambda item: item.image)
-            ],
+            "trusted": [_record_fields(record) for record in export.trusted],
+            "history": [_record_fields(entry) for entry in export.history],
+            "watch": [settings.model_dump(mode="json") for settings in export.watch],
         }
         # ASCII only: a C1 control or bidi override in a record must not reach a terminal raw (\u009b instead).
         return json.dumps(document, indent=2) + "\n"
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=TRUST_FIELDS, lineterminator="\n")
     writer.writeheader()
-    for record in records:
+    for record in export.trusted:
         row = {name: "" for name in TRUST_FIELDS}
         for name, value in _record_fields(record).items():
             row[name] = _to_csv_cell(json.dumps(value, sort_keys=True) if name == "platforms" else str(value))
@@ -171,24 +132,17 @@ def _from_csv_cell(cell: str) -> str:
     return cell.replace("\\\\", "\\") if "\\\\" in cell else cell
 
 
-@runtime_checkable
-class _BatchingStore(Protocol):
-    """A store that can collect writes and make them at once (the trust file): import is then all or nothing."""
-
-    def batch(self) -> AbstractContextManager[None]: ...
-
-
 Opener = Callable[[], AbstractContextManager[BinaryIO]]
 
 
-def import_trust(store: TrustRecorder, text: str, fmt: str, *, max_rows: int = DEFAULT_MAX_ROWS) -> ImportSummary:
-    """Import records given as text (see `import_trust_file` for files, which are streamed)."""
+def text_opener(text: str) -> Opener:
+    """Input given as text (tests, a document already in memory)."""
     data = text.encode("utf-8", errors="surrogatepass")
-    return _import(store, lambda: nullcontext(io.BytesIO(data)), fmt, max_rows=max_rows)
+    return lambda: nullcontext(io.BytesIO(data))
 
 
-def import_trust_file(store: TrustRecorder, path: Path, fmt: str, *, max_rows: int = DEFAULT_MAX_ROWS) -> ImportSummary:
-    """Import a CSV or JSON file; errors name the file, the line (CSV) or record (JSON) and the field."""
+def file_opener(path: Path) -> Opener:
+    """Input read from a file, opened again for each pass (CSV is streamed twice)."""
 
     def open_input() -> AbstractContextManager[BinaryIO]:
         try:
@@ -196,75 +150,42 @@ def import_trust_file(store: TrustRecorder, path: Path, fmt: str, *, max_rows: i
         except OSError as exc:
             raise UsageError(f"cannot read {path}: {exc.strerror or exc}", hint="check the path") from None
 
-    try:
-        return _import(store, open_input, fmt, max_rows=max_rows)
-    except TrustImportError as exc:
-        raise TrustImportError(f"{path}: {exc.message}", hint=exc.hint) from None
+    return open_input
 
 
-def _import(store: TrustRecorder, open_input: Opener, fmt: str, *, max_rows: int) -> ImportSummary:
-    """Validate every record first, then record each one; conflicts are listed, never replaced."""
-    watch: list[WatchSettings] = []
-    if _check_format(fmt) == "csv":
-        with open_input() as handle:
-            _check_duplicates(_csv_records(handle, max_rows))  # pass 1: nothing is kept but the keys
+class TrustInput:
+    """A CSV or JSON trust document being imported, each record validated as it is read.
 
-        def rows() -> Iterator[tuple[str, TrustedImage]]:
+    CSV is streamed: `records()` reads the input again from the start on each call, holding one row at a time.
+    JSON is read whole (bounded by `max_rows`) and parsed when the input is opened; `total` is then known.
+    Errors are TrustImportError naming the line (CSV) or record (JSON) and the field.
+    """
+
+    def __init__(self, open_input: Opener, fmt: str, *, max_rows: int = DEFAULT_MAX_ROWS) -> None:
+        self._open_input = open_input
+        self._max_rows = max_rows
+        self._format = _check_format(fmt)
+        self._json_text: str | None = None
+        self._parsed: list[tuple[str, TrustedImage]] = []
+        self.skipped_history = 0  # history entries in a JSON input, which import does not write
+        self.total: int | None = None  # records in the input when known before writing (JSON)
+        if self._format == "json":
             with open_input() as handle:
-                yield from _csv_records(handle, max_rows)
+                self._json_text = _read_json_text(handle, max_bytes=max_rows * JSON_BYTES_PER_RECORD)
+            self._parsed, self.skipped_history = _json_records(self._json_text, max_rows)
+            self.total = len(self._parsed)
 
-        skipped_history = 0
-        total = None
-    else:
-        with open_input() as handle:
-            text = _read_json_text(handle, max_bytes=max_rows * JSON_BYTES_PER_RECORD)
-        parsed, skipped_history = _json_records(text, max_rows)
-        _check_duplicates(parsed)
-        watch = _json_watch_settings(text)
-        total = len(parsed)
+    def records(self) -> Iterator[tuple[str, TrustedImage]]:
+        """(where, record) pairs in input order: "line 4" (CSV) or "record 3" (JSON)."""
+        if self._json_text is not None:
+            yield from self._parsed
+            return
+        with self._open_input() as handle:
+            yield from _csv_records(handle, self._max_rows)
 
-        def rows() -> Iterator[tuple[str, TrustedImage]]:
-            return iter(parsed)
-
-    batching = isinstance(store, _BatchingStore)
-    created: list[str] = []
-    unchanged: list[str] = []
-    conflicts: list[ImportConflict] = []
-    where = "the start"
-    try:
-        with store.batch() if isinstance(store, _BatchingStore) else nullcontext():
-            # Settings first: a moving tag's policy must be known before its records are judged.
-            for settings in watch:
-                store.put_watch_settings(settings)
-            for where, record in rows():
-                reference = record.ref.familiar
-                try:
-                    outcome = store.record(record)
-                except TrustConflictError:
-                    current = store.get(record.image, record.tag, consistent=True)
-                    conflicts.append(
-                        ImportConflict(where, reference, current.digest if current else None, record.digest)
-                    )
-                    continue
-                (created if outcome is RecordOutcome.CREATED else unchanged).append(reference)
-            where = "the end (saving the import)"
-    except AuditError as exc:
-        raise _stopped(exc, where, len(created) + len(unchanged) + len(conflicts), total, batching=batching) from None
-    return ImportSummary(tuple(created), tuple(unchanged), tuple(conflicts), skipped_history, len(watch))
-
-
-def _stopped(exc: AuditError, where: str, done: int, total: int | None, *, batching: bool) -> AuditError:
-    """The store failed half-way: say what the store holds now, and that running the import again is safe."""
-    if batching:
-        left = "nothing was imported (the file is written once, at the end)"
-        hint = exc.hint
-    else:
-        of = f" of {total}" if total is not None else ""
-        left = f"the {done}{of} records before it were written and stay"
-        hint = "fix the cause and run the same import again: records already trusted are reported unchanged"
-        if exc.hint:
-            hint = f"{exc.hint}; then {hint}"
-    return type(exc)(f"import stopped at {where}: {exc.message}; {left}", hint=hint)
+    def watch_settings(self) -> list[WatchSettings]:
+        """The per-repository watch settings a JSON input carries (CSV carries none)."""
+        return [] if self._json_text is None else _json_watch_settings(self._json_text)
 
 
 def _read_json_text(handle: BinaryIO, *, max_bytes: int) -> str:
@@ -299,19 +220,6 @@ def _json_watch_settings(text: str) -> list[WatchSettings]:
                 hint='e.g. {"registry": "ghcr.io", "repository": "org/app", "moving": {"latest": "any-trusted"}}',
             ) from None
     return settings
-
-
-def _check_duplicates(rows: Iterable[tuple[str, TrustedImage]]) -> None:
-    # Only the tag names are kept (per repository, so each repository name is held once): a streamed pass 1.
-    first_seen: dict[str, dict[str, str]] = {}
-    for where, record in rows:
-        tags = first_seen.setdefault(record.image, {})
-        if record.tag in tags:
-            raise TrustImportError(
-                f"{where}: {record.ref.familiar} appears again (first at {tags[record.tag]})",
-                hint="keep one record per tag; older digests belong in the history, not in the import",
-            )
-        tags[record.tag] = where
 
 
 def _bounded_lines(handle: BinaryIO) -> Iterator[str]:

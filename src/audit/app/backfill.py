@@ -15,11 +15,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from audit.app.recording import is_moving, record_trusted
 from audit.ci_logs import analyse_job
 from audit.errors import TrustConflictError
 from audit.models import CiRun, Digest, ImageRef, LogStatus, RecordOutcome, TrustedImage, utcnow
 from audit.ports import CiLogSource, TrustRecorder
-from audit.recording import is_moving, record_trusted
 from audit.untrusted import printable
 
 #: At most this many plan entries; a hostile log cannot make the plan (or the table) unbounded.

@@ -1,0 +1,77 @@
+"""The trust import/export flow over an in-memory store: validate all first, conflicts listed, a stop explained."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from audit.app.trust_transfer import ImportConflict, export_trust, import_trust, trust_export
+from audit.errors import StoreError
+from audit.models import MovingMode
+from audit.trust_formats import TRUST_FIELDS, TrustImportError
+from tests.support.store_builders import digest, trusted, watch
+from tests.unit.app.fakes import MemoryTrust
+
+HEADER = ",".join(TRUST_FIELDS)
+
+
+def row(tag: str, char: str) -> str:
+    return f"ghcr.io,org/app,{tag},{digest(char)},,,https://ci.example.com/run/1,,2024-05-01T12:00:00Z,,"
+
+
+def csv_text(*rows: str) -> str:
+    return "\n".join([HEADER, *rows]) + "\n"
+
+
+def test_rows_are_created_or_unchanged_and_a_conflict_is_listed_never_replaced() -> None:
+    store = MemoryTrust(trusted("1.0", "a"), trusted("2.0", "b"))
+    summary = import_trust(store, csv_text(row("1.0", "a"), row("2.0", "c"), row("3.0", "d")), "csv")
+    assert summary.created == ("ghcr.io/org/app:3.0",)
+    assert summary.unchanged == ("ghcr.io/org/app:1.0",)
+    assert summary.conflicts == (ImportConflict("line 3", "ghcr.io/org/app:2.0", digest("b"), digest("c")),)
+    assert store.current[("ghcr.io/org/app", "2.0")].digest == digest("b")
+
+
+def test_a_duplicate_anywhere_refuses_the_whole_input_before_anything_is_written() -> None:
+    store = MemoryTrust()
+    with pytest.raises(TrustImportError, match=r"^line 4: ghcr.io/org/app:1.0 appears again \(first at line 2\)"):
+        import_trust(store, csv_text(row("1.0", "a"), row("2.0", "b"), row("1.0", "c")), "csv")
+    assert store.writes == []
+
+
+def test_watch_settings_are_written_before_the_records() -> None:
+    store = MemoryTrust()
+    document = {
+        "trusted": [trusted("latest", "b").model_dump(mode="json", exclude_none=True)],
+        "watch": [watch(moving={"latest": MovingMode.LATEST_RECORDED}).model_dump(mode="json")],
+    }
+    summary = import_trust(store, json.dumps(document), "json")
+    assert store.writes == ["watch ghcr.io/org/app", "record ghcr.io/org/app:latest"]
+    assert (summary.watch_settings, summary.created) == (1, ("ghcr.io/org/app:latest",))
+
+
+def test_a_store_failing_half_way_says_what_stays_and_that_running_again_is_safe() -> None:
+    store = MemoryTrust()
+    store.fail_on_record = 2
+    with pytest.raises(StoreError) as raised:
+        import_trust(store, json.dumps([trusted(tag, "a").model_dump(mode="json") for tag in ("1", "2", "3")]), "json")
+    assert raised.value.message == (
+        "import stopped at record 2: cannot write table trust: throttled; "
+        "the 1 of 3 records before it were written and stay"
+    )
+    assert raised.value.hint.startswith("try again later; then fix the cause and run the same import again")
+    assert list(store.current) == [("ghcr.io/org/app", "1")]
+
+
+def test_export_holds_records_sorted_with_their_history_and_the_watch_settings() -> None:
+    store = MemoryTrust(trusted("2.0", "a"), trusted("1.0", "b"))
+    store.record(trusted("1.0", "c", reason="rebuilt"), replace=True)
+    store.put_watch_settings(watch("org/z"))
+    store.put_watch_settings(watch("org/a"))
+    export = trust_export(store)
+    assert [(r.tag, r.digest) for r in export.trusted] == [("1.0", digest("c")), ("2.0", digest("a"))]
+    assert [(r.tag, r.digest) for r in export.history] == [("1.0", digest("b"))]
+    assert [w.repository for w in export.watch] == ["org/a", "org/z"]
+    assert json.loads(export_trust(store, "json"))["history"][0]["digest"] == str(digest("b"))
+    assert export_trust(store, "csv").splitlines()[0] == HEADER
