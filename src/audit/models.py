@@ -10,7 +10,7 @@ from typing import Any, NamedTuple, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
-from audit.errors import InvalidDigestError, InvalidReferenceError
+from audit.errors import InvalidDigestError
 from audit.reference import (
     PACKAGE_REGISTRY_PREFIX,
     familiar_name,
@@ -99,14 +99,6 @@ class ImageRef(Frozen):
         digest = Digest(algorithm=parsed.digest[0], hex=parsed.digest[1]) if parsed.digest else None
         return cls(registry=parsed.registry, repository=parsed.repository, tag=parsed.tag, digest=digest)
 
-    @classmethod
-    def of_image(cls, image: str, tag: str) -> ImageRef:
-        """From a stored `registry/repository` and a tag."""
-        ref = cls.parse(f"{image}:{tag}")
-        if ref.image != image:
-            raise InvalidReferenceError(f"invalid stored image name {image!r}: it normalises to {ref.image!r}")
-        return ref
-
     @property
     def image(self) -> str:
         """`registry/repository`, the key under which tags are stored."""
@@ -177,7 +169,6 @@ class Observation(Frozen):
     media_type: str | None = None
     reason: str | None = None
     platforms: dict[str, Digest] | None = None
-    confirmed_by_content: bool = False  # the body was fetched and hashed (not just a header)
     rate_limit_remaining: int | None = None
     checked_at: datetime = Field(default_factory=utcnow)
 

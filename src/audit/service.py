@@ -78,7 +78,6 @@ class TagResult:
 @dataclass
 class RunReport:
     run_id: str
-    started_at: datetime
     results: list[TagResult] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     alerts_published: int = 0
@@ -167,7 +166,7 @@ class AuditService:
         """One audit. A publishing run holds the run lease throughout; a dry run needs none."""
         options = options or RunOptions()
         started = time.monotonic()
-        report = RunReport(run_id=uuid.uuid4().hex, started_at=self._clock())
+        report = RunReport(run_id=uuid.uuid4().hex)
         if self._lease is None or options.dry_run:
             await self._audit(options, report)
         else:

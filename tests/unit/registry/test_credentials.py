@@ -306,6 +306,13 @@ def test_static_credentials_reject_bad_input_without_echoing_it(secret: str) -> 
     assert "secretvalue" not in caught.value.diagnostics()
 
 
+def test_static_credentials_name_their_source_and_the_fix_for_text_that_is_not_json() -> None:
+    with pytest.raises(CredentialsError) as caught:
+        StaticCredentials.from_json("{'ghcr.io': 1}", source="registry credentials secret prod/registry")
+    assert caught.value.message == "registry credentials secret prod/registry is not valid JSON"
+    assert caught.value.hint == 'store {"registry.example.com": {"username": "...", "password": "..."}}'
+
+
 # -- chain
 
 

@@ -393,10 +393,14 @@ class StaticCredentials:
 
     @classmethod
     def from_json(cls, text: str | bytes, *, source: str = "the credentials secret") -> StaticCredentials:
+        """The secret's text as stored; the one parser of it (the Lambda's wiring calls this)."""
         try:
             data = json.loads(text)
         except ValueError:
-            raise CredentialsError(f"{source} is not valid JSON") from None
+            raise CredentialsError(
+                f"{source} is not valid JSON",
+                hint='store {"registry.example.com": {"username": "...", "password": "..."}}',
+            ) from None
         return cls.from_mapping(data, source=source)
 
     @classmethod
