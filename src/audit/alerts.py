@@ -8,10 +8,9 @@ import string
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from audit.drift import platform_changes
-from audit.models import Digest, Finding, ImageRef, Notice, Verdict
+from audit.models import Digest, Finding, ImageRef, Notice, Verdict, iso_utc
 from audit.packages import index_of, is_package_registry, parse_filename
 from audit.reference import DOCKER_HUB_API_HOST, familiar_name, is_valid_image, is_valid_tag
 from audit.untrusted import printable, shell_word
@@ -239,15 +238,6 @@ def _fit_subject(head: str, name: str, tail: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- machines
-
-
-def iso_utc(moment: datetime | None) -> str | None:
-    """ISO 8601 in UTC with a `Z`, as `check --json` prints it; naive times are taken as UTC."""
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _digests(platforms: Mapping[str, Digest] | None) -> dict[str, str] | None:

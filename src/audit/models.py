@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple, Self, overload
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
@@ -158,6 +158,23 @@ class LiveStatus(StrEnum):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@overload
+def iso_utc(moment: datetime) -> str: ...
+@overload
+def iso_utc(moment: None) -> None: ...
+@overload
+def iso_utc(moment: datetime | None) -> str | None: ...
+def iso_utc(moment: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a `Z` (`2025-01-02T03:04:05Z`), the one form every output prints a time in (alerts,
+    `check --json`, `report`, backfill plans); naive times are taken as UTC. Stores keep their own fixed-width
+    form (it must sort as text)."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class Observation(Frozen):

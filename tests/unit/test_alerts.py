@@ -18,7 +18,6 @@ from audit.alerts import (
     MAX_MESSAGE_BYTES,
     AlertMessage,
     confirm_commands,
-    iso_utc,
     machine_finding,
     render,
     subject_for,
@@ -338,13 +337,6 @@ def test_size_counts_subject_and_attributes() -> None:
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-
-
-def test_iso_utc_normalises_to_z() -> None:
-    assert iso_utc(datetime(2025, 1, 2, 3, 4, 5)) == "2025-01-02T03:04:05Z"
-    plus_two = datetime(2025, 1, 2, 5, 4, 5, tzinfo=UTC).astimezone(__import__("zoneinfo").ZoneInfo("Europe/Amsterdam"))
-    assert iso_utc(plus_two) == "2025-01-02T05:04:05Z"
-    assert iso_utc(None) is None
 
 
 def test_confirm_commands_name_the_registry_for_skopeo() -> None:

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from audit.cli.packages import run_check_packages
 from audit.config import RegistryOptions
 from audit.drift import check_verdict, platform_absent
 from audit.errors import UsageError
-from audit.models import Digest, ImageRef, Observation, Verdict
+from audit.models import Digest, ImageRef, Observation, Verdict, iso_utc
 from audit.packages import is_package_spec
 from audit.platforms import Platform, select_platform
 from audit.untrusted import printable
@@ -152,7 +151,7 @@ def _row(typed: str, ref: ImageRef, observation: Observation, platform: Platform
         "live_digest": str(live) if live else None,
         "status": verdict.value,
         "reason": reason,
-        "checked_at": _iso(observation.checked_at),
+        "checked_at": iso_utc(observation.checked_at),
         "media_type": observation.media_type,
         "platform": shown_platform,
         "platforms": (
@@ -161,10 +160,6 @@ def _row(typed: str, ref: ImageRef, observation: Observation, platform: Platform
             else None
         ),
     }
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _table(rows: list[dict[str, Any]]) -> str:

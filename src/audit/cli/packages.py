@@ -18,7 +18,7 @@ from audit import bootstrap
 from audit.cli.common import err, print_json, render_table
 from audit.config import RegistryOptions
 from audit.errors import AuditError, PackageIndexError, ProjectNotFoundError, UsageError
-from audit.models import Digest, TrustedImage, Verdict, WatchSettings, utcnow
+from audit.models import Digest, TrustedImage, Verdict, WatchSettings, iso_utc, utcnow
 from audit.packages import (
     DEFAULT_INDEX_URL,
     DistFilename,
@@ -174,7 +174,7 @@ async def check_rows(index: PackageIndex, index_url: str, typed: str, spec: Pack
             "live_digest": str(live) if live else None,
             "status": status.value,
             "reason": reason,
-            "checked_at": utcnow().isoformat().replace("+00:00", "Z"),
+            "checked_at": iso_utc(utcnow()),
             "yanked": file.yanked if file else None,
             "upload_time": file.upload_time if file else None,
             "size": file.size if file else None,

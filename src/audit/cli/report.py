@@ -16,7 +16,7 @@ from audit.cli.common import add_registry_options, add_store_options, registry_o
 from audit.config import Environment, RegistryOptions, audit_config
 from audit.errors import UsageError
 from audit.incident_report import build_report, observe_releases, render_html, render_markdown
-from audit.models import Observation, TagState, TrustedImage, Verdict, utcnow
+from audit.models import Observation, TagState, TrustedImage, Verdict, iso_utc, utcnow
 from audit.ports import TrustReader
 from audit.reference import familiar_name
 from audit.untrusted import csv_cell, printable
@@ -139,10 +139,10 @@ def evidence_row(item: TrustedImage, state: TagState | None) -> dict[str, Any]:
         "trusted_digest": str(item.digest),
         "source": item.source,
         "commit": item.commit,
-        "recorded_at": _iso(item.recorded_at),
+        "recorded_at": iso_utc(item.recorded_at),
         "live_digest": str(state.last_live_digest) if state and state.last_live_digest else None,
         "status": state.last_verdict.value if state else NOT_AUDITED,
-        "since": _iso(state.first_seen) if state else None,
+        "since": iso_utc(state.first_seen) if state else None,
     }
 
 
@@ -173,7 +173,3 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
         for row in rows
     ]
     return render_table(headers, [[printable(cell) for cell in row] for row in body])
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
