@@ -35,8 +35,8 @@ _REFERRER_TAG_RE = re.compile(r"^(?:sha256-[0-9a-f]{64}|sha512-[0-9a-f]{128})(?:
 
 #: Verdicts that say "something is wrong with this tag" once established by a verified run.
 PROBLEM_VERDICTS = frozenset({Verdict.DRIFT, Verdict.MISSING, Verdict.UNTRACKED})
-#: Verdicts that close an open alert: the tag verifies again, or there is nothing left to check.
-CLEARING_VERDICTS = frozenset({Verdict.MATCH, Verdict.RESOLVED})
+#: Verdicts that close an open alert: the tag verifies again, or it left the audit.
+CLEARING_VERDICTS = frozenset({Verdict.MATCH, Verdict.NO_LONGER_AUDITED})
 # Only these verdicts are about a particular live digest; the others are remembered without one.
 _DIGEST_VERDICTS = frozenset({Verdict.MATCH, Verdict.DRIFT, Verdict.UNTRACKED})
 
@@ -155,15 +155,11 @@ def judge(
     - A trusted index digest and a live child digest (or the reverse) are never called a match: the tag did
       change what it names, and the reason says how to fix a record that named a platform digest.
     """
-    if observation.status is LiveStatus.UNVERIFIABLE:
-        return Judgement(Verdict.UNVERIFIABLE, observation.reason or "the registry did not establish a digest")
-    if observation.status is LiveStatus.MISSING:
-        if trusted is None:
-            return Judgement(Verdict.UNVERIFIABLE, observation.reason or "a listed tag has no manifest")
-        return Judgement(Verdict.MISSING, observation.reason or "the registry has no manifest for this tag")
-    live = observation.live_digest
-    if live is None:  # FOUND without a digest breaks the client's contract; never read it as a match
-        return Judgement(Verdict.UNVERIFIABLE, "the registry answered without a digest")
+    if trusted is None and observation.status is LiveStatus.MISSING:
+        return Judgement(Verdict.UNVERIFIABLE, observation.reason or "a listed tag has no manifest")
+    live = _established(observation, missing="the registry has no manifest for this tag")
+    if isinstance(live, Judgement):
+        return live
     if trusted is None:
         return Judgement(Verdict.UNTRACKED, "no trusted digest recorded for this tag")
     if live == trusted.digest:
@@ -178,6 +174,18 @@ def judge(
         _drift_reason(trusted, observation=observation, live=live, policy=policy, history=history, changes=changes),
         changes,
     )
+
+
+def _established(observation: Observation, *, missing: str) -> Digest | Judgement:
+    """The live digest, or the verdict of an observation that did not establish one (the opening rules of every
+    verdict: nothing that was not established is ever a match; `missing` is the reason for a MISSING one)."""
+    if observation.status is LiveStatus.UNVERIFIABLE:
+        return Judgement(Verdict.UNVERIFIABLE, observation.reason or "the registry did not establish a digest")
+    if observation.status is LiveStatus.MISSING:
+        return Judgement(Verdict.MISSING, observation.reason or missing)
+    if observation.live_digest is None:  # FOUND without a digest breaks the client's contract
+        return Judgement(Verdict.UNVERIFIABLE, "the registry answered without a digest")
+    return observation.live_digest
 
 
 def _drift_reason(
@@ -209,7 +217,7 @@ def _drift_reason(
             f"the registry serves the {served_child} child of the trusted index (re-pushed as one platform, "
             "or the registry ignored the Accept header)"
         )
-    elif _is_index(trusted.media_type) and _is_index(observation.media_type) is False:
+    elif _is_index(trusted.media_type) and _is_single(observation.media_type):
         parts.append("an index was recorded but a single-platform manifest is served")
     if changes is not None:
         parts.append(f"platforms: {changes.describe()}")
@@ -223,13 +231,14 @@ def _platform_of(digest: Digest, platforms: Mapping[str, Digest] | None) -> str 
     return None
 
 
-def _is_index(media_type: str | None) -> bool | None:
-    if media_type is None:
-        return None
-    try:
-        return MediaType(media_type).is_index
-    except ValueError:
-        return None
+def _is_index(media_type: MediaType | None) -> bool:
+    """Known to be an index (a media type not known says neither)."""
+    return media_type is not None and media_type.is_index
+
+
+def _is_single(media_type: MediaType | None) -> bool:
+    """Known to be a single-platform manifest (a media type not known says neither)."""
+    return media_type is not None and not media_type.is_index
 
 
 def check_verdict(
@@ -245,13 +254,9 @@ def check_verdict(
     `platform_absent`). A pin equal to the index digest itself matches (the index names its children). Without a
     platform, a pin that is only a child of the live index is a DRIFT whose reason suggests `--platform`.
     """
-    if observation.status is LiveStatus.UNVERIFIABLE:
-        return Verdict.UNVERIFIABLE, observation.reason or "the registry did not establish a digest"
-    if observation.status is LiveStatus.MISSING:
-        return Verdict.MISSING, observation.reason or "the registry has no manifest for this reference"
-    top = observation.live_digest
-    if top is None:
-        return Verdict.UNVERIFIABLE, "the registry answered without a digest"
+    top = _established(observation, missing="the registry has no manifest for this reference")
+    if isinstance(top, Judgement):
+        return top.verdict, top.reason
     if platform is None:
         if pinned is None:
             return Verdict.RESOLVED, None
@@ -266,7 +271,7 @@ def check_verdict(
         return Verdict.DRIFT, f"serves {top.short}, pinned {pinned.short}"
 
     if observation.platforms is None:
-        if _is_index(observation.media_type) is False:
+        if _is_single(observation.media_type):
             return Verdict.UNVERIFIABLE, f"not a multi-platform index: cannot select {platform}"
         return Verdict.UNVERIFIABLE, f"the platforms of the index were not read: cannot select {platform}"
     selected = select_platform(observation.platforms, platform)
@@ -347,7 +352,7 @@ def decide(
     - An open alert is the pair (alerted_verdict, alerted_digest). A problem verdict (drift, missing,
       untracked) that differs from it opens a NEW alert (a drift to another digest is a new alert); the same
       problem again is quiet until `reminder_interval` has passed since the last notice (REMINDER).
-    - MATCH (or RESOLVED: nothing left to check) closes an open alert with a RESOLVED notice.
+    - MATCH (or NO_LONGER_AUDITED: the tag left the audit) closes an open alert with a RESOLVED notice.
     - UNVERIFIABLE counts `consecutive_unverifiable`. It never closes nor replaces an open drift, missing or
       untracked alert: that problem stays the tag's status (last_verdict, its digest and first_seen are kept)
       and keeps its reminders, because an unverified run proves nothing. With no open problem, the tag's
@@ -599,7 +604,7 @@ def with_finding_id(finding: Finding, previous: TagState | None) -> Finding:
     facts = (
         "finding/v1",
         finding.notice.value,
-        finding.alert_verdict,
+        finding.alert_verdict.value,
         finding.status.value,
         finding.registry,
         finding.repository,

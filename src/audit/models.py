@@ -6,9 +6,17 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, NamedTuple, Self, overload
+from typing import Annotated, Any, NamedTuple, Self, overload
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from audit.errors import InvalidDigestError
 from audit.reference import (
@@ -38,6 +46,18 @@ class MediaType(StrEnum):
 
 
 MANIFEST_ACCEPT = ", ".join(m.value for m in MediaType)
+
+
+def _known_media_type(value: object) -> object:
+    """A media type we do not know reads as unknown (None), as it did when it was a string: the registry client
+    refuses such types, but a stored or imported record may carry one, and it must not stop an audit."""
+    if isinstance(value, str) and value not in MediaType:
+        return None
+    return value
+
+
+#: A manifest's media type where it is carried (observations, trust records, findings): one of ours, or unknown.
+KnownMediaType = Annotated[MediaType | None, BeforeValidator(_known_media_type)]
 
 
 class Digest(Frozen):
@@ -142,10 +162,19 @@ class Verdict(StrEnum):
     MISSING = "missing"
     UNVERIFIABLE = "unverifiable"
     UNTRACKED = "untracked"
-    RESOLVED = "resolved"  # `check` without a pin: the live digest was established
+    # Only from `check` without a pin: the live digest was established (nothing to compare it with).
+    RESOLVED = "resolved"
+    # Only from `run`: a tag with an open alert left the audit (its record removed, an untracked tag gone or
+    # ignored). Its alert is closed with a `resolved` notice. States saved before this value existed say
+    # "resolved" for it (see TagState).
+    NO_LONGER_AUDITED = "no-longer-audited"
     # Never the verdict of a check: the status of a yank notice (the index serves a recorded package file
     # yanked, PEP 592), which tells a person something without saying the file changed.
     YANKED = "yanked"
+
+
+#: The verdicts a run gives an audited tag, in the order summaries and metrics list them.
+AUDIT_VERDICTS = (Verdict.MATCH, Verdict.DRIFT, Verdict.MISSING, Verdict.UNVERIFIABLE, Verdict.UNTRACKED)
 
 
 class LiveStatus(StrEnum):
@@ -183,7 +212,7 @@ class Observation(Frozen):
     ref: ImageRef
     status: LiveStatus
     live_digest: Digest | None = None
-    media_type: str | None = None
+    media_type: KnownMediaType = None
     reason: str | None = None
     platforms: dict[str, Digest] | None = None
     rate_limit_remaining: int | None = None
@@ -203,7 +232,7 @@ class TrustedImage(Frozen):
     tag: str
     digest: Digest
     platforms: dict[str, Digest] | None = None
-    media_type: str | None = None
+    media_type: KnownMediaType = None
     source: str
     commit: str | None = None
     recorded_at: datetime
@@ -330,6 +359,13 @@ class TagState(Frozen):
     yank_notified: str | None = None
     yank_notice_at: datetime | None = None  # when the last yank notice (new or resolved) went out
 
+    @field_validator("last_verdict")
+    @classmethod
+    def _stored_before_no_longer_audited(cls, verdict: Verdict) -> Verdict:
+        # A run never remembers `check`'s RESOLVED: a stored "resolved" is a tag that left the audit, saved
+        # before that meaning had its own name.
+        return Verdict.NO_LONGER_AUDITED if verdict is Verdict.RESOLVED else verdict
+
     @property
     def image(self) -> str:
         return f"{self.registry}/{self.repository}"
@@ -353,7 +389,7 @@ class Finding(Frozen):
     checked_at: datetime
     platforms: dict[str, Digest] | None = None
     trusted_platforms: dict[str, Digest] | None = None
-    media_type: str | None = None
+    media_type: KnownMediaType = None
     source: str | None = None
     commit: str | None = None
     recorded_at: datetime | None = None
@@ -370,9 +406,9 @@ class Finding(Frozen):
         return f"{self.registry}/{self.repository}"
 
     @property
-    def alert_verdict(self) -> str:
-        """The verdict a message is grouped and filtered by: resolved notices travel as `resolved`."""
-        return "resolved" if self.notice is Notice.RESOLVED else self.status.value
+    def alert_verdict(self) -> Verdict | Notice:
+        """What a message is grouped and filtered by: the verdict, or Notice.RESOLVED for every resolved notice."""
+        return Notice.RESOLVED if self.notice is Notice.RESOLVED else self.status
 
 
 class CiRun(Frozen):

@@ -429,8 +429,8 @@ class AuditService:
 
     def _judge(self, target: _Target, observation: Observation) -> TagResult:
         if target.trusted is None:
-            verdict, reason = _untracked_verdict(observation)
-            return TagResult(target.ref, None, observation, verdict, reason)
+            untracked = drift.judge(None, observation)
+            return TagResult(target.ref, None, observation, untracked.verdict, untracked.reason)
         policy = drift.policy_for(target.settings, target.ref.tag or "")
         ever: frozenset[Digest] = frozenset()
         if policy.needs_all_trusted:
@@ -544,14 +544,14 @@ class AuditService:
             if not _selected(state.image, options, state.tag) or state.image in report.unlisted:
                 continue
             ref = ImageRef(registry=state.registry, repository=state.repository, tag=state.tag)
-            decision = drift.decide(state, Verdict.RESOLVED, None, ref=ref, now=now, policy=self._policy)
+            decision = drift.decide(state, Verdict.NO_LONGER_AUDITED, None, ref=ref, now=now, policy=self._policy)
             if decision.notice is None:
                 continue
             observation = Observation(ref=ref, status=LiveStatus.FOUND, reason="no longer audited")
             finding = drift.finding_for(
                 None,
                 observation,
-                Verdict.RESOLVED,
+                Verdict.NO_LONGER_AUDITED,
                 "no longer audited",
                 decision.new_state,
                 decision.notice,
@@ -624,13 +624,6 @@ def _without_vanished_untracked(
     kept_targets = [t for t in targets if (t.ref.image, t.ref.tag) not in gone]
     kept_results = [r for r in results if (r.ref.image, r.ref.tag) not in gone]
     return kept_targets, kept_results
-
-
-def _untracked_verdict(observation: Observation) -> tuple[Verdict, str | None]:
-    if observation.status is LiveStatus.FOUND:
-        return Verdict.UNTRACKED, "no trusted digest recorded for this tag"
-    # A listed tag that vanished or could not be read is not news about trust; stay quiet but honest.
-    return Verdict.UNVERIFIABLE, observation.reason
 
 
 def _registries_all_unverifiable(results: Iterable[TagResult]) -> set[str]:

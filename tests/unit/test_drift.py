@@ -256,6 +256,19 @@ def test_judge_has_no_platform_summary_when_a_side_is_unknown() -> None:
     assert judgement.platform_changes is None
 
 
+def test_an_unknown_media_type_on_either_side_claims_no_single_platform_manifest() -> None:
+    # A stored record may carry a media type we do not know: it reads as unknown, never stops the judgement.
+    stored = trusted(d(1)).model_dump(mode="json") | {"media_type": "application/vnd.example.list+json"}
+    unknown_record = TrustedImage.model_validate(stored)
+    for record, live in (
+        (unknown_record, observed(d(2), media_type=MediaType.OCI_MANIFEST)),
+        (trusted(d(1), media_type=MediaType.OCI_INDEX), observed(d(2))),
+    ):
+        judgement = judge(record, live)
+        assert judgement.verdict is Verdict.DRIFT
+        assert judgement.reason == f"serves {d(2).short}, CI recorded {d(1).short}"
+
+
 def test_index_drift_with_identical_children_says_so() -> None:
     children = {"linux/amd64": d(10)}
     judgement = judge(trusted(d(1), platforms=children), observed(d(2), platforms=dict(children)))
@@ -512,10 +525,16 @@ def test_missing_ignores_a_digest_passed_along() -> None:
     assert decisions[1].new_state.alerted_digest is None
 
 
-def test_resolved_verdict_closes_an_open_alert() -> None:
-    decisions = run([(Verdict.UNTRACKED, d(5), timedelta(0)), (Verdict.RESOLVED, None, HOUR)])
+def test_no_longer_audited_closes_an_open_alert() -> None:
+    decisions = run([(Verdict.UNTRACKED, d(5), timedelta(0)), (Verdict.NO_LONGER_AUDITED, None, HOUR)])
     assert notices(decisions) == [Notice.NEW, Notice.RESOLVED]
     assert decisions[1].new_state.alerted_verdict is None
+    assert decisions[1].new_state.last_verdict is Verdict.NO_LONGER_AUDITED
+
+
+def test_checks_resolved_is_no_verdict_of_an_audited_tag() -> None:
+    with pytest.raises(ValueError, match="unexpected verdict"):
+        run([(Verdict.RESOLVED, d(1), timedelta(0))])
 
 
 def test_unverifiable_alerts_after_the_streak_then_reminds_then_resolves() -> None:

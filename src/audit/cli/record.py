@@ -25,7 +25,7 @@ from audit.recording import record_trusted
 class Evidence:
     """What the registry says about the digest being recorded."""
 
-    media_type: str | None
+    media_type: MediaType | None
     platforms: dict[str, Digest] | None
 
 
@@ -200,8 +200,7 @@ async def _evidence_of(client: RegistryClient, ref: ImageRef) -> Evidence:
             f"cannot read {by_digest.familiar} from the registry to record it: {reason}",
             hint="record only digests the registry serves, or pass --offline to record without checking",
         ) from None
-    is_index = manifest.media_type in (MediaType.DOCKER_LIST, MediaType.OCI_INDEX)
-    return Evidence(manifest.media_type, manifest.platforms if is_index else None)
+    return Evidence(manifest.media_type, manifest.platforms if manifest.media_type.is_index else None)
 
 
 def default_recorder() -> str:

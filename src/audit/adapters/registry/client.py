@@ -533,7 +533,7 @@ class RegistryClient:
             ref=ref,
             status=LiveStatus.FOUND,
             live_digest=digest,
-            media_type=media.value if media is not None else None,
+            media_type=media,
             platforms=platforms,
             rate_limit_remaining=evidence.rate_limit_remaining,
         )
