@@ -25,6 +25,7 @@ from audit.models import (
     TrustedImage,
     Verdict,
     WatchSettings,
+    iso_utc,
 )
 from audit.packages import IndexFile, ProjectPage, parse_filename
 from audit.platforms import Platform, select_platform
@@ -143,7 +144,7 @@ def judge(
     *,
     policy: TagPolicy = PINNED,
     ever_trusted: Collection[Digest] = frozenset(),
-    history: Sequence[Digest] = (),
+    history: Sequence[TrustedImage] = (),
 ) -> Judgement:
     """Compare what the registry serves with the trusted record.
 
@@ -152,6 +153,8 @@ def judge(
       listed tag without a manifest says nothing about trust.
     - FOUND: equal digests match under every policy. Otherwise a pinned or `latest-recorded` tag drifts;
       an `any-trusted` tag matches when the live digest is in `ever_trusted` (or this tag's `history`).
+    - A drift back to a digest in `history` (this tag's earlier records; the audit passes them only for a
+      drift) says so: "rolled back to the digest recorded on …".
     - A trusted index digest and a live child digest (or the reverse) are never called a match: the tag did
       change what it names, and the reason says how to fix a record that named a platform digest.
     """
@@ -164,14 +167,15 @@ def judge(
         return Judgement(Verdict.UNTRACKED, "no trusted digest recorded for this tag")
     if live == trusted.digest:
         return Judgement(Verdict.MATCH)
-    if policy.moving is MovingMode.ANY_TRUSTED and (live in ever_trusted or live in history):
+    earlier = _latest_record_of(live, history)
+    if policy.moving is MovingMode.ANY_TRUSTED and (live in ever_trusted or earlier is not None):
         return Judgement(
             Verdict.MATCH, f"moving tag (any-trusted): {live.short} was trusted earlier in this repository"
         )
     changes = platform_changes(trusted.platforms, observation.platforms)
     return Judgement(
         Verdict.DRIFT,
-        _drift_reason(trusted, observation=observation, live=live, policy=policy, history=history, changes=changes),
+        _drift_reason(trusted, observation=observation, live=live, policy=policy, earlier=earlier, changes=changes),
         changes,
     )
 
@@ -194,7 +198,7 @@ def _drift_reason(
     observation: Observation,
     live: Digest,
     policy: TagPolicy,
-    history: Sequence[Digest],
+    earlier: TrustedImage | None,
     changes: PlatformChanges | None,
 ) -> str:
     if policy.moving is MovingMode.ANY_TRUSTED:
@@ -203,8 +207,11 @@ def _drift_reason(
         parts = [f"moving tag (latest-recorded): serves {live.short}, latest recorded {trusted.digest.short}"]
     else:
         parts = [f"serves {live.short}, CI recorded {trusted.digest.short}"]
-    if live in history:
-        parts.append("the live digest was trusted for this tag before (a rollback or a stale mirror?)")
+    if earlier is not None:
+        parts.append(
+            f"rolled back to the digest recorded for this tag on {iso_utc(earlier.recorded_at)} "
+            "(a deliberate rollback, or a stale mirror?)"
+        )
     live_child = _platform_of(trusted.digest, observation.platforms)
     served_child = _platform_of(live, trusted.platforms)
     if live_child is not None:
@@ -222,6 +229,12 @@ def _drift_reason(
     if changes is not None:
         parts.append(f"platforms: {changes.describe()}")
     return "; ".join(parts)
+
+
+def _latest_record_of(digest: Digest, history: Sequence[TrustedImage]) -> TrustedImage | None:
+    """The most recent earlier record of the tag with this digest, if it ever had it."""
+    matching = [record for record in history if record.digest == digest]
+    return max(matching, key=lambda record: record.recorded_at) if matching else None
 
 
 def _platform_of(digest: Digest, platforms: Mapping[str, Digest] | None) -> str | None:

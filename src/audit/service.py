@@ -208,6 +208,7 @@ class AuditService:
         previous = await previous_read[0] if previous_read else self._state.load_all()
         targets, results = _without_vanished_untracked(targets, results, options)
         results = await self._reverify(results, {t.ref: t for t in targets}, previous)
+        results = await self._with_rollbacks(results, targets)
         # Package files: their own small path, the same TagResults into the same decide/publish/save flow.
         package_run = await self._packages.run(
             self._package_snapshot,
@@ -427,7 +428,7 @@ class AuditService:
             log.error("unexpected %s while checking %s", type(exc).__name__, printable(str(ref)))  # noqa: TRY400
             return Observation(ref=ref, status=LiveStatus.UNVERIFIABLE, reason=f"internal error ({type(exc).__name__})")
 
-    def _judge(self, target: _Target, observation: Observation) -> TagResult:
+    def _judge(self, target: _Target, observation: Observation, history: Sequence[TrustedImage] = ()) -> TagResult:
         if target.trusted is None:
             untracked = drift.judge(None, observation)
             return TagResult(target.ref, None, observation, untracked.verdict, untracked.reason)
@@ -438,8 +439,29 @@ class AuditService:
             if image not in self._ever_trusted:
                 self._ever_trusted[image] = frozenset(self._trust.digests_ever_recorded(image))
             ever = self._ever_trusted[image]
-        judgement = drift.judge(target.trusted, observation, policy=policy, ever_trusted=ever)
+        judgement = drift.judge(target.trusted, observation, policy=policy, ever_trusted=ever, history=history)
         return TagResult(target.ref, target.trusted, observation, judgement.verdict, judgement.reason)
+
+    async def _with_rollbacks(self, results: list[TagResult], targets: Sequence[_Target]) -> list[TagResult]:
+        """A drift back to a digest the tag was recorded with before says so in its reason (drift.judge).
+
+        The tag's history is read only for a drift, once it is final (after the re-check): one Query per drift,
+        never per tag, and no check is in flight any more. A history that cannot be read only costs the hint.
+        """
+        by_ref = {target.ref: target for target in targets}
+        judged = list(results)
+        for index, result in enumerate(results):
+            if result.verdict is not Verdict.DRIFT or result.trusted is None:
+                continue
+            try:
+                history = await asyncio.to_thread(self._trust.history, result.trusted.image, result.trusted.tag)
+            except AuditError as exc:
+                log.warning("cannot read the history of %s: %s", printable(str(result.ref)), exc.message)
+                continue
+            if history:
+                target = replace(by_ref[result.ref], trusted=result.trusted)
+                judged[index] = self._judge(target, result.observation, history)
+        return judged
 
     async def _reverify(
         self,
