@@ -554,7 +554,6 @@ def finding_for(  # noqa: PLR0917 - the service passes the six facts positionall
         checked_at=observation.checked_at,
         platforms=observation.platforms,
         trusted_platforms=trusted.platforms if trusted is not None else None,
-        media_type=observation.media_type,
         source=trusted.source if trusted is not None else None,
         commit=trusted.commit if trusted is not None else None,
         recorded_at=trusted.recorded_at if trusted is not None else None,

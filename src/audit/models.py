@@ -389,7 +389,6 @@ class Finding(Frozen):
     checked_at: datetime
     platforms: dict[str, Digest] | None = None
     trusted_platforms: dict[str, Digest] | None = None
-    media_type: KnownMediaType = None
     source: str | None = None
     commit: str | None = None
     recorded_at: datetime | None = None

@@ -802,7 +802,6 @@ def test_finding_for_a_new_drift() -> None:
     )
     assert finding.first_seen == NOW and finding.checked_at == NOW
     assert finding.platforms == {"linux/amd64": d(20)} and finding.trusted_platforms == {"linux/amd64": d(10)}
-    assert finding.media_type == MediaType.OCI_INDEX.value
 
 
 def test_finding_for_a_resolution_names_what_was_resolved() -> None:

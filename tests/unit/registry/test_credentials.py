@@ -90,7 +90,6 @@ async def test_identity_token_entry(tmp_path: Path) -> None:
     write_config(tmp_path, {"auths": {"registry.example": {"username": "alice", "identitytoken": "idt"}}})
     credential = await DockerConfigCredentials(tmp_path, environ={}).get("registry.example")
     assert credential == Credential.token("idt", username="alice")
-    assert credential is not None and credential.is_identity_token
 
 
 async def test_empty_entry_and_missing_file_mean_anonymous(tmp_path: Path) -> None:

@@ -51,10 +51,6 @@ class Credential:
     def token(cls, identity_token: str, username: str | None = None) -> Credential:
         return cls(username=username, identity_token=identity_token)
 
-    @property
-    def is_identity_token(self) -> bool:
-        return self.identity_token is not None
-
     def basic_authorization(self) -> str | None:
         """The `Authorization` value for Basic auth, or None for an identity token."""
         if self.identity_token is not None or self.username is None or self.password is None:
