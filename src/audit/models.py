@@ -46,6 +46,14 @@ class MediaType(StrEnum):
 
 
 MANIFEST_ACCEPT = ", ".join(m.value for m in MediaType)
+#: Docker schema 1 (removed from Docker 26): its signed form has no content digest a client can recompute, so a
+#: tag that still serves it can never be verified, only re-pushed. Never asked for; recognised to say so.
+SCHEMA1_MEDIA_TYPES = frozenset(
+    {
+        "application/vnd.docker.distribution.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    }
+)
 
 
 def _known_media_type(value: object) -> object:
