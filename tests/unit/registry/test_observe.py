@@ -367,6 +367,7 @@ async def test_sha512_expectation_is_compared_in_its_own_algorithm(registry: Fak
         observation = await client.observe(ref(), expected=expected)
     assert observation.status is LiveStatus.FOUND
     assert observation.live_digest == expected
+    assert [r.method for r in registry.requests] == ["HEAD", "GET"]  # the body was hashed in sha512
 
 
 # -- digest-only references
