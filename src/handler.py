@@ -17,6 +17,7 @@ from audit import bootstrap, push_events
 from audit.app.audit import RunOptions, RunReport
 from audit.errors import AuditError, ConfigError, InvalidEventError, InvalidReferenceError
 from audit.hooks import CheckRequest
+from audit.models import AUDIT_VERDICTS
 
 # Defaults equal the template's, so the heartbeat alarm (namespace + `service` dimension) always matches.
 SERVICE_NAME = os.environ.get("POWERTOOLS_SERVICE_NAME", "digest-audit")
@@ -196,11 +197,11 @@ def consume_push_events(event: dict[str, Any], context: LambdaContext) -> dict[s
 
 def _emit_metrics(report: RunReport, *, heartbeat: bool = True) -> None:
     metrics.add_metric(name="TagsChecked", unit=MetricUnit.Count, value=report.checked)
-    for verdict in ("match", "drift", "missing", "unverifiable", "untracked"):
+    for verdict in AUDIT_VERDICTS:
         metrics.add_metric(
-            name=f"Verdict{verdict.capitalize()}",
+            name=f"Verdict{verdict.value.capitalize()}",
             unit=MetricUnit.Count,
-            value=report.by_verdict.get(verdict, 0),
+            value=report.by_verdict.get(verdict.value, 0),
         )
     metrics.add_metric(name="AlertsPublished", unit=MetricUnit.Count, value=report.alerts_published)
     metrics.add_metric(name="TagsUnreached", unit=MetricUnit.Count, value=len(report.unreached))

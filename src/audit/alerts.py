@@ -8,10 +8,9 @@ import string
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from audit.drift import platform_changes
-from audit.models import Digest, Finding, ImageRef, Notice, Verdict
+from audit.models import Digest, Finding, ImageRef, Notice, Verdict, iso_utc
 from audit.packages import index_of, is_package_registry, parse_filename
 from audit.reference import DOCKER_HUB_API_HOST, familiar_name, is_valid_image, is_valid_tag
 from audit.untrusted import printable, shell_word
@@ -22,14 +21,25 @@ MAX_MESSAGE_BYTES = 240_000
 MAX_SUBJECT_CHARS = 99
 SCHEMA_VERSION = 1
 
-VERDICT_ORDER = ("drift", "missing", "unverifiable", "untracked", "yanked", "resolved")
-SEVERITY = {
-    "drift": "high",
-    "missing": "high",
-    "unverifiable": "medium",
-    "untracked": "medium",
-    "yanked": "info",  # package files only: a notice, never counted as a problem
-    "resolved": "info",
+#: What a message is about: a verdict, or Notice.RESOLVED for the notices that close earlier alerts (whatever
+#: the tag's verdict now); its value is the message's `verdict` attribute.
+type AlertVerdict = Verdict | Notice
+
+VERDICT_ORDER: tuple[AlertVerdict, ...] = (
+    Verdict.DRIFT,
+    Verdict.MISSING,
+    Verdict.UNVERIFIABLE,
+    Verdict.UNTRACKED,
+    Verdict.YANKED,
+    Notice.RESOLVED,
+)
+SEVERITY: dict[AlertVerdict, str] = {
+    Verdict.DRIFT: "high",
+    Verdict.MISSING: "high",
+    Verdict.UNVERIFIABLE: "medium",
+    Verdict.UNTRACKED: "medium",
+    Verdict.YANKED: "info",  # package files only: a notice, never counted as a problem
+    Notice.RESOLVED: "info",
 }
 
 # Room kept for the "part i of n" labels, which are only known after splitting.
@@ -76,7 +86,7 @@ def render(
     """
     if not run_id:
         raise ValueError("run_id must not be empty (it is a message attribute)")
-    groups: dict[tuple[str, str, str], list[Finding]] = defaultdict(list)
+    groups: dict[tuple[AlertVerdict, str, str], list[Finding]] = defaultdict(list)
     for finding in findings:
         groups[(finding.alert_verdict, finding.registry, finding.repository)].append(finding)
     messages: list[AlertMessage] = []
@@ -97,7 +107,7 @@ class _Group:
     """What every message of one (verdict, registry, repository) group shares."""
 
     run_id: str
-    verdict: str
+    verdict: AlertVerdict
     registry: str
     repository: str
     total_tags: int
@@ -110,7 +120,7 @@ class _Group:
         return _message(self, findings, part=part, parts=parts)
 
 
-def _verdict_rank(verdict: str) -> int:
+def _verdict_rank(verdict: AlertVerdict) -> int:
     return VERDICT_ORDER.index(verdict) if verdict in VERDICT_ORDER else len(VERDICT_ORDER)
 
 
@@ -168,7 +178,7 @@ def _message(group: _Group, findings: Sequence[Finding], *, part: int, parts: in
         "lambda": machine,
     }
     attributes = {
-        "verdict": group.verdict,
+        "verdict": group.verdict.value,
         "severity": SEVERITY.get(group.verdict, "medium"),
         "registry": group.registry,
         "repository": group.repository,
@@ -185,9 +195,9 @@ def _message(group: _Group, findings: Sequence[Finding], *, part: int, parts: in
     )
 
 
-def _notice_attribute(verdict: str, findings: Sequence[Finding]) -> str:
+def _notice_attribute(verdict: AlertVerdict, findings: Sequence[Finding]) -> str:
     """`new` if anything in the message is news, `reminder` if all of it was said before."""
-    if verdict == "resolved":
+    if verdict is Notice.RESOLVED:
         return Notice.RESOLVED.value
     if all(f.notice is Notice.REMINDER for f in findings):
         return Notice.REMINDER.value
@@ -198,7 +208,7 @@ def _notice_attribute(verdict: str, findings: Sequence[Finding]) -> str:
 
 
 def subject_for(
-    verdict: str,
+    verdict: AlertVerdict,
     registry: str,
     repository: str,
     findings: Sequence[Finding],
@@ -208,7 +218,7 @@ def subject_for(
     parts: int = 1,
 ) -> str:
     """e.g. `DRIFT: openzaak/open-zaak:1.3.5 (1 of 42 tags)`; the name is shortened first when too long."""
-    head = f"{verdict.upper()}: "
+    head = f"{verdict.value.upper()}: "
     if findings and all(f.notice is Notice.REMINDER for f in findings):
         head = f"[reminder] {head}"
     if len(findings) == 1:
@@ -239,15 +249,6 @@ def _fit_subject(head: str, name: str, tail: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- machines
-
-
-def iso_utc(moment: datetime | None) -> str | None:
-    """ISO 8601 in UTC with a `Z`, as `check --json` prints it; naive times are taken as UTC."""
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _digests(platforms: Mapping[str, Digest] | None) -> dict[str, str] | None:
@@ -416,17 +417,17 @@ def _fix_commands(finding: Finding) -> list[str]:
     return commands
 
 
-_INTRO = {
-    "drift": "The registry serves a different image than CI recorded for these tags. "
+_INTRO: dict[AlertVerdict, str] = {
+    Verdict.DRIFT: "The registry serves a different image than CI recorded for these tags. "
     "Treat this as a possible compromise until it is explained.",
-    "missing": "The registry no longer serves these recorded tags.",
-    "unverifiable": "The audit could not establish what these tags serve: it cannot say they are unchanged.",
-    "untracked": "The registry has tags nobody recorded as trusted.",
-    "resolved": "These earlier alerts are resolved: the tags verify again (or are no longer audited).",
+    Verdict.MISSING: "The registry no longer serves these recorded tags.",
+    Verdict.UNVERIFIABLE: "The audit could not establish what these tags serve: it cannot say they are unchanged.",
+    Verdict.UNTRACKED: "The registry has tags nobody recorded as trusted.",
+    Notice.RESOLVED: "These earlier alerts are resolved: the tags verify again (or are no longer audited).",
 }
 
-NEXT_STEPS: dict[str, tuple[str, ...]] = {
-    "drift": (
+NEXT_STEPS: dict[AlertVerdict, tuple[str, ...]] = {
+    Verdict.DRIFT: (
         "Do not deploy or promote these tags; deploy by the trusted digest (IMAGE@TRUSTED_DIGEST) instead.",
         "Confirm by hand with the commands shown, and compare the live image with the CI build named in "
         "source and commit: who pushed it, when, from which pipeline? Check the registry's audit log.",
@@ -435,27 +436,27 @@ NEXT_STEPS: dict[str, tuple[str, ...]] = {
         "If it is a legitimate rebuild: record it with `digest-audit record IMAGE:TAG@LIVE_DIGEST --replace "
         "--reason ...` (the accept command); the old record stays as history.",
     ),
-    "missing": (
+    Verdict.MISSING: (
         "Find out whether the tag was deleted on purpose: registry audit log, retention or lifecycle "
         "policies (e.g. ECR lifecycle rules), cleanup jobs.",
         "Deployments that pull this tag will fail; pin them to the trusted digest if it still exists.",
         "If the tag should exist, re-push the trusted digest (the restore command) or re-run the CI release.",
         "If it was retired on purpose, remove its trusted record so the audit stops checking it.",
     ),
-    "unverifiable": (
+    Verdict.UNVERIFIABLE: (
         "Run the confirm commands from a machine with registry access: the tag may have changed unnoticed.",
         "Check the credentials (the registry credentials secret, expired tokens, ECR permissions).",
         "Check the network (DNS, TLS, proxies, VPC endpoints) and rate limits (Docker Hub quota, HTTP 429).",
         "When every tag of a registry fails at once, suspect credentials or network before the tags.",
     ),
-    "untracked": (
+    Verdict.UNTRACKED: (
         "Find out who pushed these tags and from which pipeline.",
         "If they are legitimate releases, record them (the record command) so they are audited from now on.",
         "If they should never be audited (e.g. nightly builds), add an ignore pattern with "
         "`digest-audit watch IMAGE --ignore 'PATTERN'`.",
         "If nobody pushed them knowingly, treat them like a drift: remove them and rotate push credentials.",
     ),
-    "resolved": (
+    Notice.RESOLVED: (
         "No action is needed for these tags now.",
         "If deployments were paused for the earlier alert, make sure its explanation is on record first.",
     ),
@@ -463,18 +464,18 @@ NEXT_STEPS: dict[str, tuple[str, ...]] = {
 
 
 #: The package section: what a responder does about a package file (an upload token may have leaked).
-PACKAGE_INTRO = {
-    "drift": "The package index serves a file with the same name but other content than CI built. "
+PACKAGE_INTRO: dict[AlertVerdict, str] = {
+    Verdict.DRIFT: "The package index serves a file with the same name but other content than CI built. "
     "Treat this as a possible compromise until it is explained.",
-    "missing": "The package index no longer serves these recorded files.",
-    "unverifiable": "The audit could not establish what the index serves for these files: "
+    Verdict.MISSING: "The package index no longer serves these recorded files.",
+    Verdict.UNVERIFIABLE: "The audit could not establish what the index serves for these files: "
     "it cannot say they are unchanged.",
-    "untracked": "The package index serves files nobody recorded: an added wheel in a recorded release, "
+    Verdict.UNTRACKED: "The package index serves files nobody recorded: an added wheel in a recorded release, "
     "or a release nobody recorded.",
-    "yanked": "The package index serves these recorded files yanked (PEP 592): pip no longer picks them unless "
+    Verdict.YANKED: "The package index serves these recorded files yanked (PEP 592): pip no longer picks them unless "
     "a requirement pins their exact version. This is a notice, not a drift: the status of the files is unchanged "
     "and they still match what CI built, unless another alert says otherwise.",
-    "resolved": "These earlier package alerts are resolved.",
+    Notice.RESOLVED: "These earlier package alerts are resolved.",
 }
 
 _ROTATE = (
@@ -482,36 +483,36 @@ _ROTATE = (
     "long-lived upload tokens altogether: publish from CI with OIDC instead."
 )
 
-PACKAGE_NEXT_STEPS: dict[str, tuple[str, ...]] = {
-    "drift": (
+PACKAGE_NEXT_STEPS: dict[AlertVerdict, tuple[str, ...]] = {
+    Verdict.DRIFT: (
         "Do not install this release until it is explained; pin installs by hash (pip --require-hashes) "
         "to the trusted sha256.",
         "Confirm by hand: pip download the file and compare its sha256sum with the trusted digest.",
         "Yank or delete the served file in the index, then upload the CI-built file again.",
         _ROTATE,
     ),
-    "missing": (
+    Verdict.MISSING: (
         "Find out who deleted the file or release (the index's audit log or project history).",
         "If it should exist, upload the CI-built file again; if it was retired on purpose, remove its record.",
     ),
-    "unverifiable": (
+    Verdict.UNVERIFIABLE: (
         "Run the confirm commands from a machine with index access: the file may have changed unnoticed.",
         "Check the index credentials (netrc, the credentials secret, CodeArtifact permissions) and the network.",
     ),
-    "untracked": (
+    Verdict.UNTRACKED: (
         "Find out who uploaded these files and from which pipeline (PyPI: the project's security history).",
         "If nobody uploaded them knowingly: yank or delete them at once; pip prefers a more specific wheel.",
         _ROTATE,
         "If they are legitimate, record them from the CI build (the record command).",
     ),
-    "yanked": (
+    Verdict.YANKED: (
         "Check who yanked the release and why: the yank reason shown, the project's maintainers and release "
         "notes, the index's audit log (PyPI: the project's security history).",
         "If nobody on the team yanked it, someone else holds a credential for the project: treat the upload "
         "token as leaked. " + _ROTATE,
         "If the yank was intended, nothing else is needed; a `resolved` notice follows if it is un-yanked.",
     ),
-    "resolved": ("No action is needed for these files now.",),
+    Notice.RESOLVED: ("No action is needed for these files now.",),
 }
 
 
@@ -520,7 +521,7 @@ def _intro(group: _Group) -> str:
     return table.get(group.verdict, "")
 
 
-def _next_steps(registry: str, verdict: str) -> tuple[str, ...]:
+def _next_steps(registry: str, verdict: AlertVerdict) -> tuple[str, ...]:
     table = PACKAGE_NEXT_STEPS if is_package_registry(registry) else NEXT_STEPS
     return table.get(verdict, ())
 
@@ -606,7 +607,7 @@ def _chat_notification(group: _Group, subject: str, findings: Sequence[Finding],
             break
         lines.append(line)
         used += len(line) + 1
-    verdict = group.verdict
+    verdict = group.verdict.value
     return {
         "version": "1.0",
         "source": "custom",
@@ -615,8 +616,8 @@ def _chat_notification(group: _Group, subject: str, findings: Sequence[Finding],
             "textType": "client-markdown",
             "title": subject,
             "description": "\n".join(lines),
-            "nextSteps": _chat_steps(group.registry, verdict, findings),
-            "keywords": [verdict, SEVERITY.get(verdict, "medium"), group.image],
+            "nextSteps": _chat_steps(group.registry, group.verdict, findings),
+            "keywords": [verdict, SEVERITY.get(group.verdict, "medium"), group.image],
         },
         "metadata": {
             # One thread per repository: the alert, its reminders and its resolution read as one story.
@@ -627,9 +628,9 @@ def _chat_notification(group: _Group, subject: str, findings: Sequence[Finding],
     }
 
 
-def _chat_steps(registry: str, verdict: str, findings: Sequence[Finding]) -> list[str]:
+def _chat_steps(registry: str, verdict: AlertVerdict, findings: Sequence[Finding]) -> list[str]:
     steps = list(_next_steps(registry, verdict))
-    commands = confirm_commands(findings[0]) if len(findings) == 1 and verdict != "resolved" else []
+    commands = confirm_commands(findings[0]) if len(findings) == 1 and verdict is not Notice.RESOLVED else []
     if commands:
         steps.insert(0, f"Confirm by hand: `{commands[0]}`")
     return steps

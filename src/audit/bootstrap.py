@@ -512,7 +512,6 @@ def read_secret(secret_id: str) -> str:
 from collections.abc import Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from datetime import datetime  # noqa: E402
 
 from audit.config import ENV_GITHUB_TOKEN, ENV_GITLAB_TOKEN  # noqa: E402
 

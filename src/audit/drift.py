@@ -25,6 +25,7 @@ from audit.models import (
     TrustedImage,
     Verdict,
     WatchSettings,
+    iso_utc,
 )
 from audit.packages import IndexFile, ProjectPage, parse_filename
 from audit.platforms import Platform, select_platform
@@ -35,8 +36,8 @@ _REFERRER_TAG_RE = re.compile(r"^(?:sha256-[0-9a-f]{64}|sha512-[0-9a-f]{128})(?:
 
 #: Verdicts that say "something is wrong with this tag" once established by a verified run.
 PROBLEM_VERDICTS = frozenset({Verdict.DRIFT, Verdict.MISSING, Verdict.UNTRACKED})
-#: Verdicts that close an open alert: the tag verifies again, or there is nothing left to check.
-CLEARING_VERDICTS = frozenset({Verdict.MATCH, Verdict.RESOLVED})
+#: Verdicts that close an open alert: the tag verifies again, or it left the audit.
+CLEARING_VERDICTS = frozenset({Verdict.MATCH, Verdict.NO_LONGER_AUDITED})
 # Only these verdicts are about a particular live digest; the others are remembered without one.
 _DIGEST_VERDICTS = frozenset({Verdict.MATCH, Verdict.DRIFT, Verdict.UNTRACKED})
 
@@ -143,7 +144,7 @@ def judge(
     *,
     policy: TagPolicy = PINNED,
     ever_trusted: Collection[Digest] = frozenset(),
-    history: Sequence[Digest] = (),
+    history: Sequence[TrustedImage] = (),
 ) -> Judgement:
     """Compare what the registry serves with the trusted record.
 
@@ -152,32 +153,43 @@ def judge(
       listed tag without a manifest says nothing about trust.
     - FOUND: equal digests match under every policy. Otherwise a pinned or `latest-recorded` tag drifts;
       an `any-trusted` tag matches when the live digest is in `ever_trusted` (or this tag's `history`).
+    - A drift back to a digest in `history` (this tag's earlier records; the audit passes them only for a
+      drift) says so: "rolled back to the digest recorded on …".
     - A trusted index digest and a live child digest (or the reverse) are never called a match: the tag did
       change what it names, and the reason says how to fix a record that named a platform digest.
     """
-    if observation.status is LiveStatus.UNVERIFIABLE:
-        return Judgement(Verdict.UNVERIFIABLE, observation.reason or "the registry did not establish a digest")
-    if observation.status is LiveStatus.MISSING:
-        if trusted is None:
-            return Judgement(Verdict.UNVERIFIABLE, observation.reason or "a listed tag has no manifest")
-        return Judgement(Verdict.MISSING, observation.reason or "the registry has no manifest for this tag")
-    live = observation.live_digest
-    if live is None:  # FOUND without a digest breaks the client's contract; never read it as a match
-        return Judgement(Verdict.UNVERIFIABLE, "the registry answered without a digest")
+    if trusted is None and observation.status is LiveStatus.MISSING:
+        return Judgement(Verdict.UNVERIFIABLE, observation.reason or "a listed tag has no manifest")
+    live = _established(observation, missing="the registry has no manifest for this tag")
+    if isinstance(live, Judgement):
+        return live
     if trusted is None:
         return Judgement(Verdict.UNTRACKED, "no trusted digest recorded for this tag")
     if live == trusted.digest:
         return Judgement(Verdict.MATCH)
-    if policy.moving is MovingMode.ANY_TRUSTED and (live in ever_trusted or live in history):
+    earlier = _latest_record_of(live, history)
+    if policy.moving is MovingMode.ANY_TRUSTED and (live in ever_trusted or earlier is not None):
         return Judgement(
             Verdict.MATCH, f"moving tag (any-trusted): {live.short} was trusted earlier in this repository"
         )
     changes = platform_changes(trusted.platforms, observation.platforms)
     return Judgement(
         Verdict.DRIFT,
-        _drift_reason(trusted, observation=observation, live=live, policy=policy, history=history, changes=changes),
+        _drift_reason(trusted, observation=observation, live=live, policy=policy, earlier=earlier, changes=changes),
         changes,
     )
+
+
+def _established(observation: Observation, *, missing: str) -> Digest | Judgement:
+    """The live digest, or the verdict of an observation that did not establish one (the opening rules of every
+    verdict: nothing that was not established is ever a match; `missing` is the reason for a MISSING one)."""
+    if observation.status is LiveStatus.UNVERIFIABLE:
+        return Judgement(Verdict.UNVERIFIABLE, observation.reason or "the registry did not establish a digest")
+    if observation.status is LiveStatus.MISSING:
+        return Judgement(Verdict.MISSING, observation.reason or missing)
+    if observation.live_digest is None:  # FOUND without a digest breaks the client's contract
+        return Judgement(Verdict.UNVERIFIABLE, "the registry answered without a digest")
+    return observation.live_digest
 
 
 def _drift_reason(
@@ -186,7 +198,7 @@ def _drift_reason(
     observation: Observation,
     live: Digest,
     policy: TagPolicy,
-    history: Sequence[Digest],
+    earlier: TrustedImage | None,
     changes: PlatformChanges | None,
 ) -> str:
     if policy.moving is MovingMode.ANY_TRUSTED:
@@ -195,8 +207,11 @@ def _drift_reason(
         parts = [f"moving tag (latest-recorded): serves {live.short}, latest recorded {trusted.digest.short}"]
     else:
         parts = [f"serves {live.short}, CI recorded {trusted.digest.short}"]
-    if live in history:
-        parts.append("the live digest was trusted for this tag before (a rollback or a stale mirror?)")
+    if earlier is not None:
+        parts.append(
+            f"rolled back to the digest recorded for this tag on {iso_utc(earlier.recorded_at)} "
+            "(a deliberate rollback, or a stale mirror?)"
+        )
     live_child = _platform_of(trusted.digest, observation.platforms)
     served_child = _platform_of(live, trusted.platforms)
     if live_child is not None:
@@ -209,11 +224,17 @@ def _drift_reason(
             f"the registry serves the {served_child} child of the trusted index (re-pushed as one platform, "
             "or the registry ignored the Accept header)"
         )
-    elif _is_index(trusted.media_type) and _is_index(observation.media_type) is False:
+    elif _is_index(trusted.media_type) and _is_single(observation.media_type):
         parts.append("an index was recorded but a single-platform manifest is served")
     if changes is not None:
         parts.append(f"platforms: {changes.describe()}")
     return "; ".join(parts)
+
+
+def _latest_record_of(digest: Digest, history: Sequence[TrustedImage]) -> TrustedImage | None:
+    """The most recent earlier record of the tag with this digest, if it ever had it."""
+    matching = [record for record in history if record.digest == digest]
+    return max(matching, key=lambda record: record.recorded_at) if matching else None
 
 
 def _platform_of(digest: Digest, platforms: Mapping[str, Digest] | None) -> str | None:
@@ -223,13 +244,14 @@ def _platform_of(digest: Digest, platforms: Mapping[str, Digest] | None) -> str 
     return None
 
 
-def _is_index(media_type: str | None) -> bool | None:
-    if media_type is None:
-        return None
-    try:
-        return MediaType(media_type).is_index
-    except ValueError:
-        return None
+def _is_index(media_type: MediaType | None) -> bool:
+    """Known to be an index (a media type not known says neither)."""
+    return media_type is not None and media_type.is_index
+
+
+def _is_single(media_type: MediaType | None) -> bool:
+    """Known to be a single-platform manifest (a media type not known says neither)."""
+    return media_type is not None and not media_type.is_index
 
 
 def check_verdict(
@@ -245,13 +267,9 @@ def check_verdict(
     `platform_absent`). A pin equal to the index digest itself matches (the index names its children). Without a
     platform, a pin that is only a child of the live index is a DRIFT whose reason suggests `--platform`.
     """
-    if observation.status is LiveStatus.UNVERIFIABLE:
-        return Verdict.UNVERIFIABLE, observation.reason or "the registry did not establish a digest"
-    if observation.status is LiveStatus.MISSING:
-        return Verdict.MISSING, observation.reason or "the registry has no manifest for this reference"
-    top = observation.live_digest
-    if top is None:
-        return Verdict.UNVERIFIABLE, "the registry answered without a digest"
+    top = _established(observation, missing="the registry has no manifest for this reference")
+    if isinstance(top, Judgement):
+        return top.verdict, top.reason
     if platform is None:
         if pinned is None:
             return Verdict.RESOLVED, None
@@ -266,7 +284,7 @@ def check_verdict(
         return Verdict.DRIFT, f"serves {top.short}, pinned {pinned.short}"
 
     if observation.platforms is None:
-        if _is_index(observation.media_type) is False:
+        if _is_single(observation.media_type):
             return Verdict.UNVERIFIABLE, f"not a multi-platform index: cannot select {platform}"
         return Verdict.UNVERIFIABLE, f"the platforms of the index were not read: cannot select {platform}"
     selected = select_platform(observation.platforms, platform)
@@ -347,7 +365,7 @@ def decide(
     - An open alert is the pair (alerted_verdict, alerted_digest). A problem verdict (drift, missing,
       untracked) that differs from it opens a NEW alert (a drift to another digest is a new alert); the same
       problem again is quiet until `reminder_interval` has passed since the last notice (REMINDER).
-    - MATCH (or RESOLVED: nothing left to check) closes an open alert with a RESOLVED notice.
+    - MATCH (or NO_LONGER_AUDITED: the tag left the audit) closes an open alert with a RESOLVED notice.
     - UNVERIFIABLE counts `consecutive_unverifiable`. It never closes nor replaces an open drift, missing or
       untracked alert: that problem stays the tag's status (last_verdict, its digest and first_seen are kept)
       and keeps its reminders, because an unverified run proves nothing. With no open problem, the tag's
@@ -536,7 +554,6 @@ def finding_for(  # noqa: PLR0917 - the service passes the six facts positionall
         checked_at=observation.checked_at,
         platforms=observation.platforms,
         trusted_platforms=trusted.platforms if trusted is not None else None,
-        media_type=observation.media_type,
         source=trusted.source if trusted is not None else None,
         commit=trusted.commit if trusted is not None else None,
         recorded_at=trusted.recorded_at if trusted is not None else None,
@@ -599,7 +616,7 @@ def with_finding_id(finding: Finding, previous: TagState | None) -> Finding:
     facts = (
         "finding/v1",
         finding.notice.value,
-        finding.alert_verdict,
+        finding.alert_verdict.value,
         finding.status.value,
         finding.registry,
         finding.repository,

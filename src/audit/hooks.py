@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError, ValidationInfo, field_validator
 
 from audit.errors import AuditError, InvalidEventError
-from audit.models import Digest, Frozen, TrustedImage
+from audit.models import SCHEMA1_MEDIA_TYPES, Digest, Frozen, MediaType, TrustedImage
 from audit.reference import DOCKER_HUB_API_HOST, is_valid_tag, parse_image_name
 from audit.untrusted import printable
 
@@ -47,16 +47,7 @@ _ECR_ACCOUNT_RE = re.compile(r"[0-9]{12}")
 _ECR_REGION_RE = re.compile(r"[a-z]{2}(?:-[a-z]+)+-[0-9]{1,2}")
 
 #: Manifest media types a distribution registry announces; everything else (layers, configs) is a blob event.
-MANIFEST_MEDIA_TYPES = frozenset(
-    {
-        "application/vnd.docker.distribution.manifest.v2+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.docker.distribution.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.v1+prettyjws",
-    }
-)
+MANIFEST_MEDIA_TYPES = frozenset({*(media.value for media in MediaType), *SCHEMA1_MEDIA_TYPES})
 
 
 class HookAction(StrEnum):

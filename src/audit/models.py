@@ -6,11 +6,19 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, NamedTuple, Self
+from typing import Annotated, Any, NamedTuple, Self, overload
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
-from audit.errors import InvalidDigestError, InvalidReferenceError
+from audit.errors import InvalidDigestError
 from audit.reference import (
     PACKAGE_REGISTRY_PREFIX,
     familiar_name,
@@ -38,6 +46,26 @@ class MediaType(StrEnum):
 
 
 MANIFEST_ACCEPT = ", ".join(m.value for m in MediaType)
+#: Docker schema 1 (removed from Docker 26): its signed form has no content digest a client can recompute, so a
+#: tag that still serves it can never be verified, only re-pushed. Never asked for; recognised to say so.
+SCHEMA1_MEDIA_TYPES = frozenset(
+    {
+        "application/vnd.docker.distribution.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    }
+)
+
+
+def _known_media_type(value: object) -> object:
+    """A media type we do not know reads as unknown (None), as it did when it was a string: the registry client
+    refuses such types, but a stored or imported record may carry one, and it must not stop an audit."""
+    if isinstance(value, str) and value not in MediaType:
+        return None
+    return value
+
+
+#: A manifest's media type where it is carried (observations, trust records, findings): one of ours, or unknown.
+KnownMediaType = Annotated[MediaType | None, BeforeValidator(_known_media_type)]
 
 
 class Digest(Frozen):
@@ -99,14 +127,6 @@ class ImageRef(Frozen):
         digest = Digest(algorithm=parsed.digest[0], hex=parsed.digest[1]) if parsed.digest else None
         return cls(registry=parsed.registry, repository=parsed.repository, tag=parsed.tag, digest=digest)
 
-    @classmethod
-    def of_image(cls, image: str, tag: str) -> ImageRef:
-        """From a stored `registry/repository` and a tag."""
-        ref = cls.parse(f"{image}:{tag}")
-        if ref.image != image:
-            raise InvalidReferenceError(f"invalid stored image name {image!r}: it normalises to {ref.image!r}")
-        return ref
-
     @property
     def image(self) -> str:
         """`registry/repository`, the key under which tags are stored."""
@@ -150,10 +170,19 @@ class Verdict(StrEnum):
     MISSING = "missing"
     UNVERIFIABLE = "unverifiable"
     UNTRACKED = "untracked"
-    RESOLVED = "resolved"  # `check` without a pin: the live digest was established
+    # Only from `check` without a pin: the live digest was established (nothing to compare it with).
+    RESOLVED = "resolved"
+    # Only from `run`: a tag with an open alert left the audit (its record removed, an untracked tag gone or
+    # ignored). Its alert is closed with a `resolved` notice. States saved before this value existed say
+    # "resolved" for it (see TagState).
+    NO_LONGER_AUDITED = "no-longer-audited"
     # Never the verdict of a check: the status of a yank notice (the index serves a recorded package file
     # yanked, PEP 592), which tells a person something without saying the file changed.
     YANKED = "yanked"
+
+
+#: The verdicts a run gives an audited tag, in the order summaries and metrics list them.
+AUDIT_VERDICTS = (Verdict.MATCH, Verdict.DRIFT, Verdict.MISSING, Verdict.UNVERIFIABLE, Verdict.UNTRACKED)
 
 
 class LiveStatus(StrEnum):
@@ -168,16 +197,32 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@overload
+def iso_utc(moment: datetime) -> str: ...
+@overload
+def iso_utc(moment: None) -> None: ...
+@overload
+def iso_utc(moment: datetime | None) -> str | None: ...
+def iso_utc(moment: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a `Z` (`2025-01-02T03:04:05Z`), the one form every output prints a time in (alerts,
+    `check --json`, `report`, backfill plans); naive times are taken as UTC. Stores keep their own fixed-width
+    form (it must sort as text)."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 class Observation(Frozen):
     """What a registry served for one reference at one moment, with the evidence behind it."""
 
     ref: ImageRef
     status: LiveStatus
     live_digest: Digest | None = None
-    media_type: str | None = None
+    media_type: KnownMediaType = None
     reason: str | None = None
     platforms: dict[str, Digest] | None = None
-    confirmed_by_content: bool = False  # the body was fetched and hashed (not just a header)
     rate_limit_remaining: int | None = None
     checked_at: datetime = Field(default_factory=utcnow)
 
@@ -195,7 +240,7 @@ class TrustedImage(Frozen):
     tag: str
     digest: Digest
     platforms: dict[str, Digest] | None = None
-    media_type: str | None = None
+    media_type: KnownMediaType = None
     source: str
     commit: str | None = None
     recorded_at: datetime
@@ -322,6 +367,13 @@ class TagState(Frozen):
     yank_notified: str | None = None
     yank_notice_at: datetime | None = None  # when the last yank notice (new or resolved) went out
 
+    @field_validator("last_verdict")
+    @classmethod
+    def _stored_before_no_longer_audited(cls, verdict: Verdict) -> Verdict:
+        # A run never remembers `check`'s RESOLVED: a stored "resolved" is a tag that left the audit, saved
+        # before that meaning had its own name.
+        return Verdict.NO_LONGER_AUDITED if verdict is Verdict.RESOLVED else verdict
+
     @property
     def image(self) -> str:
         return f"{self.registry}/{self.repository}"
@@ -345,7 +397,6 @@ class Finding(Frozen):
     checked_at: datetime
     platforms: dict[str, Digest] | None = None
     trusted_platforms: dict[str, Digest] | None = None
-    media_type: str | None = None
     source: str | None = None
     commit: str | None = None
     recorded_at: datetime | None = None
@@ -362,9 +413,9 @@ class Finding(Frozen):
         return f"{self.registry}/{self.repository}"
 
     @property
-    def alert_verdict(self) -> str:
-        """The verdict a message is grouped and filtered by: resolved notices travel as `resolved`."""
-        return "resolved" if self.notice is Notice.RESOLVED else self.status.value
+    def alert_verdict(self) -> Verdict | Notice:
+        """What a message is grouped and filtered by: the verdict, or Notice.RESOLVED for every resolved notice."""
+        return Notice.RESOLVED if self.notice is Notice.RESOLVED else self.status
 
 
 class CiRun(Frozen):

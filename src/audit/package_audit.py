@@ -205,7 +205,7 @@ class PackageAuditor:
                 status=LiveStatus.UNVERIFIABLE,
                 reason=f"the index lists {served.sha256.short} but the file it serves hashes to {hashed.short}",
             )
-        return Observation(ref=check.ref, status=LiveStatus.FOUND, live_digest=hashed, confirmed_by_content=True)
+        return Observation(ref=check.ref, status=LiveStatus.FOUND, live_digest=hashed)
 
 
 def _projects(snapshot: PackageSnapshot, selected: Callable[[str], bool]) -> list[_Project]:

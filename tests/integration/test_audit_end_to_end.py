@@ -444,7 +444,7 @@ def test_new_tags_are_reported_as_untracked_unless_ignored(
     closed = only(inbox.receive())
     assert closed.subject == f"RESOLVED: {image}:1.9 (1 of 1 tags)"
     closing = only_finding(closed)
-    assert (closing["status"], closing["notice"]) == ("resolved", "resolved")
+    assert (closing["status"], closing["notice"]) == ("no-longer-audited", "resolved")
     assert closing["reason"] == "untracked resolved: no longer audited"
 
 

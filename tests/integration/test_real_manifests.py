@@ -20,8 +20,8 @@ from typing import ClassVar, override
 import pytest
 
 from audit.adapters.registry import RegistryClient, RegistrySettings
-from audit.adapters.registry.manifest import SCHEMA1_MEDIA_TYPES, SCHEMA1_REASON
-from audit.models import Digest, ImageRef, LiveStatus, MediaType
+from audit.adapters.registry.manifest import SCHEMA1_REASON
+from audit.models import SCHEMA1_MEDIA_TYPES, Digest, ImageRef, LiveStatus, MediaType
 from tests.support.local_registry import LocalRegistry
 from tests.support.pusher import PushError
 

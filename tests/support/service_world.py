@@ -42,7 +42,7 @@ class ScriptedRegistry:
         live = self.served.get(key)
         if live is None:
             return Observation(ref=ref, status=LiveStatus.MISSING, reason="tag not found")
-        return Observation(ref=ref, status=LiveStatus.FOUND, live_digest=live, confirmed_by_content=True)
+        return Observation(ref=ref, status=LiveStatus.FOUND, live_digest=live)
 
     async def list_tags(
         self,

@@ -18,7 +18,6 @@ from audit.alerts import (
     MAX_MESSAGE_BYTES,
     AlertMessage,
     confirm_commands,
-    iso_utc,
     machine_finding,
     render,
     subject_for,
@@ -275,7 +274,7 @@ component = st.from_regex(r"[a-z0-9]{1,40}", fullmatch=True)
 def test_subject_fits_sns(registry: str, parts: list[str], tag: str, count: int, total: int) -> None:
     repository = "/".join(parts)
     items = [finding(f"{tag}", registry=registry, repository=repository) for _ in range(count)]
-    subject = subject_for("unverifiable", registry, repository, items, total_tags=total, part=12, parts=13)
+    subject = subject_for(Verdict.UNVERIFIABLE, registry, repository, items, total_tags=total, part=12, parts=13)
     assert 0 < len(subject) < 100
     assert subject.isascii() and subject.isprintable()
     assert subject.startswith("UNVERIFIABLE: ")
@@ -285,7 +284,7 @@ def test_subject_fits_sns(registry: str, parts: list[str], tag: str, count: int,
 def test_subject_shortens_the_name_and_keeps_the_counts() -> None:
     repository = "team/" + "a" * 150
     item = finding(registry="ghcr.io", repository=repository)
-    subject = subject_for("drift", "ghcr.io", repository, [item], total_tags=42)
+    subject = subject_for(Verdict.DRIFT, "ghcr.io", repository, [item], total_tags=42)
     assert len(subject) == 99
     assert subject.startswith("DRIFT: ghcr.io/team/aaa")
     assert subject.endswith("... (1 of 42 tags)")
@@ -338,13 +337,6 @@ def test_size_counts_subject_and_attributes() -> None:
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-
-
-def test_iso_utc_normalises_to_z() -> None:
-    assert iso_utc(datetime(2025, 1, 2, 3, 4, 5)) == "2025-01-02T03:04:05Z"
-    plus_two = datetime(2025, 1, 2, 5, 4, 5, tzinfo=UTC).astimezone(__import__("zoneinfo").ZoneInfo("Europe/Amsterdam"))
-    assert iso_utc(plus_two) == "2025-01-02T05:04:05Z"
-    assert iso_utc(None) is None
 
 
 def test_confirm_commands_name_the_registry_for_skopeo() -> None:

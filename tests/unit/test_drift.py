@@ -38,6 +38,7 @@ from audit.models import (
     TrustedImage,
     Verdict,
     WatchSettings,
+    iso_utc,
 )
 from audit.platforms import Platform
 
@@ -71,6 +72,11 @@ def trusted(
         commit="abc123",
         recorded_at=NOW - 30 * DAY,
     )
+
+
+def earlier(digest: Digest, days_ago: int = 60) -> TrustedImage:
+    """A record this tag had before (as TrustReader.history returns it)."""
+    return trusted(digest).model_copy(update={"recorded_at": NOW - days_ago * DAY})
 
 
 def observed(
@@ -154,7 +160,7 @@ JUDGE_CASES = [
         observed(d(2)),
         LATEST,
         Verdict.DRIFT,
-        "trusted for this tag before",
+        "rolled back to the digest recorded for this tag on",
         history=(d(2),),
     ),
     JudgeCase("pinned rollback", trusted(), observed(d(2)), PINNED, Verdict.DRIFT, "rollback", history=(d(2),)),
@@ -223,7 +229,8 @@ JUDGE_CASES = [
 
 @pytest.mark.parametrize("case", JUDGE_CASES, ids=lambda c: c.name)
 def test_judge(case: JudgeCase) -> None:
-    judgement = judge(case.trusted, case.observation, policy=case.policy, ever_trusted=case.ever, history=case.history)
+    history = [earlier(digest) for digest in case.history]
+    judgement = judge(case.trusted, case.observation, policy=case.policy, ever_trusted=case.ever, history=history)
     assert judgement.verdict is case.verdict
     if case.reason_part is None:
         assert case.verdict is not Verdict.DRIFT  # a drift always explains itself
@@ -254,6 +261,33 @@ def test_judge_summarises_platform_changes_of_an_index_drift() -> None:
 def test_judge_has_no_platform_summary_when_a_side_is_unknown() -> None:
     judgement = judge(trusted(d(1)), observed(d(2), platforms={"linux/amd64": d(10)}))
     assert judgement.platform_changes is None
+
+
+def test_a_drift_back_to_an_earlier_record_names_when_that_digest_was_recorded() -> None:
+    history = [earlier(d(2), days_ago=90), earlier(d(3), days_ago=60), earlier(d(2), days_ago=45)]
+    judgement = judge(trusted(d(1)), observed(d(2)), history=history)
+    assert judgement.verdict is Verdict.DRIFT
+    recorded = iso_utc(NOW - 45 * DAY)  # the latest time the tag had that digest
+    assert judgement.reason == (
+        f"serves {d(2).short}, CI recorded {d(1).short}; rolled back to the digest recorded for this tag on "
+        f"{recorded} (a deliberate rollback, or a stale mirror?)"
+    )
+    assert (
+        judge(trusted(d(1)), observed(d(4)), history=history).reason == f"serves {d(4).short}, CI recorded {d(1).short}"
+    )
+
+
+def test_an_unknown_media_type_on_either_side_claims_no_single_platform_manifest() -> None:
+    # A stored record may carry a media type we do not know: it reads as unknown, never stops the judgement.
+    stored = trusted(d(1)).model_dump(mode="json") | {"media_type": "application/vnd.example.list+json"}
+    unknown_record = TrustedImage.model_validate(stored)
+    for record, live in (
+        (unknown_record, observed(d(2), media_type=MediaType.OCI_MANIFEST)),
+        (trusted(d(1), media_type=MediaType.OCI_INDEX), observed(d(2))),
+    ):
+        judgement = judge(record, live)
+        assert judgement.verdict is Verdict.DRIFT
+        assert judgement.reason == f"serves {d(2).short}, CI recorded {d(1).short}"
 
 
 def test_index_drift_with_identical_children_says_so() -> None:
@@ -288,7 +322,7 @@ def test_judge_properties(
         observed(live, status=status),
         policy=policy,
         ever_trusted=ever,
-        history=history,
+        history=[earlier(digest) for digest in history],
     )
     if status is LiveStatus.UNVERIFIABLE:
         assert judgement.verdict is Verdict.UNVERIFIABLE  # never a match on something not established
@@ -512,10 +546,16 @@ def test_missing_ignores_a_digest_passed_along() -> None:
     assert decisions[1].new_state.alerted_digest is None
 
 
-def test_resolved_verdict_closes_an_open_alert() -> None:
-    decisions = run([(Verdict.UNTRACKED, d(5), timedelta(0)), (Verdict.RESOLVED, None, HOUR)])
+def test_no_longer_audited_closes_an_open_alert() -> None:
+    decisions = run([(Verdict.UNTRACKED, d(5), timedelta(0)), (Verdict.NO_LONGER_AUDITED, None, HOUR)])
     assert notices(decisions) == [Notice.NEW, Notice.RESOLVED]
     assert decisions[1].new_state.alerted_verdict is None
+    assert decisions[1].new_state.last_verdict is Verdict.NO_LONGER_AUDITED
+
+
+def test_checks_resolved_is_no_verdict_of_an_audited_tag() -> None:
+    with pytest.raises(ValueError, match="unexpected verdict"):
+        run([(Verdict.RESOLVED, d(1), timedelta(0))])
 
 
 def test_unverifiable_alerts_after_the_streak_then_reminds_then_resolves() -> None:
@@ -762,7 +802,6 @@ def test_finding_for_a_new_drift() -> None:
     )
     assert finding.first_seen == NOW and finding.checked_at == NOW
     assert finding.platforms == {"linux/amd64": d(20)} and finding.trusted_platforms == {"linux/amd64": d(10)}
-    assert finding.media_type == MediaType.OCI_INDEX.value
 
 
 def test_finding_for_a_resolution_names_what_was_resolved() -> None:

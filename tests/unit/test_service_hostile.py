@@ -139,7 +139,7 @@ async def test_names_outside_the_grammar_are_untracked_findings_alerted_once(wor
     for finding in findings:
         assert finding.tag is not None and finding.tag.startswith("#invalid-tag-") and len(finding.tag) <= 128
         assert finding.reason is not None and "outside the tag grammar" in finding.reason
-    assert world.registry.observed == [(ImageRef.of_image(IMAGE, "1.0"), False)]  # no hostile name was asked
+    assert world.registry.observed == [(ImageRef.parse(f"{IMAGE}:1.0"), False)]  # no hostile name was asked
     assert report.worst_exit_code() == 0  # untracked is news, not drift; nothing unverifiable
 
     _, again = await run(world, registry)

@@ -78,7 +78,6 @@ class TagResult:
 @dataclass
 class RunReport:
     run_id: str
-    started_at: datetime
     results: list[TagResult] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     alerts_published: int = 0
@@ -167,7 +166,7 @@ class AuditService:
         """One audit. A publishing run holds the run lease throughout; a dry run needs none."""
         options = options or RunOptions()
         started = time.monotonic()
-        report = RunReport(run_id=uuid.uuid4().hex, started_at=self._clock())
+        report = RunReport(run_id=uuid.uuid4().hex)
         if self._lease is None or options.dry_run:
             await self._audit(options, report)
         else:
@@ -209,6 +208,7 @@ class AuditService:
         previous = await (previous_read[0] if previous_read else asyncio.to_thread(self._state.load_all))
         targets, results = _without_vanished_untracked(targets, results, options)
         results = await self._reverify(results, {t.ref: t for t in targets}, previous)
+        results = await self._with_rollbacks(results, targets)
         # Package files: their own small path, the same TagResults into the same decide/publish/save flow.
         package_run = await self._packages.run(
             self._package_snapshot,
@@ -447,18 +447,39 @@ class AuditService:
         found = await asyncio.gather(*(asyncio.to_thread(self._trust.digests_ever_recorded, image) for image in images))
         self._ever_trusted.update(zip(images, (frozenset(digests) for digests in found), strict=True))
 
-    def _judge(self, target: _Target, observation: Observation) -> TagResult:
+    def _judge(self, target: _Target, observation: Observation, history: Sequence[TrustedImage] = ()) -> TagResult:
         if target.preset is not None:  # decided without asking the registry
             preset_verdict, preset_reason = target.preset
             return TagResult(target.ref, None, observation, preset_verdict, preset_reason)
         if target.trusted is None:
-            verdict, reason = _untracked_verdict(observation)
-            return TagResult(target.ref, None, observation, verdict, reason)
+            untracked = drift.judge(None, observation)
+            return TagResult(target.ref, None, observation, untracked.verdict, untracked.reason)
         policy = drift.policy_for(target.settings, target.ref.tag or "")
         # Read beforehand by _read_ever_trusted (never here, on the loop).
         ever = self._ever_trusted[target.trusted.image] if policy.needs_all_trusted else frozenset[Digest]()
-        judgement = drift.judge(target.trusted, observation, policy=policy, ever_trusted=ever)
+        judgement = drift.judge(target.trusted, observation, policy=policy, ever_trusted=ever, history=history)
         return TagResult(target.ref, target.trusted, observation, judgement.verdict, judgement.reason)
+
+    async def _with_rollbacks(self, results: list[TagResult], targets: Sequence[_Target]) -> list[TagResult]:
+        """A drift back to a digest the tag was recorded with before says so in its reason (drift.judge).
+
+        The tag's history is read only for a drift, once it is final (after the re-check): one Query per drift,
+        never per tag, and no check is in flight any more. A history that cannot be read only costs the hint.
+        """
+        by_ref = {target.ref: target for target in targets}
+        judged = list(results)
+        for index, result in enumerate(results):
+            if result.verdict is not Verdict.DRIFT or result.trusted is None:
+                continue
+            try:
+                history = await asyncio.to_thread(self._trust.history, result.trusted.image, result.trusted.tag)
+            except AuditError as exc:
+                log.warning("cannot read the history of %s: %s", printable(str(result.ref)), exc.message)
+                continue
+            if history:
+                target = replace(by_ref[result.ref], trusted=result.trusted)
+                judged[index] = self._judge(target, result.observation, history)
+        return judged
 
     async def _reverify(
         self,
@@ -565,14 +586,14 @@ class AuditService:
             if not _selected(state.image, options, state.tag) or state.image in report.unlisted:
                 continue
             ref = ImageRef(registry=state.registry, repository=state.repository, tag=state.tag)
-            decision = drift.decide(state, Verdict.RESOLVED, None, ref=ref, now=now, policy=self._policy)
+            decision = drift.decide(state, Verdict.NO_LONGER_AUDITED, None, ref=ref, now=now, policy=self._policy)
             if decision.notice is None:
                 continue
             observation = Observation(ref=ref, status=LiveStatus.FOUND, reason="no longer audited")
             finding = drift.finding_for(
                 None,
                 observation,
-                Verdict.RESOLVED,
+                Verdict.NO_LONGER_AUDITED,
                 "no longer audited",
                 decision.new_state,
                 decision.notice,
@@ -645,13 +666,6 @@ def _without_vanished_untracked(
     kept_targets = [t for t in targets if (t.ref.image, t.ref.tag) not in gone]
     kept_results = [r for r in results if (r.ref.image, r.ref.tag) not in gone]
     return kept_targets, kept_results
-
-
-def _untracked_verdict(observation: Observation) -> tuple[Verdict, str | None]:
-    if observation.status is LiveStatus.FOUND:
-        return Verdict.UNTRACKED, "no trusted digest recorded for this tag"
-    # A listed tag that vanished or could not be read is not news about trust; stay quiet but honest.
-    return Verdict.UNVERIFIABLE, observation.reason
 
 
 def _registries_all_unverifiable(results: Iterable[TagResult]) -> set[str]:

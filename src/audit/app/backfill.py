@@ -18,7 +18,7 @@ from typing import Any
 from audit.app.recording import is_moving, record_trusted
 from audit.ci_logs import analyse_job
 from audit.errors import TrustConflictError
-from audit.models import CiRun, Digest, ImageRef, LogStatus, RecordOutcome, TrustedImage, utcnow
+from audit.models import CiRun, Digest, ImageRef, LogStatus, RecordOutcome, TrustedImage, iso_utc, utcnow
 from audit.ports import CiLogSource, TrustRecorder
 from audit.untrusted import printable
 
@@ -67,7 +67,7 @@ class PlanEntry:
         if self.moving:
             document["moving"] = True
         if self.pushed_at is not None:
-            document["pushed_at"] = self.pushed_at.isoformat().replace("+00:00", "Z")
+            document["pushed_at"] = iso_utc(self.pushed_at)
         return document
 
 

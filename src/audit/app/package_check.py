@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from audit.errors import AuditError, ProjectNotFoundError
-from audit.models import Digest, Verdict, utcnow
+from audit.models import Digest, Verdict, iso_utc, utcnow
 from audit.packages import IndexFile, PackageSpec, normalise_version, registry_key
 from audit.ports import PackageIndex
 
@@ -33,7 +33,7 @@ async def check_rows(index: PackageIndex, index_url: str, typed: str, spec: Pack
             "live_digest": str(live) if live else None,
             "status": status.value,
             "reason": reason,
-            "checked_at": utcnow().isoformat().replace("+00:00", "Z"),
+            "checked_at": iso_utc(utcnow()),
             "yanked": file.yanked if file else None,
             "upload_time": file.upload_time if file else None,
             "size": file.size if file else None,

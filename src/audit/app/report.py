@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from audit.drift import judge, policy_for
 from audit.incident_report import IncidentReport, build_report
-from audit.models import Observation, TagState, TrustedImage, Verdict, WatchSettings, utcnow
+from audit.models import Observation, TagState, TrustedImage, Verdict, WatchSettings, iso_utc, utcnow
 from audit.ports import Registry, StateStore, TrustReader
 
 #: The evidence table's status of a release no audit has checked yet.
@@ -67,10 +67,10 @@ def evidence_row(item: TrustedImage, state: TagState | None) -> dict[str, Any]:
         "trusted_digest": str(item.digest),
         "source": item.source,
         "commit": item.commit,
-        "recorded_at": _iso(item.recorded_at),
+        "recorded_at": iso_utc(item.recorded_at),
         "live_digest": str(state.last_live_digest) if state and state.last_live_digest else None,
         "status": state.last_verdict.value if state else NOT_AUDITED,
-        "since": _iso(state.first_seen) if state else None,
+        "since": iso_utc(state.first_seen) if state else None,
     }
 
 
@@ -116,7 +116,3 @@ def incident_report(
         generated_at=utcnow(),
         live=live,
     )
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from audit.cli.common import (
 from audit.cli.packages import run_check_packages
 from audit.config import Settings
 from audit.errors import UsageError
-from audit.models import Verdict
+from audit.models import Verdict, iso_utc
 from audit.packages import is_package_spec
 from audit.platforms import Platform
 from audit.untrusted import printable
@@ -138,7 +137,7 @@ def _row(typed: str, result: CheckResult) -> dict[str, Any]:
         "live_digest": str(result.live_digest) if result.live_digest else None,
         "status": result.verdict.value,
         "reason": result.reason,
-        "checked_at": _iso(observation.checked_at),
+        "checked_at": iso_utc(observation.checked_at),
         "media_type": observation.media_type,
         "platform": result.platform,
         "platforms": (
@@ -147,10 +146,6 @@ def _row(typed: str, result: CheckResult) -> dict[str, Any]:
             else None
         ),
     }
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _table(rows: list[dict[str, Any]]) -> str:

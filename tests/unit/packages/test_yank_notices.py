@@ -144,7 +144,7 @@ async def test_a_yanked_file_that_drifted_gets_the_drift_alert_and_the_yank_noti
     world.index.serve(WHEEL, "stolen", yanked="")
     code, verdicts = await world.run()
     assert (code, verdicts[WHEEL]) == (1, Verdict.DRIFT)  # the yank takes nothing away from the drift
-    by_verdict = {f.alert_verdict: f for f in world.alerts.last}
+    by_verdict = {f.alert_verdict.value: f for f in world.alerts.last}
     assert set(by_verdict) == {"drift", "yanked"}
     assert by_verdict["drift"].yanked == ""  # the drift finding says what the index says about the yank
     assert "release yanked (no reason given)" in (by_verdict["drift"].reason or "")

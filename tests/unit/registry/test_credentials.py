@@ -90,7 +90,6 @@ async def test_identity_token_entry(tmp_path: Path) -> None:
     write_config(tmp_path, {"auths": {"registry.example": {"username": "alice", "identitytoken": "idt"}}})
     credential = await DockerConfigCredentials(tmp_path, environ={}).get("registry.example")
     assert credential == Credential.token("idt", username="alice")
-    assert credential is not None and credential.is_identity_token
 
 
 async def test_empty_entry_and_missing_file_mean_anonymous(tmp_path: Path) -> None:
@@ -304,6 +303,13 @@ def test_static_credentials_reject_bad_input_without_echoing_it(secret: str) -> 
     with pytest.raises(CredentialsError) as caught:
         StaticCredentials.from_json(secret)
     assert "secretvalue" not in caught.value.diagnostics()
+
+
+def test_static_credentials_name_their_source_and_the_fix_for_text_that_is_not_json() -> None:
+    with pytest.raises(CredentialsError) as caught:
+        StaticCredentials.from_json("{'ghcr.io': 1}", source="registry credentials secret prod/registry")
+    assert caught.value.message == "registry credentials secret prod/registry is not valid JSON"
+    assert caught.value.hint == 'store {"registry.example.com": {"username": "...", "password": "..."}}'
 
 
 # -- chain

@@ -21,7 +21,7 @@ from audit.adapters.dynamodb_store import (
 )
 from audit.adapters.file_store import FileStateStore, FileTrustStore
 from audit.app.trust_transfer import export_trust, import_trust
-from audit.models import Digest, ImageRef, MovingMode, TagState, TrustedImage, Verdict, WatchSettings
+from audit.models import Digest, ImageRef, MediaType, MovingMode, TagState, TrustedImage, Verdict, WatchSettings
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef
@@ -60,7 +60,7 @@ def trusted_images(draw: st.DrawFn) -> TrustedImage:
         tag=ref.tag,
         digest=draw(digests),
         platforms=draw(st.none() | st.dictionaries(st.text(min_size=1, max_size=20), digests, max_size=3)),
-        media_type=draw(optional_text),
+        media_type=draw(st.none() | st.sampled_from(MediaType)),
         source=draw(required_text),
         commit=draw(optional_text),
         recorded_at=draw(moments),

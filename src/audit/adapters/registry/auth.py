@@ -38,7 +38,6 @@ RENEW_MARGIN: Final = 10.0  # renew a token this long before it expires
 MIN_TOKEN_LIFETIME: Final = 10.0  # floor when issued_at makes a token look old: no fetch storm on clock skew
 CREDENTIAL_TTL: Final = 300.0  # re-ask the provider after this long: helpers and ECR hand out expiring secrets
 OAUTH_CLIENT_ID: Final = "digest-audit"
-MAX_TOKEN_BODY: Final = 1 << 20
 
 
 class Pending(Enum):

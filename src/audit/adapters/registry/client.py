@@ -354,7 +354,6 @@ class RegistryClient:
             manifest.digest,
             manifest.media_type,
             platforms=manifest.platforms,  # an index fetched anyway tells its children for free
-            confirmed=True,
         )
 
     async def _fetch_manifest(self, ref: ImageRef) -> Manifest:
@@ -489,15 +488,13 @@ class RegistryClient:
         media: MediaType | None,
         *,
         platforms: dict[str, Digest] | None = None,
-        confirmed: bool = False,
     ) -> Observation:
         return Observation(
             ref=ref,
             status=LiveStatus.FOUND,
             live_digest=digest,
-            media_type=media.value if media is not None else None,
+            media_type=media,
             platforms=platforms,
-            confirmed_by_content=confirmed,
             rate_limit_remaining=evidence.rate_limit_remaining,
         )
 

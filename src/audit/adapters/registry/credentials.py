@@ -51,10 +51,6 @@ class Credential:
     def token(cls, identity_token: str, username: str | None = None) -> Credential:
         return cls(username=username, identity_token=identity_token)
 
-    @property
-    def is_identity_token(self) -> bool:
-        return self.identity_token is not None
-
     def basic_authorization(self) -> str | None:
         """The `Authorization` value for Basic auth, or None for an identity token."""
         if self.identity_token is not None or self.username is None or self.password is None:
@@ -393,10 +389,14 @@ class StaticCredentials:
 
     @classmethod
     def from_json(cls, text: str | bytes, *, source: str = "the credentials secret") -> StaticCredentials:
+        """The secret's text as stored; the one parser of it (the Lambda's wiring calls this)."""
         try:
             data = json.loads(text)
         except ValueError:
-            raise CredentialsError(f"{source} is not valid JSON") from None
+            raise CredentialsError(
+                f"{source} is not valid JSON",
+                hint='store {"registry.example.com": {"username": "...", "password": "..."}}',
+            ) from None
         return cls.from_mapping(data, source=source)
 
     @classmethod

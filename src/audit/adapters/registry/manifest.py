@@ -10,19 +10,11 @@ from typing import Final
 
 from audit.adapters.registry.failures import FailureKind, RegistryFailure
 from audit.errors import InvalidDigestError
-from audit.models import Digest, MediaType
+from audit.models import SCHEMA1_MEDIA_TYPES, Digest, MediaType
 
 # The reference registry's limit; the spec says clients should expect at least 4 MB.
 MAX_MANIFEST_BYTES: Final = 4 * 1024 * 1024
 ACCEPTED_MEDIA_TYPES: Final = frozenset(m.value for m in MediaType)
-# Docker schema 1 (removed from Docker 26): its signed form has no content digest a client can recompute, so a tag
-# that still serves it can never be verified, only re-pushed.
-SCHEMA1_MEDIA_TYPES: Final = frozenset(
-    {
-        "application/vnd.docker.distribution.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.v1+prettyjws",
-    }
-)
 SCHEMA1_REASON: Final = (
     "serves a Docker schema 1 manifest, which cannot be verified: re-push the tag as schema 2 or OCI"
 )
