@@ -14,7 +14,9 @@ import json
 import logging
 import random
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from pathlib import Path
@@ -23,9 +25,11 @@ from typing import TYPE_CHECKING, Any, Final, Self, TextIO
 
 from audit.config import (
     ENV_CREDENTIALS_SECRET,
+    ENV_GITHUB_TOKEN,
     ENV_STATE_TABLE,
     ENV_TOPIC_ARN,
     ENV_TRUST_TABLE,
+    CiSettings,
     Environment,
     RegistrySettings,
     Settings,
@@ -45,7 +49,17 @@ if TYPE_CHECKING:
     from audit.app.audit import AuditService
     from audit.app.listen import PushAudit
     from audit.drift import AlertPolicy
-    from audit.ports import Alerts, PackageIndex, Registry, RunLease, StateStore, TrustStore
+    from audit.ports import (
+        Alerts,
+        CiLogSource,
+        ManifestReader,
+        PackageIndex,
+        Provisioning,
+        Registry,
+        RunLease,
+        StateStore,
+        TrustStore,
+    )
 
 
 #: The AWS SDK and its HTTP library print request headers (SigV4 signatures, session tokens) and response bodies
@@ -245,6 +259,76 @@ def image_name(text: str) -> str:
     return ImageRef.parse(text).image
 
 
+def provisioning() -> Provisioning:
+    """`digest-audit init`: tables and topic at the configured endpoint (AWS_ENDPOINT_URL honoured)."""
+    from audit.adapters.aws_setup import AwsProvisioning  # noqa: PLC0415 - deferred, see above
+
+    return AwsProvisioning(dynamodb_client(), sns_client)
+
+
+@dataclass(frozen=True)
+class CiLogOrigin:
+    """Where `trust backfill` reads CI logs: exactly one of a saved log, GitHub Actions runs or GitLab CI jobs."""
+
+    log: Path | None = None
+    source: str | None = None  # the CI run a saved log belongs to
+    commit: str | None = None
+    github: str | None = None  # OWNER/REPO
+    gitlab: str | None = None  # project path or id
+    api_url: str | None = None  # GitHub Enterprise or self-hosted GitLab
+    workflow: str | None = None
+    branch: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    max_runs: int = 1000
+    max_wait: float = 900.0  # seconds to wait for rate limits in total
+
+
+@contextmanager
+def ci_log_source(origin: CiLogOrigin, tokens: CiSettings, *, notify: Callable[[str], None]) -> Iterator[CiLogSource]:
+    """The CI log source of `origin`, its HTTP client closed on exit; tokens from GITHUB_TOKEN / GITLAB_TOKEN."""
+    from audit.adapters.ci.github import DEFAULT_API_URL as GITHUB_API_URL  # noqa: PLC0415 - deferred, see above
+    from audit.adapters.ci.github import GitHubActions  # noqa: PLC0415
+    from audit.adapters.ci.gitlab import DEFAULT_API_URL as GITLAB_API_URL  # noqa: PLC0415
+    from audit.adapters.ci.gitlab import GitLabJobs  # noqa: PLC0415
+    from audit.adapters.ci.http import CiHttp  # noqa: PLC0415
+    from audit.adapters.ci.saved_log import SavedLog  # noqa: PLC0415
+
+    if origin.log is not None:
+        yield SavedLog(origin.log, source=origin.source or "", commit=origin.commit)
+        return
+    source: CiLogSource
+    if origin.github:
+        token = tokens.github_token
+        if token is None:
+            notify(f"{ENV_GITHUB_TOKEN} is not set; GitHub serves run logs to authenticated requests only")
+        headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        http = CiHttp(origin.api_url or GITHUB_API_URL, token_headers=headers, max_wait=origin.max_wait, notify=notify)
+        web = None if origin.api_url is None else http.api_url.removesuffix("/api/v3")
+        source = GitHubActions(
+            http,
+            origin.github,
+            web_url=web,
+            workflow=origin.workflow,
+            branch=origin.branch,
+            since=origin.since,
+            until=origin.until,
+            max_runs=origin.max_runs,
+            notify=notify,
+        )
+    else:
+        token = tokens.gitlab_token
+        headers = {"PRIVATE-TOKEN": token} if token else {}
+        http = CiHttp(origin.api_url or GITLAB_API_URL, token_headers=headers, max_wait=origin.max_wait, notify=notify)
+        source = GitLabJobs(http, origin.gitlab or "", max_jobs=origin.max_runs, notify=notify)
+    try:
+        yield source
+    finally:
+        http.close()
+
+
 class App:
     """The composed application: settings and every port, each adapter built on first use and then kept.
 
@@ -263,6 +347,8 @@ class App:
         alerts: Alerts | None = None,
         registry: Registry | None = None,
         packages: PackageIndex | None = None,
+        manifests: ManifestReader | None = None,
+        provisioning: Provisioning | None = None,
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         should_start: Callable[[], bool] | None = None,
@@ -277,6 +363,9 @@ class App:
         self._alerts = alerts
         self._registry = registry
         self._packages = packages
+        self._manifests = manifests
+        self._provisioning = provisioning
+        self._client: RegistryClient | None = None
         self.clock = clock
         self._sleep = sleep
         self._should_start = should_start
@@ -332,10 +421,40 @@ class App:
     @property
     def registry(self) -> Registry:
         if self._registry is None:
-            client = registry_client(self.settings.registry, secret_text=self._secret())
-            self._built_clients.append(client)
-            self._registry = client
+            self._registry = self._registry_client()
         return self._registry
+
+    @property
+    def manifests(self) -> ManifestReader:
+        """Manifests by digest or tag (what `record` keeps as evidence): the same client as `registry`."""
+        if self._manifests is None:
+            self._manifests = self._registry_client()
+        return self._manifests
+
+    def _registry_client(self) -> RegistryClient:
+        if self._client is None:
+            self._client = registry_client(self.settings.registry, secret_text=self._secret())
+            self._built_clients.append(self._client)
+        return self._client
+
+    @property
+    def optional_state(self) -> StateStore | None:
+        """The audit state where one is configured (`--state-file` or the state table), else None: `report`
+        shows evidence without audit results rather than refusing."""
+        stores = self.settings.stores
+        if self._state is None and stores.state_file is None and not stores.state_table:
+            return None
+        return self.state
+
+    @property
+    def provisioning(self) -> Provisioning:
+        if self._provisioning is None:
+            self._provisioning = provisioning()
+        return self._provisioning
+
+    def ci_logs(self, origin: CiLogOrigin, *, notify: Callable[[str], None]) -> AbstractContextManager[CiLogSource]:
+        """Where `trust backfill` reads CI logs (its HTTP client closed when the `with` block ends)."""
+        return ci_log_source(origin, self.settings.ci, notify=notify)
 
     @property
     def packages(self) -> PackageIndex:
@@ -446,6 +565,8 @@ def build(
     alerts: Alerts | None = None,
     registry: Registry | None = None,
     packages: PackageIndex | None = None,
+    manifests: ManifestReader | None = None,
+    provisioning: Provisioning | None = None,
     clock: Callable[[], datetime] = utcnow,
     sleep: Callable[[float], Awaitable[None]] | None = None,
     should_start: Callable[[], bool] | None = None,
@@ -462,6 +583,8 @@ def build(
         alerts=alerts,
         registry=registry,
         packages=packages,
+        manifests=manifests,
+        provisioning=provisioning,
         clock=clock,
         sleep=sleep,
         should_start=should_start,
@@ -505,85 +628,3 @@ def read_secret(secret_id: str) -> str:
             hint=f"check {ENV_CREDENTIALS_SECRET} and that the function may read it",
         ) from None
     return value if isinstance(value, str) else json.dumps(value)
-
-
-# --- recorder-side wiring (10uc) ------------------------------------------------------------------------------
-# Imports kept in this section so the merge with the composition-root rewrite stays local.
-from collections.abc import Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-
-from audit.config import ENV_GITHUB_TOKEN, ENV_GITLAB_TOKEN  # noqa: E402
-
-if TYPE_CHECKING:
-    from audit.ports import CiLogSource, Provisioning
-
-
-def provisioning() -> Provisioning:
-    """`digest-audit init`: tables and topic at the configured endpoint (AWS_ENDPOINT_URL honoured)."""
-    from audit.adapters.aws_setup import AwsProvisioning  # noqa: PLC0415 - deferred, see above
-
-    return AwsProvisioning(dynamodb_client(), sns_client)
-
-
-@dataclass(frozen=True)
-class CiLogOrigin:
-    """Where `trust backfill` reads CI logs: exactly one of a saved log, GitHub Actions runs or GitLab CI jobs."""
-
-    log: Path | None = None
-    source: str | None = None  # the CI run a saved log belongs to
-    commit: str | None = None
-    github: str | None = None  # OWNER/REPO
-    gitlab: str | None = None  # project path or id
-    api_url: str | None = None  # GitHub Enterprise or self-hosted GitLab
-    workflow: str | None = None
-    branch: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    max_runs: int = 1000
-    max_wait: float = 900.0  # seconds to wait for rate limits in total
-
-
-@contextmanager
-def ci_log_source(origin: CiLogOrigin, env: Environment, *, notify: Callable[[str], None]) -> Iterator[CiLogSource]:
-    """The CI log source of `origin`, its HTTP client closed on exit; tokens from GITHUB_TOKEN / GITLAB_TOKEN."""
-    from audit.adapters.ci.github import DEFAULT_API_URL as GITHUB_API_URL  # noqa: PLC0415 - deferred, see above
-    from audit.adapters.ci.github import GitHubActions  # noqa: PLC0415
-    from audit.adapters.ci.gitlab import DEFAULT_API_URL as GITLAB_API_URL  # noqa: PLC0415
-    from audit.adapters.ci.gitlab import GitLabJobs  # noqa: PLC0415
-    from audit.adapters.ci.http import CiHttp  # noqa: PLC0415
-    from audit.adapters.ci.saved_log import SavedLog  # noqa: PLC0415
-
-    if origin.log is not None:
-        yield SavedLog(origin.log, source=origin.source or "", commit=origin.commit)
-        return
-    source: CiLogSource
-    if origin.github:
-        token = env.text(ENV_GITHUB_TOKEN)
-        if token is None:
-            notify(f"{ENV_GITHUB_TOKEN} is not set; GitHub serves run logs to authenticated requests only")
-        headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        http = CiHttp(origin.api_url or GITHUB_API_URL, token_headers=headers, max_wait=origin.max_wait, notify=notify)
-        web = None if origin.api_url is None else http.api_url.removesuffix("/api/v3")
-        source = GitHubActions(
-            http,
-            origin.github,
-            web_url=web,
-            workflow=origin.workflow,
-            branch=origin.branch,
-            since=origin.since,
-            until=origin.until,
-            max_runs=origin.max_runs,
-            notify=notify,
-        )
-    else:
-        token = env.text(ENV_GITLAB_TOKEN)
-        headers = {"PRIVATE-TOKEN": token} if token else {}
-        http = CiHttp(origin.api_url or GITLAB_API_URL, token_headers=headers, max_wait=origin.max_wait, notify=notify)
-        source = GitLabJobs(http, origin.gitlab or "", max_jobs=origin.max_runs, notify=notify)
-    try:
-        yield source
-    finally:
-        http.close()

@@ -177,6 +177,14 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class CiSettings:
+    """The API tokens `trust backfill` reads CI logs with (never the Lambda's: it reads no CI logs)."""
+
+    github_token: str | None = field(default=None, repr=False)
+    gitlab_token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting of digest-audit, one object per concern; `from_environment` is the one reader of them."""
 
@@ -184,6 +192,7 @@ class Settings:
     stores: StoreSettings = field(default_factory=StoreSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    ci: CiSettings = field(default_factory=CiSettings)
 
     @classmethod
     def from_environment(
@@ -264,6 +273,9 @@ class Settings:
             audit=AuditSettings(
                 reverify_delay=reverify_delay if reverify_delay is not None else env_reverify_delay,
                 max_tags_per_repository=max_tags,
+            ),
+            ci=CiSettings(
+                github_token=environment.text(ENV_GITHUB_TOKEN), gitlab_token=environment.text(ENV_GITLAB_TOKEN)
             ),
         )
 
@@ -360,16 +372,6 @@ def registry_options(
         credentials_secret=env.text(ENV_CREDENTIALS_SECRET),
         netrc=netrc,
     )
-
-
-# --- until the recorder-side CLI modules (issue 10, 10uc) use `Settings.from_environment`: remove then --------
-#: The old name of RegistrySettings.
-RegistryOptions = RegistrySettings
-
-
-def audit_config(env: Environment, registry: RegistrySettings) -> Settings:
-    """The old two-step reader: the environment's settings with these registry settings."""
-    return Settings._with_registry(env, registry)
 
 
 def webhook_secrets(env: Environment) -> tuple[str | None, str | None]:

@@ -15,7 +15,7 @@ from audit.app import report as report_use_case
 from audit.app.audit import AuditService, RunOptions
 from audit.drift import AlertPolicy
 from audit.models import Digest, MovingMode, Notice, TrustedImage, TrustSnapshot, Verdict, WatchSettings
-from audit.package_audit import PackageAuditor
+from audit.app.package_audit import PackageAuditor
 from audit.ports import TrustReader, TrustRecorder
 from tests.support.service_world import World, digest
 

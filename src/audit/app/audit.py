@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from audit import drift
+from audit.app.package_audit import PackageAuditor, PackageResult, PackageSnapshot, split_snapshot
 from audit.config import DEFAULT_MAX_TAGS_PER_REPOSITORY, DEFAULT_REVERIFY_DELAY, ENV_MAX_TAGS, RegistrySettings
 from audit.errors import AuditError, PublishError, RegistryError
 from audit.models import (
@@ -36,7 +37,6 @@ from audit.models import (
     WatchSettings,
     utcnow,
 )
-from audit.package_audit import PackageAuditor, PackageResult, PackageSnapshot, split_snapshot
 from audit.packages import IndexFile
 from audit.ports import Alerts, LeaseClaim, PackageIndex, Registry, RunLease, StateStore, TrustReader
 from audit.reference import PSEUDO_TAG_PREFIX, is_valid_tag, rejected_tag_key

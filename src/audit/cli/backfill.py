@@ -8,10 +8,9 @@ from pathlib import Path
 
 from audit import bootstrap
 from audit.app.backfill import Applied, PlanEntry, PlanStatus, apply_plan, plan_backfill
-from audit.cli.common import add_store_options, err, positive_float, positive_int, render_table
+from audit.cli.common import add_store_options, err, positive_float, positive_int, render_table, settings_from
 from audit.cli.record import default_recorder
 from audit.cli.report import parse_moment, parse_moment_end
-from audit.config import Environment, RegistryOptions, audit_config
 from audit.errors import UsageError
 from audit.models import CiRun
 from audit.untrusted import printable
@@ -100,10 +99,10 @@ def _note(message: str) -> None:
 
 def run_backfill(args: argparse.Namespace) -> int:
     _check_options(args)
-    env = Environment()
+    app = bootstrap.build(settings_from(args))
     # A first back-fill plans against an empty store; planning never writes, so a missing file is fine.
-    store = bootstrap.trust_store(args.trust_file, audit_config(env, RegistryOptions()), create=True)
-    with bootstrap.ci_log_source(_origin(args), env, notify=_note) as source:
+    store = app.recorder
+    with app.ci_logs(_origin(args), notify=_note) as source:
         plan = plan_backfill(store, source, progress=_progress)
     applied: list[Applied] = []
     if args.apply:

@@ -70,7 +70,7 @@ def run_check(args: argparse.Namespace) -> int:
             raise UsageError(
                 "pypi: packages are checked on their own", hint="check images and packages in separate commands"
             )
-        return run_check_packages(args, registry_options_from(args), packages)
+        return run_check_packages(args, bootstrap.build(Settings(registry=registry_options_from(args))), packages)
     if args.index_url is not None:
         raise UsageError("--index-url is for pypi:PROJECT==VERSION", hint="drop it for images")
     platform = _parse_platform(args.platform)

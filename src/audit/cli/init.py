@@ -6,7 +6,8 @@ import argparse
 
 from audit import bootstrap
 from audit.app.init import create_stores, create_topic
-from audit.config import ENV_STATE_TABLE, ENV_TRUST_TABLE, Environment
+from audit.cli.common import settings_from
+from audit.config import ENV_STATE_TABLE, ENV_TRUST_TABLE
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,10 +22,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_init(args: argparse.Namespace) -> int:
-    env = Environment()
-    trust = bootstrap.require(env.text(ENV_TRUST_TABLE), what="trust table name", variable=ENV_TRUST_TABLE)
-    state = bootstrap.require(env.text(ENV_STATE_TABLE), what="state table name", variable=ENV_STATE_TABLE)
-    provisioning = bootstrap.provisioning()
+    app = bootstrap.build(settings_from(args))
+    tables = app.settings.stores
+    trust = bootstrap.require(tables.trust_table, what="trust table name", variable=ENV_TRUST_TABLE)
+    state = bootstrap.require(tables.state_table, what="state table name", variable=ENV_STATE_TABLE)
+    provisioning = app.provisioning
     create_stores(provisioning, trust, state)
     print(f"tables ready: {trust} (trusted digests), {state} (audit state)")
     if args.topic:

@@ -19,7 +19,6 @@ from audit.app.package_check import check_rows
 from audit.app.record import Provenance, record_release, resolve_release
 from audit.app.watch import update_package_watch
 from audit.cli.common import err, print_json, render_table
-from audit.config import RegistryOptions
 from audit.errors import UsageError
 from audit.models import Digest, Verdict, WatchSettings
 from audit.packages import (
@@ -39,8 +38,9 @@ from audit.untrusted import printable
 MAX_DIST_FILES = 200
 
 
-def index_url_from(args: argparse.Namespace, options: RegistryOptions) -> str:
-    return parse_index_url(args.index_url or DEFAULT_INDEX_URL, insecure_hosts=options.insecure_registries)
+def index_url_from(args: argparse.Namespace, app: bootstrap.App) -> str:
+    insecure = app.settings.registry.insecure_registries
+    return parse_index_url(args.index_url or DEFAULT_INDEX_URL, insecure_hosts=insecure)
 
 
 # --------------------------------------------------------------------------------------------------- record
@@ -91,16 +91,14 @@ def _hash_file(path: Path) -> Digest:
     return Digest(algorithm="sha256", hex=digest.hexdigest())
 
 
-def record_package(
-    args: argparse.Namespace, options: RegistryOptions, store: TrustRecorder, provenance: Provenance
-) -> int:
+def record_package(args: argparse.Namespace, app: bootstrap.App, store: TrustRecorder, provenance: Provenance) -> int:
     text = args.resolve if args.resolve is not None else args.reference
     spec = PackageSpec.parse(text, require_version=True)
-    index_url = index_url_from(args, options)
+    index_url = index_url_from(args, app)
     if args.resolve is not None:
         if args.dist is not None:
             raise UsageError("--resolve and --dist go separately", hint="--dist records what CI built")
-        files = asyncio.run(_resolve(options, index_url, spec))
+        files = asyncio.run(_resolve(app, index_url, spec))
     else:
         if args.dist is None:
             raise UsageError(
@@ -114,21 +112,21 @@ def record_package(
     return 0
 
 
-async def _resolve(options: RegistryOptions, index_url: str, spec: PackageSpec) -> list[tuple[DistFilename, Digest]]:
-    async with bootstrap.package_index(options, netrc=True) as index:
-        return await resolve_release(index, index_url, spec)
+async def _resolve(app: bootstrap.App, index_url: str, spec: PackageSpec) -> list[tuple[DistFilename, Digest]]:
+    async with app:
+        return await resolve_release(app.packages, index_url, spec)
 
 
 # --------------------------------------------------------------------------------------------------- check
 
 
-def run_check_packages(args: argparse.Namespace, options: RegistryOptions, typed: Sequence[str]) -> int:
+def run_check_packages(args: argparse.Namespace, app: bootstrap.App, typed: Sequence[str]) -> int:
     specs = [(text, PackageSpec.parse(text, require_version=False)) for text in typed]
-    index_url = index_url_from(args, options)
+    index_url = index_url_from(args, app)
 
     async def gather() -> list[dict[str, Any]]:
-        async with bootstrap.package_index(options, netrc=True) as index:
-            per_spec = await asyncio.gather(*(check_rows(index, index_url, text, spec) for text, spec in specs))
+        async with app:
+            per_spec = await asyncio.gather(*(check_rows(app.packages, index_url, text, spec) for text, spec in specs))
         return [row for rows in per_spec for row in rows]
 
     rows = asyncio.run(gather())
@@ -163,12 +161,12 @@ def run_check_packages(args: argparse.Namespace, options: RegistryOptions, typed
 # --------------------------------------------------------------------------------------------------- watch
 
 
-def watch_package(args: argparse.Namespace, options: RegistryOptions, store: TrustRecorder) -> WatchSettings:
+def watch_package(args: argparse.Namespace, app: bootstrap.App, store: TrustRecorder) -> WatchSettings:
     """`watch pypi:PROJECT`: only new-release tracking applies to packages."""
     spec = PackageSpec.parse(args.image, require_version=False)
     if spec.version is not None:
         raise UsageError(f"watch takes pypi:PROJECT without a version, not {args.image!r}")
     if args.ignore or args.no_ignore or args.moving or args.pinned:
         raise UsageError("--ignore, --moving and --pinned are for images", hint="packages take --track-new-releases")
-    registry = registry_key(index_url_from(args, options))
+    registry = registry_key(index_url_from(args, app))
     return update_package_watch(store, registry, spec.project, track=args.track)

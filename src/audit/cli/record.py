@@ -11,9 +11,8 @@ from pathlib import Path
 
 from audit import bootstrap
 from audit.app.record import Evidence, Provenance, manifest_evidence, record_images, resolve_image
-from audit.cli.common import add_registry_options, add_store_options, refuse_unsafe_text, registry_options_from
+from audit.cli.common import add_registry_options, add_store_options, refuse_unsafe_text, settings_from
 from audit.cli.packages import record_package
-from audit.config import Environment, RegistryOptions, audit_config
 from audit.errors import AuditError, UsageError
 from audit.models import Digest, ImageRef
 from audit.packages import is_package_spec
@@ -73,12 +72,11 @@ def run_record(args: argparse.Namespace) -> int:
         ("--recorded-by", args.recorded_by),
     ):
         refuse_unsafe_text(flag, value)
-    env = Environment()
-    options = registry_options_from(args, env)
     package = is_package_spec(args.resolve or args.reference or "")
     if not package and (args.dist is not None or args.index_url is not None):
         raise UsageError("--dist and --index-url are for pypi:PROJECT==VERSION", hint="images take IMAGE:TAG@DIGEST")
-    store = bootstrap.trust_store(args.trust_file, audit_config(env, options), create=True)
+    app = bootstrap.build(settings_from(args))
+    store = app.recorder
     provenance = Provenance(
         source=args.source.strip(),
         recorded_by=args.recorded_by or default_recorder(),
@@ -87,20 +85,28 @@ def run_record(args: argparse.Namespace) -> int:
         reason=args.reason,
     )
     if package:
-        return record_package(args, options, store, provenance)
+        return record_package(args, app, store, provenance)
 
-    resolved_now = False
     if args.from_buildx_metadata is not None:
         refs = buildx_metadata_references(args.from_buildx_metadata)
     elif args.resolve is not None:
-        refs = [asyncio.run(_resolve(options, args.resolve))]
-        resolved_now = True
+        refs = [_unpinned_reference(args.resolve)]
     else:
         refs = [_pinned_reference(args.reference)]
 
-    evidence = [Evidence()] * len(refs) if args.offline else asyncio.run(_evidence(options, refs))
-    note = " (resolved from the registry now, not from a CI build)" if resolved_now else ""
-    for recorded in record_images(store, refs, evidence, provenance):
+    async def from_registry() -> tuple[list[ImageRef], list[Evidence]]:
+        async with app:
+            pinned = [await resolve_image(app.registry, refs[0])] if args.resolve is not None else refs
+            if args.offline:
+                return pinned, [Evidence()] * len(pinned)
+            return pinned, await manifest_evidence(app.manifests, pinned)
+
+    if args.offline and args.resolve is None:
+        pinned, evidence = refs, [Evidence()] * len(refs)
+    else:
+        pinned, evidence = asyncio.run(from_registry())
+    note = " (resolved from the registry now, not from a CI build)" if args.resolve is not None else ""
+    for recorded in record_images(store, pinned, evidence, provenance):
         print(f"{recorded.outcome.value}: {recorded.pinned.familiar}{note}")
     return 0
 
@@ -151,17 +157,11 @@ def buildx_metadata_references(path: Path) -> list[ImageRef]:
     return refs
 
 
-async def _resolve(options: RegistryOptions, text: str) -> ImageRef:
+def _unpinned_reference(text: str) -> ImageRef:
     ref = ImageRef.parse(text)
     if ref.digest is not None:
         raise UsageError(f"--resolve takes IMAGE:TAG without a digest, not {text!r}")
-    async with bootstrap.registry_client(options) as client:
-        return await resolve_image(client, ref)
-
-
-async def _evidence(options: RegistryOptions, refs: list[ImageRef]) -> list[Evidence]:
-    async with bootstrap.registry_client(options) as client:
-        return await manifest_evidence(client, refs)
+    return ref
 
 
 def default_recorder() -> str:

@@ -21,11 +21,9 @@ from audit.app.report import (
     incident_report,
     live_verdicts,
 )
-from audit.cli.common import add_registry_options, add_store_options, registry_options_from, render_table
-from audit.config import Environment, RegistryOptions, audit_config
+from audit.cli.common import add_registry_options, add_store_options, render_table, settings_from
 from audit.errors import UsageError
 from audit.incident_report import render_html, render_markdown
-from audit.ports import TrustReader
 from audit.reference import familiar_name
 from audit.untrusted import csv_cell, printable
 
@@ -90,9 +88,9 @@ def parse_moment_end(text: str) -> datetime:
 def run_report(args: argparse.Namespace) -> int:
     if args.recorded_since and args.recorded_until and args.recorded_since > args.recorded_until:
         raise UsageError("--recorded-since is after --recorded-until", hint="swap the two dates")
-    config = audit_config(Environment(), RegistryOptions())
-    trust = bootstrap.trust_store(args.trust_file, config)
-    state = bootstrap.state_store(args.state_file, config) if args.state_file or config.stores.state_table else None
+    app = bootstrap.build(settings_from(args))
+    trust = app.trust
+    state = app.optional_state
     scope = ReportScope(
         repositories={bootstrap.image_name(name) for name in args.repository},
         recorded_since=args.recorded_since,
@@ -100,7 +98,7 @@ def run_report(args: argparse.Namespace) -> int:
     )
     evidence = gather_evidence(trust, state, scope)
     if args.format in INCIDENT_FORMATS:
-        text = _incident_report(args, trust, evidence, scope)
+        text = _incident_report(args, app, evidence, scope)
     else:
         if args.live:
             raise UsageError("--live goes with --format html or markdown", hint="use `check` for a live table")
@@ -116,14 +114,14 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def _incident_report(
-    args: argparse.Namespace, trust: TrustReader, evidence: ReleaseEvidence, scope: ReportScope
+    args: argparse.Namespace, app: bootstrap.App, evidence: ReleaseEvidence, scope: ReportScope
 ) -> str:
     live = None
     if args.live:
 
         async def observe() -> LiveVerdicts:
-            async with bootstrap.registry_client(registry_options_from(args)) as client:
-                return await live_verdicts(client, trust, evidence.records)
+            async with app:
+                return await live_verdicts(app.registry, app.trust, evidence.records)
 
         live = asyncio.run(observe())
     report = incident_report(evidence, scope, live=live)

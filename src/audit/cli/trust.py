@@ -9,8 +9,7 @@ from pathlib import Path
 from audit import bootstrap
 from audit.app.trust_transfer import export_trust, import_trust_file
 from audit.cli import backfill
-from audit.cli.common import add_store_options, positive_int
-from audit.config import Environment, RegistryOptions, audit_config
+from audit.cli.common import add_store_options, positive_int, settings_from
 from audit.errors import UsageError
 from audit.trust_formats import DEFAULT_MAX_ROWS
 
@@ -54,14 +53,14 @@ def run_import(args: argparse.Namespace) -> int:
     if not args.file.is_file():
         problem = "is a directory" if args.file.is_dir() else "does not exist"
         raise UsageError(f"cannot read {args.file}: it {problem}", hint="give the path of a CSV or JSON file")
-    store = bootstrap.trust_store(args.trust_file, audit_config(Environment(), RegistryOptions()), create=True)
+    store = bootstrap.build(settings_from(args)).recorder
     summary = import_trust_file(store, args.file, fmt, max_rows=args.max_rows)
     print(summary.describe())
     return 1 if summary.conflicts else 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    store = bootstrap.trust_store(args.trust_file, audit_config(Environment(), RegistryOptions()))
+    store = bootstrap.build(settings_from(args)).trust
     text = export_trust(store, args.format)
     if args.output is not None:
         try:

@@ -6,9 +6,8 @@ import argparse
 
 from audit import bootstrap
 from audit.app.watch import WatchChanges, update_watch
-from audit.cli.common import add_store_options
+from audit.cli.common import add_store_options, settings_from
 from audit.cli.packages import watch_package
-from audit.config import Environment, RegistryOptions, audit_config, registry_options
 from audit.errors import UsageError
 from audit.models import ImageRef, MovingMode, WatchSettings
 from audit.packages import is_package_registry, is_package_spec
@@ -73,18 +72,16 @@ def parse_moving(text: str) -> tuple[str, MovingMode]:
 
 
 def run_watch(args: argparse.Namespace) -> int:
+    app = bootstrap.build(settings_from(args))
     if is_package_spec(args.image):
-        env = Environment()
-        options = registry_options(env)
-        store = bootstrap.trust_store(args.trust_file, audit_config(env, options), create=True)
-        print(describe(watch_package(args, options, store)))
+        print(describe(watch_package(args, app, app.recorder)))
         return 0
     if args.index_url is not None:
         raise UsageError("--index-url is for pypi:PROJECT", hint="drop it for images")
     ref = ImageRef.parse(args.image)
     if ref.digest is not None or ":" in args.image.rsplit("/", 1)[-1]:
         raise UsageError(f"watch takes a repository without tag or digest, not {args.image!r}")
-    store = bootstrap.trust_store(args.trust_file, audit_config(Environment(), RegistryOptions()), create=True)
+    store = app.recorder
     changes = WatchChanges(
         track_new_tags=args.track,
         ignore=args.ignore,
