@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 
+from audit.config import DEFAULT_REMINDER_INTERVAL, DEFAULT_UNVERIFIABLE_AFTER
 from audit.models import (
     Digest,
     Finding,
@@ -78,8 +79,8 @@ def policy_for(settings: WatchSettings | None, tag: str) -> TagPolicy:
 class AlertPolicy:
     """When to remind about an open problem, and how many unverifiable runs in a row make an alert."""
 
-    reminder_interval: timedelta = timedelta(hours=24)
-    unverifiable_after: int = 3
+    reminder_interval: timedelta = DEFAULT_REMINDER_INTERVAL
+    unverifiable_after: int = DEFAULT_UNVERIFIABLE_AFTER
 
     def __post_init__(self) -> None:
         # A zero interval would remind on every run; zero runs would alert on a single network blip.

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from audit.config import RegistrySettings
 from audit.drift import judge, policy_for
 from audit.incident_report import IncidentReport, build_report
 from audit.models import Observation, TagState, TrustedImage, Verdict, WatchSettings, iso_utc, utcnow
@@ -21,7 +22,6 @@ from audit.ports import Registry, StateStore, TrustReader
 #: The evidence table's status of a release no audit has checked yet.
 NOT_AUDITED = "unchecked"
 #: Registry requests in flight at once for `--live`.
-LIVE_CONCURRENCY = 16
 
 type LiveVerdicts = dict[tuple[str, str], tuple[Observation, Verdict, str | None]]
 
@@ -79,26 +79,46 @@ def evidence_rows(evidence: ReleaseEvidence) -> list[dict[str, Any]]:
 
 
 async def observe_releases(
-    registry: Registry, trust: TrustReader, records: Sequence[TrustedImage], settings: Sequence[WatchSettings]
+    registry: Registry,
+    trust: TrustReader,
+    records: Sequence[TrustedImage],
+    settings: Sequence[WatchSettings],
+    *,
+    workers: int = RegistrySettings().check_workers,
 ) -> LiveVerdicts:
-    """Ask the registry now, and judge each release by the same rules as the audit (moving tags included)."""
+    """Ask the registry now, and judge each release by the same rules as the audit (moving tags included).
+
+    What the judgement needs from the store (every digest ever trusted, for `any-trusted` tags) is read first,
+    once per repository and off the loop, so no store call waits on the loop while checks are in flight.
+    """
     by_image = {entry.image: entry for entry in settings}
-    gate = asyncio.Semaphore(LIVE_CONCURRENCY)
+    policies = {(record.image, record.tag): policy_for(by_image.get(record.image), record.tag) for record in records}
+    images = sorted({image for (image, _), policy in policies.items() if policy.needs_all_trusted})
+    found = await asyncio.gather(*(asyncio.to_thread(trust.digests_ever_recorded, image) for image in images))
+    ever_trusted = {image: frozenset(digests) for image, digests in zip(images, found, strict=True)}
+    gate = asyncio.Semaphore(workers)
 
     async def one(record: TrustedImage) -> tuple[tuple[str, str], tuple[Observation, Verdict, str | None]]:
         async with gate:
             observation = await registry.observe(record.ref, expected=record.digest)
-        policy = policy_for(by_image.get(record.image), record.tag)
-        ever = trust.digests_ever_recorded(record.image) if policy.needs_all_trusted else frozenset()
+        policy = policies[(record.image, record.tag)]
+        ever = ever_trusted.get(record.image, frozenset()) if policy.needs_all_trusted else frozenset()
         judgement = judge(record, observation, policy=policy, ever_trusted=ever)
         return (record.image, record.tag), (observation, judgement.verdict, judgement.reason)
 
     return dict(await asyncio.gather(*(one(record) for record in records)))
 
 
-async def live_verdicts(registry: Registry, trust: TrustReader, records: Sequence[TrustedImage]) -> LiveVerdicts:
+async def live_verdicts(
+    registry: Registry,
+    trust: TrustReader,
+    records: Sequence[TrustedImage],
+    *,
+    workers: int = RegistrySettings().check_workers,
+) -> LiveVerdicts:
     """`--live`: every release in scope checked now, with the watch settings that make a tag moving."""
-    return await observe_releases(registry, trust, records, trust.load_watch_settings())
+    settings = await asyncio.to_thread(trust.load_watch_settings)
+    return await observe_releases(registry, trust, records, settings, workers=workers)
 
 
 def incident_report(

@@ -121,7 +121,9 @@ def _incident_report(
 
         async def observe() -> LiveVerdicts:
             async with app:
-                return await live_verdicts(app.registry, app.trust, evidence.records)
+                return await live_verdicts(
+                    app.registry, app.trust, evidence.records, workers=app.settings.registry.check_workers
+                )
 
         live = asyncio.run(observe())
     report = incident_report(evidence, scope, live=live)
