@@ -101,7 +101,7 @@ class RecordingMapping(Mapping[str, str]):
 def test_table_keys_are_the_ones_create_tables_makes(
     template: dict[str, Any], aws: AwsClients, tables: TableNames, logical_id: str
 ) -> None:
-    """`digest-audit init` (create_tables, run by the `tables` fixture) and the stack make the same tables."""
+    """`digest-audit init` (create_tables, whose requests the `tables` fixture sends) and the stack agree."""
     declared = resources(template)[logical_id]["Properties"]
     name = getattr(tables, TABLES[logical_id])
     created = aws.dynamodb().describe_table(TableName=name)["Table"]

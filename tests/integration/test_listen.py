@@ -35,11 +35,9 @@ GRACE = "3"
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
-    docker_config = tmp_path / "docker-config"
-    docker_config.mkdir(exist_ok=True)
-    set_audit_environment(monkeypatch, docker_config=docker_config, insecure_registry="127.0.0.1")
-    return CliRunner(capsys)
+def cli(loopback_cli: CliRunner) -> CliRunner:
+    """The CLI with only local files and the loopback registry allowed over plain http."""
+    return loopback_cli
 
 
 def start_listen(tmp_path: Path, port: int, *extra: str, grace: str = GRACE) -> ListenProcess:

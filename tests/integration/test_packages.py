@@ -12,7 +12,7 @@ import pytest
 
 from audit.adapters.file_store import FileStateStore, FileTrustStore
 from audit.models import Verdict
-from tests.support.cli_runner import CliRunner, set_audit_environment
+from tests.support.cli_runner import CliRunner
 from tests.support.package_index import DevpiServer, PypiServer, RecordedIndex, Route, build_sdist, build_wheel
 
 pytestmark = pytest.mark.integration
@@ -23,13 +23,9 @@ SDIST = "demo_pkg-1.0.tar.gz"
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
+def cli(loopback_cli: CliRunner) -> CliRunner:
     """The CLI with loopback indexes allowed over plain http and no developer netrc or docker config."""
-    home = tmp_path / "home"
-    (home / "docker").mkdir(parents=True)
-    monkeypatch.setenv("HOME", str(home))
-    set_audit_environment(monkeypatch, docker_config=home / "docker", insecure_registry="127.0.0.1")
-    return CliRunner(capsys)
+    return loopback_cli
 
 
 def sha256(path: Path) -> str:

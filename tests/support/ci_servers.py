@@ -16,11 +16,12 @@ import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import override
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
+from tests.support.loopback_server import LoopbackServer, Recorded, Reply
 
 
 @dataclass(frozen=True)
@@ -48,51 +49,36 @@ def zip_archive(files: dict[str, str]) -> bytes:
 
 
 class _Server:
-    """A ThreadingHTTPServer on 127.0.0.1 whose answers come from `route`; records every request."""
+    """A `LoopbackServer` whose answers come from `route`; `seen` records every request with its credentials."""
 
     def __init__(self) -> None:
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
-        outer = self
+        self._loopback = LoopbackServer(self._answer)
+        self._loopback.__enter__()
 
-        class Handler(BaseHTTPRequestHandler):
-            @override
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-            def do_GET(self) -> None:
-                parts = urlsplit(self.path)
-                seen = Seen(
-                    parts.path,
-                    parse_qs(parts.query),
-                    self.headers.get("Authorization"),
-                    self.headers.get("PRIVATE-TOKEN"),
-                )
-                with outer._lock:
-                    outer.seen.append(seen)
-                answer = outer.route(seen)
-                self.send_response(answer.status)
-                for name, value in answer.headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(answer.body)))
-                self.end_headers()
-                self.wfile.write(answer.body)
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
+    def _answer(self, request: Recorded) -> Reply:
+        parts = urlsplit(request.path)
+        seen = Seen(
+            parts.path,
+            parse_qs(parts.query),
+            request.headers.get("authorization"),
+            request.headers.get("private-token"),
+        )
+        with self._lock:
+            self.seen.append(seen)
+        answer = self.route(seen)
+        return Reply(answer.status, answer.headers, answer.body)
 
     @property
     def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self._loopback.url
 
     def route(self, seen: Seen) -> Answer:
         raise NotImplementedError
 
     def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._loopback.__exit__(None, None, None)
 
 
 class Storage(_Server):

@@ -1,5 +1,6 @@
 """Fixtures of the CLI tests that several files need the same: an empty Docker config, the alert topic and its
-subscribed queue, a unique repository name, and the CLI configured for an end-to-end run or for local files only.
+subscribed queue, a unique repository name, and the CLI configured for an end-to-end run, for local files only,
+or for local files and loopback registries and indexes.
 
 A test file that needs a variant overrides a fixture of the same name (it may request the shared one).
 """
@@ -69,4 +70,15 @@ def cli(
 def files_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, docker_config: Path) -> CliRunner:
     """The CLI with no table, topic or registry configured: only local files."""
     set_audit_environment(monkeypatch, docker_config=docker_config)
+    return CliRunner(capsys)
+
+
+@pytest.fixture
+def loopback_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
+    """The CLI with only local files and any registry or index on 127.0.0.1 allowed over plain http; HOME is an
+    empty directory, so a developer's netrc and Docker config take no part."""
+    home = tmp_path / "home"
+    (home / "docker").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    set_audit_environment(monkeypatch, docker_config=home / "docker", insecure_registry="127.0.0.1")
     return CliRunner(capsys)

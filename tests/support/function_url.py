@@ -115,7 +115,10 @@ def function_url(handler: Handler) -> Iterator[FunctionUrl]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Adapter)
     host, port = server.server_address[:2]
     running = FunctionUrl(url=f"http://{host!s}:{port}")
-    thread = threading.Thread(target=server.serve_forever, name="function-url", daemon=True)
+    # A short poll: shutdown() waits for the loop to notice, 0.5 s by default.
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="function-url", daemon=True
+    )
     thread.start()
     try:
         yield running

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -93,10 +94,26 @@ class PypiServer:
                 time.sleep(0.1)
         raise RuntimeError(f"pypiserver did not start: {self.log.read_text()[-2000:]}")
 
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()
             self._process.wait(timeout=10)
+
+    def empty(self) -> None:
+        """Serve nothing again: every uploaded file deleted (the simple-dir backend reads the directory on each
+        request), then checked through the index itself, so no test sees another's releases."""
+        for path in self.packages.iterdir():
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        listing = httpx.get(f"http://{self.host}/simple/", timeout=10)
+        listing.raise_for_status()
+        assert "href=" not in listing.text, f"pypiserver still lists projects after emptying: {listing.text}"
 
     def upload(self, *paths: Path) -> None:
         command = [
@@ -109,14 +126,28 @@ class PypiServer:
         (self.packages / filename).unlink()
 
 
-@pytest.fixture
-def pypi_server(tmp_path: Path) -> Iterator[PypiServer]:
-    server = PypiServer(tmp_path / "pypiserver")
-    server.start()
+@pytest.fixture(scope="module")
+def pypi_servers() -> Iterator[list[PypiServer]]:
+    """The pypiserver processes one module started (usually one); all stopped when the module is done."""
+    started: list[PypiServer] = []
     try:
-        yield server
+        yield started
     finally:
-        server.stop()
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture
+def pypi_server(pypi_servers: list[PypiServer], tmp_path_factory: pytest.TempPathFactory) -> PypiServer:
+    """A pypiserver shared by the tests of one module (starting one takes seconds), serving nothing at the start
+    of each test; a new one is started when a test stopped the last."""
+    if not pypi_servers or not pypi_servers[-1].running:
+        server = PypiServer(tmp_path_factory.mktemp("pypiserver"))
+        pypi_servers.append(server)
+        server.start()
+    server = pypi_servers[-1]
+    server.empty()
+    return server
 
 
 class DevpiServer:
@@ -236,7 +267,8 @@ class RecordedIndex:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll: shutdown() waits for the loop to notice, 0.5 s by default, at every test's teardown.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def host(self) -> str:

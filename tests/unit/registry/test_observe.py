@@ -188,21 +188,31 @@ async def test_html_login_page_with_200_is_unverifiable(registry: FakeRegistry) 
     assert observation.reason == "unexpected content type text/html"
 
 
-async def test_html_body_under_a_manifest_content_type_is_malformed(registry: FakeRegistry) -> None:
-    registry.push(REPO, "1.0", b"<html>login</html>", digest_header=None)
+@pytest.mark.parametrize(
+    ("body", "content_type", "reason"),
+    [
+        pytest.param(
+            b"<html>login</html>",
+            MediaType.OCI_MANIFEST.value,
+            "malformed manifest",
+            id="html-under-a-manifest-content-type",
+        ),
+        pytest.param(
+            image_manifest("a", MediaType.DOCKER_MANIFEST),
+            MediaType.OCI_MANIFEST.value,
+            "manifest media type disagrees with content type",
+            id="body-media-type-disagrees",
+        ),
+    ],
+)
+async def test_a_body_its_content_type_does_not_describe_is_unverifiable(
+    registry: FakeRegistry, body: bytes, content_type: str, reason: str
+) -> None:
+    registry.push(REPO, "1.0", body, content_type, digest_header=None)
     async with make_client(registry) as client:
         observation = await client.observe(ref())
     assert observation.status is LiveStatus.UNVERIFIABLE
-    assert observation.reason == "malformed manifest"
-
-
-async def test_body_media_type_must_agree_with_content_type(registry: FakeRegistry) -> None:
-    body = image_manifest("a", MediaType.DOCKER_MANIFEST)
-    registry.push(REPO, "1.0", body, MediaType.OCI_MANIFEST.value, digest_header=None)
-    async with make_client(registry) as client:
-        observation = await client.observe(ref())
-    assert observation.status is LiveStatus.UNVERIFIABLE
-    assert observation.reason == "manifest media type disagrees with content type"
+    assert observation.reason == reason
 
 
 async def test_body_without_content_type_takes_its_media_type_from_the_body(registry: FakeRegistry) -> None:
