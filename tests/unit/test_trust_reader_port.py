@@ -13,9 +13,9 @@ from typing import get_protocol_members, get_type_hints
 from audit.adapters.file_store import FileTrustStore
 from audit.app import report as report_use_case
 from audit.app.audit import AuditService, RunOptions
+from audit.app.package_audit import PackageAuditor
 from audit.drift import AlertPolicy
 from audit.models import Digest, MovingMode, Notice, TrustedImage, TrustSnapshot, Verdict, WatchSettings
-from audit.app.package_audit import PackageAuditor
 from audit.ports import TrustReader, TrustRecorder
 from tests.support.service_world import World, digest
 
