@@ -1,5 +1,6 @@
 """The layers hold: core -> nothing outward (not even the ports); use cases (audit.app) -> core + ports;
-adapters -> core + ports; wiring (audit.bootstrap) -> all; faces (audit.cli, handler, receiver) -> use cases + wiring, never an adapter.
+adapters -> core + ports; wiring (audit.bootstrap) -> all; faces (audit.cli, handler, receiver) -> use cases +
+wiring, never an adapter.
 
 Every import of every module under src/ counts, also those inside functions and under TYPE_CHECKING: a deferred
 import is still a dependency.
