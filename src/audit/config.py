@@ -211,8 +211,12 @@ class Settings:
         reverify_delay: float | None = None,
         reminder_interval: float | None = None,
         unverifiable_after: int | None = None,
+        ci_tokens: bool = False,
     ) -> Settings:
-        """The environment (os.environ by default) read once; a flag given (not None) wins over its variable."""
+        """The environment (os.environ by default) read once; a flag given (not None) wins over its variable.
+
+        `ci_tokens`: read GITHUB_TOKEN / GITLAB_TOKEN too (only `trust backfill` does; the Lambda never).
+        """
         environment = env if isinstance(env, Environment) else Environment(env)
         registry = registry_options(
             environment,
@@ -232,6 +236,7 @@ class Settings:
             reverify_delay=reverify_delay,
             reminder_interval=reminder_interval,
             unverifiable_after=unverifiable_after,
+            ci_tokens=ci_tokens,
         )
 
     @classmethod
@@ -246,6 +251,7 @@ class Settings:
         reverify_delay: float | None = None,
         reminder_interval: float | None = None,
         unverifiable_after: int | None = None,
+        ci_tokens: bool = False,
     ) -> Settings:
         trust_table = environment.text(ENV_TRUST_TABLE)
         state_table = environment.text(ENV_STATE_TABLE)
@@ -276,7 +282,9 @@ class Settings:
             ),
             ci=CiSettings(
                 github_token=environment.text(ENV_GITHUB_TOKEN), gitlab_token=environment.text(ENV_GITLAB_TOKEN)
-            ),
+            )
+            if ci_tokens
+            else CiSettings(),
         )
 
     @property

@@ -99,7 +99,7 @@ def _note(message: str) -> None:
 
 def run_backfill(args: argparse.Namespace) -> int:
     _check_options(args)
-    app = bootstrap.build(settings_from(args))
+    app = bootstrap.build(settings_from(args, ci_tokens=True))
     # A first back-fill plans against an empty store; planning never writes, so a missing file is fine.
     store = app.recorder
     with app.ci_logs(_origin(args), notify=_note) as source:

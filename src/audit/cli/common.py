@@ -41,7 +41,7 @@ def add_registry_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--timeout", type=positive_float, help=f"seconds per request (default {DEFAULT_TIMEOUT:g})")
 
 
-def settings_from(args: argparse.Namespace, *, print_alerts: bool = False) -> Settings:
+def settings_from(args: argparse.Namespace, *, print_alerts: bool = False, ci_tokens: bool = False) -> Settings:
     """Every setting of a command in one call: its flags (those it has) over the environment.
 
     `print_alerts` besides `--print-alerts`: a command that must not publish (a local or dry run) says so.
@@ -62,6 +62,7 @@ def settings_from(args: argparse.Namespace, *, print_alerts: bool = False) -> Se
         reverify_delay=flags.get("reverify_delay"),
         reminder_interval=flags.get("reminder_interval"),
         unverifiable_after=flags.get("unverifiable_after"),
+        ci_tokens=ci_tokens,
     )
 
 
