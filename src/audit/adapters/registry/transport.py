@@ -119,7 +119,11 @@ def aiohttp_transport(
 
     def session() -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=per_host, ssl=ssl_context())
-        return aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False)
+        # No cookie jar: the registry API needs none, a registry must not track us with one, and aiohttp's jar
+        # is consulted on every request.
+        return aiohttp.ClientSession(
+            connector=connector, trust_env=False, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+        )
 
     # An empty verifying context: the transport would otherwise load certifi eagerly, for nothing.
     return AiohttpTransport(
