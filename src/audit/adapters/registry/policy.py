@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -160,14 +159,6 @@ class RegistryPolicy:
     def paused_for(self) -> float:
         return max(0.0, self._not_before - self._clock())
 
-    @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[int]:
-        admitted = await self.limit.acquire()
-        try:
-            yield admitted
-        finally:
-            self.limit.release()
-
     async def send[R: Reply](self, exchange: Callable[[], Awaitable[R]], what: str) -> R:
         """Run `exchange` with retries: 429 (Retry-After, shared pause), 5xx, resets and timeouts."""
         attempt = 0
@@ -179,7 +170,8 @@ class RegistryPolicy:
                     raise RegistryFailure("rate limited", FailureKind.RATE_LIMITED)
                 await self._sleep(wait)
             kind = FailureKind.UNREACHABLE
-            async with self._slot() as admitted:
+            admitted = await self.limit.acquire()
+            try:  # a plain try, not a context manager: this runs once per request
                 started = self._clock()
                 try:
                     reply = await exchange()
@@ -208,6 +200,8 @@ class RegistryPolicy:
                         reason, kind = f"http {status}", FailureKind.SERVER
                         usable = retry_after is not None and retry_after <= self._max_retry_after
                         delay = retry_after if usable and retry_after is not None else self._backoff.delay(attempt)
+            finally:
+                self.limit.release()
             if attempt >= self._max_attempts:
                 raise RegistryFailure(reason, kind)
             self._on_retry()
