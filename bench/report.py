@@ -197,6 +197,7 @@ def render(results: Json) -> str:
         f"tags = {_fmt(_num(workload, 'tags'))} tags ({workload.get('kinds')}); expected verdicts "
         f"{dict(_map(workload, 'expected'))}; seeding took {_fmt(_num(workload, 'seed_registry_s'), 1)} s (registry) + "
         f"{_fmt(_num(workload, 'seed_dynamodb_s'), 1)} s (DynamoDB), not measured",
+        f"- digest-audit measured: {results.get('auditor', 'development environment')}",
         "",
         "## Targets",
         "",

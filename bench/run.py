@@ -36,7 +36,15 @@ from audit.adapters.file_store import FileStateStore
 from audit.config import ENV_STATE_TABLE, ENV_TRUST_TABLE
 from audit.models import TagState, Verdict
 from bench.ceiling import build_compiled, compiled_seconds
-from bench.environment import STATE_TABLE, TRUST_TABLE, Moto, machine_facts, moto_server, process_environment
+from bench.environment import (
+    STATE_TABLE,
+    TRUST_TABLE,
+    Moto,
+    install_runtime,
+    machine_facts,
+    moto_server,
+    process_environment,
+)
 from bench.measure import (
     AccessLog,
     ProcessRun,
@@ -87,6 +95,7 @@ class Options:
     experiments: bool
     command: str
     memory_tags: int  # 0: no 10,000-tag memory phase
+    runtime_install: bool = True  # measure digest-audit installed with its runtime dependencies only
 
     @property
     def latency(self) -> float:
@@ -104,6 +113,7 @@ class Bench:
     registry: LocalRegistry
     access: AccessLog
     ceiling_binary: Path
+    auditor: Path = AUDITOR  # the `digest-audit` measured: a runtime-only install unless --quick
     errors: list[str] = field(default_factory=list)
 
     def path(self, name: str) -> Path:
@@ -217,7 +227,9 @@ def measure_startup(bench: Bench) -> Json:
         "audit.adapters.registry",
     )
     one = bench.workload.images[0].reference(bench.registry.host)
-    check_one = [run_process([str(AUDITOR), "check", "--json", one], env=bench.env).seconds for _ in range(rounds)]
+    check_one = [
+        run_process([str(bench.auditor), "check", "--json", one], env=bench.env).seconds for _ in range(rounds)
+    ]
     bare_spread, handler_spread = Spread.of(bare), Spread.of(handler)
     return {
         "python_bare_s": bare_spread.as_dict(),
@@ -305,7 +317,7 @@ class CheckSeries:
         bench = self.bench
         self.source.mark()
         run = run_process(
-            [str(AUDITOR), "check", "--json", "-f", str(self.refs)],
+            [str(bench.auditor), "check", "--json", "-f", str(self.refs)],
             env=bench.env,
             stdout_path=bench.path(f"check-{self.what}-{len(self.seconds)}.json"),
         )
@@ -407,7 +419,7 @@ def _one_run(bench: Bench, variant: RunVariant, label: str) -> tuple[ProcessRun,
     if variant.aws_log is not None:
         variant.aws_log.clear()
     run = run_process(
-        [str(AUDITOR), "run", *variant.arguments],
+        [str(bench.auditor), "run", *variant.arguments],
         env={**bench.env, **variant.extra_env},
         stdout_path=bench.path(f"run-{variant.name}-{label}.txt"),
     )
@@ -564,7 +576,7 @@ def measure_token_registry(bench: Bench, stack: ExitStack) -> Json:
         registry.token_server.reset()
         access.mark()
         run = run_process(
-            [str(AUDITOR), "check", "--json", "-f", str(refs)],
+            [str(bench.auditor), "check", "--json", "-f", str(refs)],
             env=env,
             stdout_path=bench.path(f"check-token-{number}.json"),
         )
@@ -602,7 +614,9 @@ def measure_memory(bench: Bench, stack: ExitStack, moto: Moto, aws_proxy: Latenc
     host = registry.host
     refs = write_references(bench.path("refs-memory.txt"), workload, host)
     check = run_process(
-        [str(AUDITOR), "check", "--json", "-f", str(refs)], env=bench.env, stdout_path=bench.path("check-memory.json")
+        [str(bench.auditor), "check", "--json", "-f", str(refs)],
+        env=bench.env,
+        stdout_path=bench.path("check-memory.json"),
     )
     check_right, check_verdicts = verify_check_output(check, workload)
     dynamodb = moto.dynamodb()
@@ -623,7 +637,7 @@ def measure_memory(bench: Bench, stack: ExitStack, moto: Moto, aws_proxy: Latenc
     verdicts: dict[str, int] = {}
     for label in ("first", "steady"):
         aws_proxy.log.clear()
-        run = run_process([str(AUDITOR), "run"], env=env, stdout_path=bench.path(f"run-memory-{label}.txt"))
+        run = run_process([str(bench.auditor), "run"], env=env, stdout_path=bench.path(f"run-memory-{label}.txt"))
         if run.returncode not in OK_EXIT_CODES:
             bench.note_failure(f"run on DynamoDB ({workload.size} tags, {label})", run)
         ok, verdicts = verify_states(DynamoStateStore(STATE_TABLE_10K, dynamodb).load_all(), host, workload)
@@ -795,6 +809,11 @@ def parse_options(argv: Sequence[str] | None) -> Options:
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (outputs, logs)")
     parser.add_argument(
+        "--dev-env",
+        action="store_true",
+        help="measure the development environment's digest-audit instead of a runtime-only install",
+    )
+    parser.add_argument(
         "--memory-tags", type=int, default=10_000, help="tags of the memory and phases run (default 10000; 0: skip)"
     )
     args = parser.parse_args(argv)
@@ -819,6 +838,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         keep=args.keep,
         experiments=args.experiments,
         memory_tags=min(args.memory_tags, 16) if args.quick else max(0, args.memory_tags),
+        runtime_install=not (args.quick or args.dev_env),  # a smoke run skips it: installing takes seconds
         command="uv run python -m bench.run " + shlex.join(argv if argv is not None else sys.argv[1:]),
     )
 
@@ -858,6 +878,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             registry,
             AccessLog(registry.log_path),
             ceiling_binary,
+        )
+        if options.runtime_install:
+            log("installing digest-audit with its runtime dependencies only (uv sync --no-dev --no-editable)")
+            bench.auditor = install_runtime(scratch / "runtime", PROJECT) or AUDITOR
+        results["auditor"] = (
+            "development environment" if bench.auditor == AUDITOR else "runtime-only install (uv sync --no-dev)"
         )
         host = registry.host
         refs = write_references(scratch / "refs.txt", workload, host)

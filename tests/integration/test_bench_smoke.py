@@ -39,3 +39,19 @@ def test_quick_benchmark_runs_and_every_verdict_is_right(tmp_path: Path) -> None
     assert targets["HEAD per tag (check)"]["value"] == 1.0
     assert targets["GETs for tags that match (check)"]["value"] == 0.0
     assert targets["token requests per repository"]["value"] <= 1.0
+
+
+@pytest.mark.skipif(shutil.which("uv") is None, reason="the runtime install is made with uv")
+def test_the_measured_digest_audit_is_a_runtime_only_install(tmp_path: Path) -> None:
+    """`make bench` measures digest-audit as a user installs it: without the development tools next to it."""
+    from bench.environment import install_runtime  # noqa: PLC0415 - bench is importable from the repository root
+
+    auditor = install_runtime(tmp_path / "runtime", ROOT)
+    assert auditor is not None
+    python = auditor.parent / "python"
+    probe = "import importlib.util as u, audit.cli; print(u.find_spec('click') is None, u.find_spec('pytest') is None)"
+    done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    assert done.stdout.split() == ["True", "True"], done.stderr[-2000:]
+    usage = subprocess.run([str(auditor), "check"], capture_output=True, text=True, timeout=60, check=False)
+    assert usage.returncode == 2
+    assert "Traceback" not in usage.stderr

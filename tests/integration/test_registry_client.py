@@ -731,6 +731,26 @@ async def test_a_redirect_to_plain_http_that_is_not_listed_is_refused() -> None:
     assert cdn.requests == []
 
 
+async def test_cookies_a_registry_sets_are_never_sent_back_over_a_real_socket() -> None:
+    """The registry API needs no cookies; a registry (or a load balancer before it) must not get to track us."""
+    stored_digest = sha256_digest(STORED_MANIFEST)
+
+    def registry(_request: Recorded) -> Reply:
+        headers = {"Content-Type": MediaType.DOCKER_MANIFEST.value, "Docker-Content-Digest": stored_digest}
+        return Reply(200, headers | {"Set-Cookie": "session=tracked; Path=/; Max-Age=3600"})
+
+    with LoopbackServer(registry) as server:
+        host = f"localhost:{server.host.rpartition(':')[2]}"  # a name: cookie jars ignore cookies of IP addresses
+        settings = RegistrySettings(insecure_registries=frozenset({host}))
+        async with RegistryClient(settings) as client:
+            first = await client.observe(ImageRef.parse(f"{host}/team/app:v1"))
+            second = await client.observe(ImageRef.parse(f"{host}/team/app:v2"))
+    assert found(first, Digest.parse(stored_digest))
+    assert found(second, Digest.parse(stored_digest))
+    assert [r.path for r in server.requests] == ["/v2/team/app/manifests/v1", "/v2/team/app/manifests/v2"]
+    assert all("cookie" not in r.headers for r in server.requests)
+
+
 # --- proxies from the environment ----------------------------------------------------------------------------
 
 

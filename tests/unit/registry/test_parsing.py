@@ -9,8 +9,10 @@ from email.utils import formatdate
 import httpx
 import pytest
 
-from audit.adapters.registry.manifest import error_codes, next_link, parse_rate_limit_remaining
+from audit.adapters.registry.failures import RegistryFailure
+from audit.adapters.registry.manifest import error_codes, next_link, parse_digest_header, parse_rate_limit_remaining
 from audit.adapters.registry.retry import Backoff, classify_transport_error, parse_retry_after
+from audit.models import Digest
 
 
 @pytest.mark.parametrize(
@@ -145,3 +147,26 @@ class ServerTimeoutError(TimeoutError):
 )
 def test_aiohttp_errors_are_judged_by_what_aiohttp_raised(cause: Exception, reason: str) -> None:
     assert classify_transport_error(_chained(httpx.ConnectTimeout(str(cause)), cause)) == (reason, True)
+
+
+KNOWN = Digest.of(b"trusted")
+
+
+def test_a_digest_header_that_spells_the_known_digest_is_that_object() -> None:
+    assert parse_digest_header(str(KNOWN), KNOWN) is KNOWN
+
+
+@pytest.mark.parametrize(
+    "header",
+    [f" {KNOWN} ", str(Digest.of(b"other")), f"sha512:{'a' * 128}"],
+)
+def test_any_other_digest_header_is_parsed_and_validated(header: str) -> None:
+    parsed = parse_digest_header(header, KNOWN)
+    assert parsed == Digest.parse(header)
+    assert parsed is not KNOWN
+
+
+@pytest.mark.parametrize("header", [f"{KNOWN}x", f"SHA256:{KNOWN.hex}", "sha256:short"])
+def test_a_malformed_digest_header_is_refused_even_next_to_a_known_digest(header: str) -> None:
+    with pytest.raises(RegistryFailure, match="malformed digest header"):
+        parse_digest_header(header, KNOWN)

@@ -18,14 +18,14 @@ DIGEST = Digest.of(BODY)
 
 
 def test_slow_start_doubles_per_round_and_stops_at_the_maximum() -> None:
-    limit = AdaptiveLimit(20, FakeClock().monotonic)
+    limit = AdaptiveLimit(3 * INITIAL_LIMIT, FakeClock().monotonic)
     assert limit.limit == INITIAL_LIMIT
     for _ in range(INITIAL_LIMIT):  # one round: every request of the window answered quickly
         limit.grow(0.05)
     assert limit.limit == 2 * INITIAL_LIMIT
     for _ in range(100):
         limit.grow(0.05)
-    assert limit.limit == 20
+    assert limit.limit == 3 * INITIAL_LIMIT
 
 
 def test_latency_that_does_not_hold_holds_the_limit() -> None:
@@ -87,11 +87,11 @@ async def test_in_flight_requests_grow_to_the_maximum_and_never_beyond() -> None
         in_flight -= 1
 
     registry.hooks.append(slow)
-    async with make_client(registry, concurrency=24) as client:
+    async with make_client(registry, concurrency=40) as client:
         observations = await asyncio.gather(*(client.observe(r) for r in refs))
-        assert client.limits() == {REGISTRY: 24}
+        assert client.limits() == {REGISTRY: 40}
     assert {o.status for o in observations} == {LiveStatus.FOUND}
-    assert INITIAL_LIMIT < peak <= 24
+    assert INITIAL_LIMIT < peak <= 40
 
 
 @pytest.mark.parametrize(
@@ -134,6 +134,11 @@ async def test_a_timeout_shrinks_the_limit() -> None:
         warm = client.limits()[REGISTRY]
         assert (await client.observe(refs[19])).status is LiveStatus.FOUND
         assert client.limits()[REGISTRY] == warm // 2
+
+
+def test_the_limit_starts_at_16_in_flight_and_never_above_the_maximum() -> None:
+    assert AdaptiveLimit(64, FakeClock().monotonic).limit == 16
+    assert AdaptiveLimit(4, FakeClock().monotonic).limit == 4
 
 
 def test_the_default_maximum_is_64_in_flight() -> None:

@@ -339,3 +339,28 @@ async def test_slow_registry_hits_the_per_request_timeout() -> None:
         observation = await client.observe(ref())
     assert observation.reason == "timeout"
     assert len(registry.requests) == 2
+
+
+# -- cookies
+
+
+async def test_cookies_a_registry_sets_are_never_sent_back() -> None:
+    """The registry API needs no cookies: the client keeps none (a speed choice, see client.py) and sends none."""
+    registry = FakeRegistry()
+    registry.push(REPO, "1.0", BODY)
+    registry.push(REPO, "2.0", image_manifest("b"))
+
+    def set_cookie(request: httpx.Request) -> httpx.Response | None:
+        if request.url.path.endswith("/manifests/1.0"):
+            served = manifest_response()
+            served.headers["Set-Cookie"] = "session=tracked; Path=/"
+            return served
+        return None
+
+    registry.hooks.append(set_cookie)
+    async with make_client(registry) as client:
+        first = await client.observe(ref("1.0"))
+        second = await client.observe(ref("2.0"))
+    assert (first.status, second.status) == (LiveStatus.FOUND, LiveStatus.FOUND)
+    assert [r.url.path.rsplit("/", 1)[-1] for r in registry.requests] == ["1.0", "2.0"]
+    assert all("cookie" not in r.headers for r in registry.requests)

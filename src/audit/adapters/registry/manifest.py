@@ -51,9 +51,16 @@ def check_media_type(media: str | None) -> MediaType | None:
     return MediaType(media)
 
 
-def parse_digest_header(value: str | None) -> Digest | None:
+def parse_digest_header(value: str | None, known: Digest | None = None) -> Digest | None:
+    """The digest a `Docker-Content-Digest` header names; `known` itself when the header spells exactly it.
+
+    A routine check's header repeats the trusted digest: reusing that validated object skips a parse and a
+    model per tag, and a match keeps one shared object instead of a copy.
+    """
     if value is None or not value.strip():
         return None
+    if known is not None and value == f"{known.algorithm}:{known.hex}":
+        return known
     try:
         return Digest.parse(value)
     except InvalidDigestError:

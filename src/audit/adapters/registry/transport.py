@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import ssl
 import zlib
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Final
 
 import httpx
@@ -119,7 +121,11 @@ def aiohttp_transport(
 
     def session() -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=per_host, ssl=ssl_context())
-        return aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False)
+        # No cookie jar: the registry API needs none, a registry must not track us with one, and aiohttp's jar
+        # is consulted on every request.
+        return aiohttp.ClientSession(
+            connector=connector, trust_env=False, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+        )
 
     # An empty verifying context: the transport would otherwise load certifi eagerly, for nothing.
     return AiohttpTransport(
@@ -166,3 +172,69 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+@dataclass(frozen=True, slots=True)
+class _Mount:
+    scheme: str  # "" for all schemes
+    host: re.Pattern[str] | None  # None for all hosts
+    port: int | None
+    transport: httpx.AsyncBaseTransport
+    priority: tuple[int, int, int]  # httpx's order: a port first, then the longer host, then the longer scheme
+
+    @classmethod
+    def parse(cls, pattern: str, transport: httpx.AsyncBaseTransport) -> _Mount:
+        url = httpx.URL(pattern)
+        host = url.host
+        if not host or host == "*":
+            regex = None
+        elif host.startswith("*."):  # subdomains only
+            regex = re.compile(f"^.+\\.{re.escape(host[2:])}$")
+        elif host.startswith("*"):  # the domain and its subdomains
+            regex = re.compile(f"^(.+\\.)?{re.escape(host[1:])}$")
+        else:
+            regex = re.compile(f"^{re.escape(host)}$")
+        scheme = "" if url.scheme == "all" else url.scheme
+        priority = (0 if url.port is not None else 1, -len("" if host == "*" else host), -len(scheme))
+        return cls(scheme, regex, url.port, transport, priority)
+
+
+class Routes:
+    """Which transport carries a request: httpx's mount rules, decided once per origin instead of per request.
+
+    Patterns are httpx's (`all://`, `https://`, `http://host`, `http://*.domain`, `http://host:port`), tried
+    from the most specific as httpx orders them; a mount of `None` means the default transport.
+    """
+
+    def __init__(
+        self, default: httpx.AsyncBaseTransport, mounts: Mapping[str, httpx.AsyncBaseTransport | None]
+    ) -> None:
+        self._default = default
+        mounted = (_Mount.parse(pattern, transport or default) for pattern, transport in mounts.items())
+        self._mounts = sorted(mounted, key=lambda mount: mount.priority)
+        self._by_origin: dict[tuple[str, str, int | None], httpx.AsyncBaseTransport] = {}
+
+    def transport_for(self, url: httpx.URL) -> httpx.AsyncBaseTransport:
+        origin = (url.scheme, url.host, url.port)
+        transport = self._by_origin.get(origin)
+        if transport is None:
+            transport = self._by_origin[origin] = self._match(*origin)
+        return transport
+
+    def _match(self, scheme: str, host: str, port: int | None) -> httpx.AsyncBaseTransport:
+        for mount in self._mounts:
+            if mount.scheme and mount.scheme != scheme:
+                continue
+            if mount.host is not None and not mount.host.match(host):
+                continue
+            if mount.port is not None and mount.port != port:
+                continue
+            return mount.transport
+        return self._default
+
+    async def aclose(self) -> None:
+        closed: set[int] = set()
+        for transport in [self._default, *(mount.transport for mount in self._mounts)]:
+            if id(transport) not in closed:
+                closed.add(id(transport))
+                await transport.aclose()
