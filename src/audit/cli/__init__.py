@@ -3,31 +3,42 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
-from audit.cli import check, init, listen, record, report, run, trust, watch
 from audit.errors import AuditError
 
-_COMMANDS = (check, record, watch, trust, run, listen, report, init)
+#: Each command's module, in the order `--help` lists them.
+_COMMANDS = ("check", "record", "watch", "trust", "run", "listen", "report", "init")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (given the command being run) only that command's: a process imports the module of
+    the one command it runs, not all eight (`check` then loads no store, alert or CI log code at start-up)."""
     parser = argparse.ArgumentParser(
         prog="digest-audit",
         description="Record trusted image digests and audit registries for tags that no longer serve them.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in _COMMANDS:
-        module.register(sub)
+    for name in _COMMANDS if command is None else (command,):
+        importlib.import_module(f"audit.cli.{name}").register(sub)
     return parser
 
 
+def command_in(argv: Sequence[str]) -> str | None:
+    """The command an argument list runs: its first word that is not an option (the only option before it,
+    -v, takes no value), when that is a command; otherwise None (help, a typo: the whole parser answers)."""
+    first = next((word for word in argv if not word.startswith("-")), None)
+    return first if first in _COMMANDS else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_in(arguments))
+    args = parser.parse_args(arguments)
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,

@@ -1,0 +1,47 @@
+"""A `digest-audit` process imports the module of the one command it runs; help and typos see every command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from audit.cli import build_parser, command_in
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["check", "nginx:1.27"], "check"),
+        (["-v", "-v", "record", "--source", "x"], "record"),
+        (["--verbose", "trust", "export"], "trust"),
+        (["--help"], None),
+        ([], None),
+        (["chek", "nginx"], None),
+        (["-v"], None),
+    ],
+)
+def test_the_command_is_the_first_word_that_is_not_an_option(argv: list[str], command: str | None) -> None:
+    assert command_in(argv) == command
+
+
+def test_the_whole_parser_lists_every_command() -> None:
+    text = build_parser().format_help()
+    for name in ("check", "record", "watch", "trust", "run", "listen", "report", "init"):
+        assert name in text
+
+
+def test_running_check_imports_no_other_command() -> None:
+    probe = (
+        "import json, sys\n"
+        "from audit.cli import main\n"
+        "code = main(['check'])\n"  # no references: a usage error (exit 2), after the parser was built
+        "print(json.dumps([code, sorted(m for m in sys.modules if m.startswith('audit.cli.'))]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    code, modules = json.loads(done.stdout.splitlines()[-1])
+    assert code == 2
+    assert "audit.cli.check" in modules
+    assert not {"audit.cli.record", "audit.cli.run", "audit.cli.listen", "audit.cli.backfill"} & set(modules)
