@@ -39,6 +39,7 @@ Every botocore failure becomes a StoreError naming the table, the operation and 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import queue
 import socket
@@ -824,11 +825,12 @@ class DynamoStateStore:
     def save(self, changed: Sequence[TagState]) -> None:
         # BatchWriteItem rejects two requests for one key in a batch; the last state of a key wins.
         latest = {state.key: state for state in changed}
-        requests: list[WriteRequestTypeDef] = [
-            {"PutRequest": {"Item": tag_state_to_item(state)}} for state in latest.values()
-        ]
-        for start in range(0, len(requests), BATCH_LIMIT):
-            self._write_batch(requests[start : start + BATCH_LIMIT])
+        # Items are built a batch at a time: a first run's 10,000 at once were its peak of memory (issue 11).
+        for batch in itertools.batched(latest.values(), BATCH_LIMIT, strict=False):
+            requests: list[WriteRequestTypeDef] = [
+                {"PutRequest": {"Item": tag_state_to_item(state)}} for state in batch
+            ]
+            self._write_batch(requests)
 
     def _write_batch(self, batch: Sequence[WriteRequestTypeDef | WriteRequestOutputTypeDef]) -> None:
         pending = list(batch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import tracemalloc
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -11,12 +12,14 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from audit.adapters import dynamodb_store
 from audit.adapters.dynamodb_store import (
     DynamoRunLease,
     DynamoStateStore,
     DynamoTrustStore,
     TableSetup,
     create_tables,
+    tag_state_to_item,
     trusted_image_to_item,
 )
 from audit.errors import StoreError, TrustConflictError
@@ -186,6 +189,30 @@ def test_state_save_batches_by_25(client: DynamoDBClient, tables: TableNames) ->
         for requests in dict(params["RequestItems"]).values()  # type: ignore[call-overload]
     ]
     assert sizes == [25, 25, 10]
+
+
+def test_state_save_builds_its_items_a_batch_at_a_time(client: DynamoDBClient, tables: TableNames) -> None:
+    """A first run saves every tag's state: all items built before the first write were its peak of memory."""
+    store = DynamoStateStore(tables.state, client)
+    states = [state(f"1.{index}") for index in range(500)]
+    held_by_items: list[int] = []  # bytes allocated by this module (the items) and still alive, at each write
+
+    def items_alive(**_: object) -> None:
+        traces = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, dynamodb_store.__file__)])
+        held_by_items.append(sum(stat.size for stat in traces.statistics("filename")))
+
+    tracemalloc.start()
+    try:
+        items = [tag_state_to_item(entry) for entry in states]
+        items_alive()
+        all_items = held_by_items.pop()
+        del items
+        client.meta.events.register("before-call.dynamodb.BatchWriteItem", items_alive)
+        store.save(states)
+    finally:
+        tracemalloc.stop()
+    assert len(held_by_items) == 20
+    assert max(held_by_items) < all_items / 5, (max(held_by_items), all_items)
 
 
 def test_reads_that_decide_are_consistent(store: DynamoTrustStore, client: DynamoDBClient) -> None:
