@@ -22,9 +22,24 @@ from audit.reference import (
 )
 from audit.untrusted import has_unsafe_characters, printable
 
+#: Models validated with the same fields share one `model_fields_set`: a run holds a few models per tag, and a
+#: set of five or more names costs 728 bytes each (issue 11). Frozen models never change theirs in place
+#: (`model_copy(update=...)` copies it before adding to it). Bounded: so many distinct sets, then no sharing.
+_SHARED_FIELDS_SETS: dict[frozenset[str], set[str]] = {}
+MAX_SHARED_FIELDS_SETS = 1024
+
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def model_post_init(self, context: object, /) -> None:
+        given = self.__pydantic_fields_set__
+        shared = _SHARED_FIELDS_SETS.get(key := frozenset(given))
+        if shared is None:
+            if len(_SHARED_FIELDS_SETS) < MAX_SHARED_FIELDS_SETS:
+                _SHARED_FIELDS_SETS[key] = given
+        elif shared is not given:
+            object.__setattr__(self, "__pydantic_fields_set__", shared)
 
 
 class MediaType(StrEnum):
