@@ -346,20 +346,31 @@ def trusted_image_to_item(record: TrustedImage, *, sort_key: str | None = None) 
     return item
 
 
-def trusted_image_from_item(item: Mapping[str, AttributeValueTypeDef], *, table: str = "?") -> TrustedImage:
-    """Inverse of `trusted_image_to_item`; a malformed item raises StoreError naming its key and table."""
+def _shared(names: dict[str, str], text: str | None) -> str | None:
+    """One str object for a value many items repeat (registry, repository, media type, platform): each item's
+    own copy from the response would be kept by its model, 10,000 times over for the same text (issue 11)."""
+    return text if text is None else names.setdefault(text, text)
+
+
+def trusted_image_from_item(
+    item: Mapping[str, AttributeValueTypeDef], *, table: str = "?", names: dict[str, str] | None = None
+) -> TrustedImage:
+    """Inverse of `trusted_image_to_item`; a malformed item raises StoreError naming its key and table.
+    `names`: texts already seen in the same read, shared rather than kept once per record."""
+    names = {} if names is None else names
     try:
+        platforms = _string_map(item, "platforms")
         fields: dict[str, object] = {
-            "registry": _required_text(item, "registry"),
-            "repository": _required_text(item, "repository"),
+            "registry": _shared(names, _required_text(item, "registry")),
+            "repository": _shared(names, _required_text(item, "repository")),
             "tag": _required_text(item, "tag"),
             "digest": _required_text(item, "digest"),
-            "platforms": _string_map(item, "platforms"),
-            "media_type": _text(item, "media_type"),
+            "platforms": platforms and {_shared(names, key): digest for key, digest in platforms.items()},
+            "media_type": _shared(names, _text(item, "media_type")),
             "source": _required_text(item, "source"),
             "commit": _text(item, "commit"),
             "recorded_at": _required_text(item, "recorded_at"),
-            "recorded_by": _text(item, "recorded_by"),
+            "recorded_by": _shared(names, _text(item, "recorded_by")),
             "reason": _text(item, "reason"),
         }
         return _validated(TrustedImage, fields)
@@ -433,11 +444,15 @@ def tag_state_to_item(state: TagState) -> Item:
     return item
 
 
-def tag_state_from_item(item: Mapping[str, AttributeValueTypeDef], *, table: str = "?") -> TagState:
+def tag_state_from_item(
+    item: Mapping[str, AttributeValueTypeDef], *, table: str = "?", names: dict[str, str] | None = None
+) -> TagState:
+    """Inverse of `tag_state_to_item`; `names` as in `trusted_image_from_item`."""
+    names = {} if names is None else names
     try:
         fields: dict[str, object] = {
-            "registry": _required_text(item, "registry"),
-            "repository": _required_text(item, "repository"),
+            "registry": _shared(names, _required_text(item, "registry")),
+            "repository": _shared(names, _required_text(item, "repository")),
             "tag": _required_text(item, STATE_SORT_KEY),
             "last_verdict": _required_text(item, "last_verdict"),
             "last_live_digest": _text(item, "last_live_digest"),
@@ -713,6 +728,7 @@ class DynamoTrustStore:
         # Pages of at most SNAPSHOT_PAGE_ITEMS: the segments' raw pages are in memory at once, and a smaller
         # first page reaches the checks sooner.
         request["Limit"] = min(self._page_size or SNAPSHOT_PAGE_ITEMS, SNAPSHOT_PAGE_ITEMS)
+        names: dict[str, str] = {}
         for items in self._parallel_scan(request):
             records: list[TrustedImage] = []
             settings: list[WatchSettings] = []
@@ -725,7 +741,7 @@ class DynamoTrustStore:
                         image = printable(_text(item, TRUST_PARTITION_KEY) or "?", max_chars=300)
                         rejected.append(RejectedWatch(image, printable(exc.message, max_chars=600)))
                 else:
-                    records.append(trusted_image_from_item(item, table=self.table_name))
+                    records.append(trusted_image_from_item(item, table=self.table_name, names=names))
             yield TrustSnapshot(records, settings, rejected)
 
     def _parallel_scan(self, request: ScanInputTypeDef) -> Iterator[list[Item]]:
@@ -814,12 +830,13 @@ class DynamoStateStore:
         # Small pages, converted as they come: the raw items of one page are the only transient copy.
         request["Limit"] = min(self._page_size or SNAPSHOT_PAGE_ITEMS, SNAPSHOT_PAGE_ITEMS)
         states: dict[tuple[str, str], TagState] = {}
+        names: dict[str, str] = {}
         with self._call("Scan"):
             for item in _scan_pages(self._client, request):  # converted as read: one page of raw items at a time
                 if item.get(STATE_PARTITION_KEY, {}).get("S", "").startswith(RESERVED_PREFIX):
                     continue  # the run lease, not a tag's state
-                state = tag_state_from_item(item, table=self.table_name)
-                states[state.key] = state
+                state = tag_state_from_item(item, table=self.table_name, names=names)
+                states[names.setdefault(state.image, state.image), state.tag] = state
         return states
 
     def save(self, changed: Sequence[TagState]) -> None:

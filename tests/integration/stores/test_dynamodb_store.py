@@ -23,7 +23,7 @@ from audit.adapters.dynamodb_store import (
     trusted_image_to_item,
 )
 from audit.errors import StoreError, TrustConflictError
-from audit.models import RecordOutcome, TrustSnapshot
+from audit.models import MediaType, RecordOutcome, TrustSnapshot
 from tests.support.aws_fixtures import AwsClients, TableNames
 from tests.support.store_builders import IMAGE, digest, moving_watch, state, trusted
 
@@ -213,6 +213,24 @@ def test_state_save_builds_its_items_a_batch_at_a_time(client: DynamoDBClient, t
         tracemalloc.stop()
     assert len(held_by_items) == 20
     assert max(held_by_items) < all_items / 5, (max(held_by_items), all_items)
+
+
+def test_a_read_keeps_one_copy_of_the_texts_its_items_repeat(client: DynamoDBClient, tables: TableNames) -> None:
+    """Registry, repository, media type and platform are the same text in thousands of items: one object each."""
+    trust = DynamoTrustStore(tables.trust, client, page_size=2, scan_segments=2)
+    for index in range(6):
+        platforms = {"linux/amd64": digest("0")}
+        trust.record(trusted(f"1.{index}", "abcdef"[index], platforms=platforms, media_type=MediaType.OCI_INDEX.value))
+    records = [record for page in trust.snapshot_pages() for record in page.trusted]
+    assert len(records) == 6
+    for name in ("registry", "repository", "media_type"):
+        assert len({id(getattr(record, name)) for record in records}) == 1, name
+    assert len({id(platform) for record in records for platform in record.platforms or {}}) == 1
+    states = DynamoStateStore(tables.state, client, page_size=2)
+    states.save([state(f"1.{index}") for index in range(6)])
+    loaded = states.load_all()
+    assert len({id(entry.repository) for entry in loaded.values()}) == 1
+    assert len({id(image) for image, _ in loaded}) == 1
 
 
 def test_reads_that_decide_are_consistent(store: DynamoTrustStore, client: DynamoDBClient) -> None:
