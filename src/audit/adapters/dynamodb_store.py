@@ -109,8 +109,15 @@ BATCH_LIMIT = 25
 #: Parallel Scan segments for the trust snapshot: enough to overlap the Scan with the checks and to read a
 #: 10,000-record table (about 4 pages) in the time of one page; boto3 clients are thread-safe.
 SCAN_SEGMENTS = 4
-#: Items per snapshot Scan page (about 400 KB of records); 10,000 records are 10 calls, 4 at a time.
-SNAPSHOT_PAGE_ITEMS = 1000
+#: Items per snapshot Scan page (about 100 KB of records, 2.6 KB each once botocore has parsed them); 10,000
+#: records are 40 calls, 4 at a time.
+SNAPSHOT_PAGE_ITEMS = 250
+#: Pages waiting for the reader beyond the one each segment holds: segments wait while the reader (who turns
+#: pages into records, beside the checks) is behind, so raw pages never pile up (9,000 raw items did, at
+#: 10,000 records, when they could not wait: issue 11).
+READ_AHEAD_PAGES = 1
+#: How often a segment that waits for the reader looks whether the reader has stopped.
+_HAND_OVER_POLL_S = 0.1
 
 _TRUST_NAMES = {"#image": TRUST_PARTITION_KEY, "#sk": TRUST_SORT_KEY}
 
@@ -716,8 +723,9 @@ class DynamoTrustStore:
     def snapshot_pages(self) -> Iterator[TrustSnapshot]:
         """The snapshot a Scan page at a time, as pages arrive from `scan_segments` parallel Scan segments.
 
-        A page is at most 1 MB (about 3,000 records); a table beyond one page is read by the segments at once,
-        and the caller starts work on each page while the others are still being read.
+        A page is at most SNAPSHOT_PAGE_ITEMS items; a table beyond one page is read by the segments at once,
+        and the caller starts work on each page while the others are still being read. Segments wait while the
+        caller is behind: at most READ_AHEAD_PAGES pages wait for it beyond the one each segment holds.
         """
         request: ScanInputTypeDef = {
             "TableName": self.table_name,
@@ -725,8 +733,8 @@ class DynamoTrustStore:
             "ExpressionAttributeNames": {"#sk": TRUST_SORT_KEY},
             "ExpressionAttributeValues": {":prefix": {"S": CURRENT_PREFIX}, ":watch": {"S": WATCH_SORT_KEY}},
         }
-        # Pages of at most SNAPSHOT_PAGE_ITEMS: the segments' raw pages are in memory at once, and a smaller
-        # first page reaches the checks sooner.
+        # Pages of at most SNAPSHOT_PAGE_ITEMS: the segments' raw pages are in memory at once (see
+        # READ_AHEAD_PAGES), and a smaller first page reaches the checks sooner.
         request["Limit"] = min(self._page_size or SNAPSHOT_PAGE_ITEMS, SNAPSHOT_PAGE_ITEMS)
         names: dict[str, str] = {}
         for items in self._parallel_scan(request):
@@ -756,8 +764,18 @@ class DynamoTrustStore:
                     if not last_key:
                         return
                     page_request = {**page_request, "ExclusiveStartKey": last_key}
-        arrived: queue.Queue[list[Item] | BaseException | None] = queue.Queue()
+        arrived: queue.Queue[list[Item] | BaseException | None] = queue.Queue(maxsize=READ_AHEAD_PAGES)
         stop = threading.Event()
+
+        def hand_over(entry: list[Item] | BaseException | None) -> bool:
+            """Wait until the reader takes `entry`; False if it stopped reading meanwhile."""
+            while not stop.is_set():
+                try:
+                    arrived.put(entry, timeout=_HAND_OVER_POLL_S)
+                except queue.Full:
+                    continue
+                return True
+            return False
 
         def scan_segment(segment: int) -> None:
             try:
@@ -765,15 +783,16 @@ class DynamoTrustStore:
                 with self._call("Scan"):
                     while not stop.is_set():
                         page = self._client.scan(**segment_request)
-                        arrived.put(page.get("Items", []))
+                        if not hand_over(page.get("Items", [])):
+                            return
                         last_key = page.get("LastEvaluatedKey")
                         if not last_key:
                             break
                         segment_request = {**segment_request, "ExclusiveStartKey": last_key}
             except BaseException as exc:  # handed to the reading thread, which raises it
-                arrived.put(exc)
+                hand_over(exc)
             else:
-                arrived.put(None)
+                hand_over(None)
 
         threads = [threading.Thread(target=scan_segment, args=(n,), daemon=True) for n in range(segments)]
         for thread in threads:

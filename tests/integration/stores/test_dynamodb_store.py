@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ from botocore.config import Config
 
 from audit.adapters import dynamodb_store
 from audit.adapters.dynamodb_store import (
+    READ_AHEAD_PAGES,
     DynamoRunLease,
     DynamoStateStore,
     DynamoTrustStore,
@@ -163,6 +165,29 @@ def test_snapshot_is_read_by_parallel_scan_segments_page_by_page(client: DynamoD
     assert store.load_snapshot() == TrustSnapshot(
         sorted(recorded, key=lambda r: (r.image, r.tag)), [moving_watch()], []
     )
+
+
+def test_snapshot_segments_wait_for_a_reader_that_is_behind(client: DynamoDBClient, tables: TableNames) -> None:
+    """Raw pages never pile up: a reader busy with one page holds back the segments' Scans."""
+    store = DynamoTrustStore(tables.trust, client, page_size=1, scan_segments=2)
+    for index in range(12):
+        store.record(trusted(f"1.{index}", "abcdef0123ab"[index]))
+    bound = READ_AHEAD_PAGES + 2  # waiting for the reader + one held by each segment
+    scans_started: list[int] = []
+    beyond_bound = threading.Event()
+
+    def started(**_: object) -> None:
+        scans_started.append(1)
+        if len(scans_started) > 1 + bound:
+            beyond_bound.set()
+
+    client.meta.events.register("before-call.dynamodb.Scan", started)
+    pages = store.snapshot_pages()
+    read = [next(pages)]
+    # A reader that takes its time with the first page: segments that did not wait would read on meanwhile.
+    assert not beyond_bound.wait(timeout=2)
+    read += list(pages)
+    assert sorted(record.tag for page in read for record in page.trusted) == sorted(f"1.{n}" for n in range(12))
 
 
 def test_a_failing_segment_fails_the_snapshot_with_a_store_error(client: DynamoDBClient) -> None:
