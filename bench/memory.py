@@ -46,6 +46,7 @@ def measure(env: dict[str, str], refs: Path, rounds: int, workdir: Path, dynamod
     """Median (and all) peak RSS in MiB of `rounds` first and steady `run`s on DynamoDB (each round a fresh
     state table) and of `check --json -f`."""
     peaks: dict[str, list[float]] = {"run_first": [], "run_steady": [], "check": []}
+    seconds: dict[str, list[float]] = {label: [] for label in peaks}
     exits: set[int] = set()
     for _ in range(rounds):
         state_table = f"{STATE_TABLE}-{next(_TABLE_NUMBERS)}"
@@ -58,10 +59,13 @@ def measure(env: dict[str, str], refs: Path, rounds: int, workdir: Path, dynamod
             if run.returncode not in OK_EXIT_CODES:
                 print(run.stderr[-2000:], file=sys.stderr)
             peaks[label].append(round(run.max_rss_mib, 1))
+            seconds[label].append(round(run.seconds, 2))
         check = run_process([str(AUDITOR), "check", "--json", "-f", str(refs)], env=env, stdout_path=workdir / "c.json")
         peaks["check"].append(round(check.max_rss_mib, 1))
+        seconds["check"].append(round(check.seconds, 2))
     return {f"{label}_mib": statistics.median(values) for label, values in peaks.items()} | {
         "all": peaks,
+        "seconds": seconds,  # wall time: noise on a shared machine, for orientation only
         "run_exit_codes": sorted(exits),
     }
 
