@@ -39,6 +39,7 @@ Every botocore failure becomes a StoreError naming the table, the operation and 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import queue
 import socket
@@ -108,8 +109,15 @@ BATCH_LIMIT = 25
 #: Parallel Scan segments for the trust snapshot: enough to overlap the Scan with the checks and to read a
 #: 10,000-record table (about 4 pages) in the time of one page; boto3 clients are thread-safe.
 SCAN_SEGMENTS = 4
-#: Items per snapshot Scan page (about 400 KB of records); 10,000 records are 10 calls, 4 at a time.
-SNAPSHOT_PAGE_ITEMS = 1000
+#: Items per snapshot Scan page (about 100 KB of records, 2.6 KB each once botocore has parsed them); 10,000
+#: records are 40 calls, 4 at a time.
+SNAPSHOT_PAGE_ITEMS = 250
+#: Pages waiting for the reader beyond the one each segment holds: segments wait while the reader (who turns
+#: pages into records, beside the checks) is behind, so raw pages never pile up (9,000 raw items did, at
+#: 10,000 records, when they could not wait: issue 11).
+READ_AHEAD_PAGES = 1
+#: How often a segment that waits for the reader looks whether the reader has stopped.
+_HAND_OVER_POLL_S = 0.1
 
 _TRUST_NAMES = {"#image": TRUST_PARTITION_KEY, "#sk": TRUST_SORT_KEY}
 
@@ -345,20 +353,31 @@ def trusted_image_to_item(record: TrustedImage, *, sort_key: str | None = None) 
     return item
 
 
-def trusted_image_from_item(item: Mapping[str, AttributeValueTypeDef], *, table: str = "?") -> TrustedImage:
-    """Inverse of `trusted_image_to_item`; a malformed item raises StoreError naming its key and table."""
+def _shared(names: dict[str, str], text: str | None) -> str | None:
+    """One str object for a value many items repeat (registry, repository, media type, platform): each item's
+    own copy from the response would be kept by its model, 10,000 times over for the same text (issue 11)."""
+    return text if text is None else names.setdefault(text, text)
+
+
+def trusted_image_from_item(
+    item: Mapping[str, AttributeValueTypeDef], *, table: str = "?", names: dict[str, str] | None = None
+) -> TrustedImage:
+    """Inverse of `trusted_image_to_item`; a malformed item raises StoreError naming its key and table.
+    `names`: texts already seen in the same read, shared rather than kept once per record."""
+    names = {} if names is None else names
     try:
+        platforms = _string_map(item, "platforms")
         fields: dict[str, object] = {
-            "registry": _required_text(item, "registry"),
-            "repository": _required_text(item, "repository"),
+            "registry": _shared(names, _required_text(item, "registry")),
+            "repository": _shared(names, _required_text(item, "repository")),
             "tag": _required_text(item, "tag"),
             "digest": _required_text(item, "digest"),
-            "platforms": _string_map(item, "platforms"),
-            "media_type": _text(item, "media_type"),
+            "platforms": platforms and {_shared(names, key): digest for key, digest in platforms.items()},
+            "media_type": _shared(names, _text(item, "media_type")),
             "source": _required_text(item, "source"),
             "commit": _text(item, "commit"),
             "recorded_at": _required_text(item, "recorded_at"),
-            "recorded_by": _text(item, "recorded_by"),
+            "recorded_by": _shared(names, _text(item, "recorded_by")),
             "reason": _text(item, "reason"),
         }
         return _validated(TrustedImage, fields)
@@ -432,11 +451,15 @@ def tag_state_to_item(state: TagState) -> Item:
     return item
 
 
-def tag_state_from_item(item: Mapping[str, AttributeValueTypeDef], *, table: str = "?") -> TagState:
+def tag_state_from_item(
+    item: Mapping[str, AttributeValueTypeDef], *, table: str = "?", names: dict[str, str] | None = None
+) -> TagState:
+    """Inverse of `tag_state_to_item`; `names` as in `trusted_image_from_item`."""
+    names = {} if names is None else names
     try:
         fields: dict[str, object] = {
-            "registry": _required_text(item, "registry"),
-            "repository": _required_text(item, "repository"),
+            "registry": _shared(names, _required_text(item, "registry")),
+            "repository": _shared(names, _required_text(item, "repository")),
             "tag": _required_text(item, STATE_SORT_KEY),
             "last_verdict": _required_text(item, "last_verdict"),
             "last_live_digest": _text(item, "last_live_digest"),
@@ -700,8 +723,9 @@ class DynamoTrustStore:
     def snapshot_pages(self) -> Iterator[TrustSnapshot]:
         """The snapshot a Scan page at a time, as pages arrive from `scan_segments` parallel Scan segments.
 
-        A page is at most 1 MB (about 3,000 records); a table beyond one page is read by the segments at once,
-        and the caller starts work on each page while the others are still being read.
+        A page is at most SNAPSHOT_PAGE_ITEMS items; a table beyond one page is read by the segments at once,
+        and the caller starts work on each page while the others are still being read. Segments wait while the
+        caller is behind: at most READ_AHEAD_PAGES pages wait for it beyond the one each segment holds.
         """
         request: ScanInputTypeDef = {
             "TableName": self.table_name,
@@ -709,9 +733,10 @@ class DynamoTrustStore:
             "ExpressionAttributeNames": {"#sk": TRUST_SORT_KEY},
             "ExpressionAttributeValues": {":prefix": {"S": CURRENT_PREFIX}, ":watch": {"S": WATCH_SORT_KEY}},
         }
-        # Pages of at most SNAPSHOT_PAGE_ITEMS: the segments' raw pages are in memory at once, and a smaller
-        # first page reaches the checks sooner.
+        # Pages of at most SNAPSHOT_PAGE_ITEMS: the segments' raw pages are in memory at once (see
+        # READ_AHEAD_PAGES), and a smaller first page reaches the checks sooner.
         request["Limit"] = min(self._page_size or SNAPSHOT_PAGE_ITEMS, SNAPSHOT_PAGE_ITEMS)
+        names: dict[str, str] = {}
         for items in self._parallel_scan(request):
             records: list[TrustedImage] = []
             settings: list[WatchSettings] = []
@@ -724,7 +749,7 @@ class DynamoTrustStore:
                         image = printable(_text(item, TRUST_PARTITION_KEY) or "?", max_chars=300)
                         rejected.append(RejectedWatch(image, printable(exc.message, max_chars=600)))
                 else:
-                    records.append(trusted_image_from_item(item, table=self.table_name))
+                    records.append(trusted_image_from_item(item, table=self.table_name, names=names))
             yield TrustSnapshot(records, settings, rejected)
 
     def _parallel_scan(self, request: ScanInputTypeDef) -> Iterator[list[Item]]:
@@ -739,8 +764,18 @@ class DynamoTrustStore:
                     if not last_key:
                         return
                     page_request = {**page_request, "ExclusiveStartKey": last_key}
-        arrived: queue.Queue[list[Item] | BaseException | None] = queue.Queue()
+        arrived: queue.Queue[list[Item] | BaseException | None] = queue.Queue(maxsize=READ_AHEAD_PAGES)
         stop = threading.Event()
+
+        def hand_over(entry: list[Item] | BaseException | None) -> bool:
+            """Wait until the reader takes `entry`; False if it stopped reading meanwhile."""
+            while not stop.is_set():
+                try:
+                    arrived.put(entry, timeout=_HAND_OVER_POLL_S)
+                except queue.Full:
+                    continue
+                return True
+            return False
 
         def scan_segment(segment: int) -> None:
             try:
@@ -748,15 +783,16 @@ class DynamoTrustStore:
                 with self._call("Scan"):
                     while not stop.is_set():
                         page = self._client.scan(**segment_request)
-                        arrived.put(page.get("Items", []))
+                        if not hand_over(page.get("Items", [])):
+                            return
                         last_key = page.get("LastEvaluatedKey")
                         if not last_key:
                             break
                         segment_request = {**segment_request, "ExclusiveStartKey": last_key}
             except BaseException as exc:  # handed to the reading thread, which raises it
-                arrived.put(exc)
+                hand_over(exc)
             else:
-                arrived.put(None)
+                hand_over(None)
 
         threads = [threading.Thread(target=scan_segment, args=(n,), daemon=True) for n in range(segments)]
         for thread in threads:
@@ -813,22 +849,24 @@ class DynamoStateStore:
         # Small pages, converted as they come: the raw items of one page are the only transient copy.
         request["Limit"] = min(self._page_size or SNAPSHOT_PAGE_ITEMS, SNAPSHOT_PAGE_ITEMS)
         states: dict[tuple[str, str], TagState] = {}
+        names: dict[str, str] = {}
         with self._call("Scan"):
             for item in _scan_pages(self._client, request):  # converted as read: one page of raw items at a time
                 if item.get(STATE_PARTITION_KEY, {}).get("S", "").startswith(RESERVED_PREFIX):
                     continue  # the run lease, not a tag's state
-                state = tag_state_from_item(item, table=self.table_name)
-                states[state.key] = state
+                state = tag_state_from_item(item, table=self.table_name, names=names)
+                states[names.setdefault(state.image, state.image), state.tag] = state
         return states
 
     def save(self, changed: Sequence[TagState]) -> None:
         # BatchWriteItem rejects two requests for one key in a batch; the last state of a key wins.
         latest = {state.key: state for state in changed}
-        requests: list[WriteRequestTypeDef] = [
-            {"PutRequest": {"Item": tag_state_to_item(state)}} for state in latest.values()
-        ]
-        for start in range(0, len(requests), BATCH_LIMIT):
-            self._write_batch(requests[start : start + BATCH_LIMIT])
+        # Items are built a batch at a time: a first run's 10,000 at once were its peak of memory (issue 11).
+        for batch in itertools.batched(latest.values(), BATCH_LIMIT, strict=False):
+            requests: list[WriteRequestTypeDef] = [
+                {"PutRequest": {"Item": tag_state_to_item(state)}} for state in batch
+            ]
+            self._write_batch(requests)
 
     def _write_batch(self, batch: Sequence[WriteRequestTypeDef | WriteRequestOutputTypeDef]) -> None:
         pending = list(batch)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+import tracemalloc
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -11,16 +13,19 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from audit.adapters import dynamodb_store
 from audit.adapters.dynamodb_store import (
+    READ_AHEAD_PAGES,
     DynamoRunLease,
     DynamoStateStore,
     DynamoTrustStore,
     TableSetup,
     create_tables,
+    tag_state_to_item,
     trusted_image_to_item,
 )
 from audit.errors import StoreError, TrustConflictError
-from audit.models import RecordOutcome, TrustSnapshot
+from audit.models import MediaType, RecordOutcome, TrustSnapshot
 from tests.support.aws_fixtures import AwsClients, TableNames
 from tests.support.store_builders import IMAGE, digest, moving_watch, state, trusted
 
@@ -162,6 +167,29 @@ def test_snapshot_is_read_by_parallel_scan_segments_page_by_page(client: DynamoD
     )
 
 
+def test_snapshot_segments_wait_for_a_reader_that_is_behind(client: DynamoDBClient, tables: TableNames) -> None:
+    """Raw pages never pile up: a reader busy with one page holds back the segments' Scans."""
+    store = DynamoTrustStore(tables.trust, client, page_size=1, scan_segments=2)
+    for index in range(12):
+        store.record(trusted(f"1.{index}", "abcdef0123ab"[index]))
+    bound = READ_AHEAD_PAGES + 2  # waiting for the reader + one held by each segment
+    scans_started: list[int] = []
+    beyond_bound = threading.Event()
+
+    def started(**_: object) -> None:
+        scans_started.append(1)
+        if len(scans_started) > 1 + bound:
+            beyond_bound.set()
+
+    client.meta.events.register("before-call.dynamodb.Scan", started)
+    pages = store.snapshot_pages()
+    read = [next(pages)]
+    # A reader that takes its time with the first page: segments that did not wait would read on meanwhile.
+    assert not beyond_bound.wait(timeout=2)
+    read += list(pages)
+    assert sorted(record.tag for page in read for record in page.trusted) == sorted(f"1.{n}" for n in range(12))
+
+
 def test_a_failing_segment_fails_the_snapshot_with_a_store_error(client: DynamoDBClient) -> None:
     store = DynamoTrustStore("no-such-table", client, scan_segments=3)
     with pytest.raises(StoreError):
@@ -186,6 +214,48 @@ def test_state_save_batches_by_25(client: DynamoDBClient, tables: TableNames) ->
         for requests in dict(params["RequestItems"]).values()  # type: ignore[call-overload]
     ]
     assert sizes == [25, 25, 10]
+
+
+def test_state_save_builds_its_items_a_batch_at_a_time(client: DynamoDBClient, tables: TableNames) -> None:
+    """A first run saves every tag's state: all items built before the first write were its peak of memory."""
+    store = DynamoStateStore(tables.state, client)
+    states = [state(f"1.{index}") for index in range(500)]
+    held_by_items: list[int] = []  # bytes allocated by this module (the items) and still alive, at each write
+
+    def items_alive(**_: object) -> None:
+        traces = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, dynamodb_store.__file__)])
+        held_by_items.append(sum(stat.size for stat in traces.statistics("filename")))
+
+    tracemalloc.start()
+    try:
+        items = [tag_state_to_item(entry) for entry in states]
+        items_alive()
+        all_items = held_by_items.pop()
+        del items
+        client.meta.events.register("before-call.dynamodb.BatchWriteItem", items_alive)
+        store.save(states)
+    finally:
+        tracemalloc.stop()
+    assert len(held_by_items) == 20
+    assert max(held_by_items) < all_items / 5, (max(held_by_items), all_items)
+
+
+def test_a_read_keeps_one_copy_of_the_texts_its_items_repeat(client: DynamoDBClient, tables: TableNames) -> None:
+    """Registry, repository, media type and platform are the same text in thousands of items: one object each."""
+    trust = DynamoTrustStore(tables.trust, client, page_size=2, scan_segments=2)
+    for index in range(6):
+        platforms = {"linux/amd64": digest("0")}
+        trust.record(trusted(f"1.{index}", "abcdef"[index], platforms=platforms, media_type=MediaType.OCI_INDEX.value))
+    records = [record for page in trust.snapshot_pages() for record in page.trusted]
+    assert len(records) == 6
+    for name in ("registry", "repository", "media_type"):
+        assert len({id(getattr(record, name)) for record in records}) == 1, name
+    assert len({id(platform) for record in records for platform in record.platforms or {}}) == 1
+    states = DynamoStateStore(tables.state, client, page_size=2)
+    states.save([state(f"1.{index}") for index in range(6)])
+    loaded = states.load_all()
+    assert len({id(entry.repository) for entry in loaded.values()}) == 1
+    assert len({id(image) for image, _ in loaded}) == 1
 
 
 def test_reads_that_decide_are_consistent(store: DynamoTrustStore, client: DynamoDBClient) -> None:
