@@ -21,7 +21,7 @@ from datetime import datetime
 from functools import cache
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self, TextIO
+from typing import TYPE_CHECKING, Any, Final, Self, TextIO, TypedDict, Unpack
 
 from audit.config import (
     ENV_CREDENTIALS_SECRET,
@@ -329,6 +329,24 @@ def ci_log_source(origin: CiLogOrigin, tokens: CiSettings, *, notify: Callable[[
         http.close()
 
 
+class Overrides(TypedDict, total=False):
+    """What `build` may be given instead of what it would build from settings (tests, the bench, the demo)."""
+
+    trust: TrustStore
+    state: StateStore
+    lease: RunLease
+    alerts: Alerts
+    registry: Registry
+    packages: PackageIndex
+    manifests: ManifestReader
+    provisioning: Provisioning
+    clock: Callable[[], datetime]  # default: utcnow
+    sleep: Callable[[float], Awaitable[None]]  # default: asyncio.sleep
+    should_start: Callable[[], bool]  # default: always (the Lambda passes its remaining-time guard)
+    secret_text: str | Callable[[], str | None] | None  # the registry credentials secret, or how to read it
+    alert_stream: TextIO  # where printed alerts go (default: stdout)
+
+
 class App:
     """The composed application: settings and every port, each adapter built on first use and then kept.
 
@@ -337,42 +355,25 @@ class App:
     connection pools belong to a loop, so tokens and connections survive between scheduled runs.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        trust: TrustStore | None = None,
-        state: StateStore | None = None,
-        lease: RunLease | None = None,
-        alerts: Alerts | None = None,
-        registry: Registry | None = None,
-        packages: PackageIndex | None = None,
-        manifests: ManifestReader | None = None,
-        provisioning: Provisioning | None = None,
-        clock: Callable[[], datetime] = utcnow,
-        sleep: Callable[[float], Awaitable[None]] | None = None,
-        should_start: Callable[[], bool] | None = None,
-        secret_text: str | Callable[[], str | None] | None = None,
-        alert_stream: TextIO | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, **overrides: Unpack[Overrides]) -> None:
         self.settings = settings
-        self._trust = trust
+        self._trust = overrides.get("trust")
         self._recorder: TrustStore | None = None
-        self._state = state
-        self._lease = lease
-        self._alerts = alerts
-        self._registry = registry
-        self._packages = packages
-        self._manifests = manifests
-        self._provisioning = provisioning
+        self._state = overrides.get("state")
+        self._lease = overrides.get("lease")
+        self._alerts = overrides.get("alerts")
+        self._registry = overrides.get("registry")
+        self._packages = overrides.get("packages")
+        self._manifests = overrides.get("manifests")
+        self._provisioning = overrides.get("provisioning")
         self._client: RegistryClient | None = None
-        self.clock = clock
-        self._sleep = sleep
-        self._should_start = should_start
-        self._secret_source = secret_text
+        self.clock = overrides.get("clock", utcnow)
+        self._sleep = overrides.get("sleep")
+        self._should_start = overrides.get("should_start")
+        self._secret_source = overrides.get("secret_text")
         self._secret_read = False
         self._secret_text: str | None = None
-        self._alert_stream = alert_stream
+        self._alert_stream = overrides.get("alert_stream")
         self._built_clients: list[RegistryClient | PackageIndexClient] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -556,41 +557,10 @@ class App:
         loop.close()
 
 
-def build(
-    settings: Settings,
-    *,
-    trust: TrustStore | None = None,
-    state: StateStore | None = None,
-    lease: RunLease | None = None,
-    alerts: Alerts | None = None,
-    registry: Registry | None = None,
-    packages: PackageIndex | None = None,
-    manifests: ManifestReader | None = None,
-    provisioning: Provisioning | None = None,
-    clock: Callable[[], datetime] = utcnow,
-    sleep: Callable[[float], Awaitable[None]] | None = None,
-    should_start: Callable[[], bool] | None = None,
-    secret_text: str | Callable[[], str | None] | None = None,
-    alert_stream: TextIO | None = None,
-) -> App:
+def build(settings: Settings, **overrides: Unpack[Overrides]) -> App:
     """The one composition root. Every port may be given (tests pass in-memory fakes); what is not given is
-    built from `settings` on first use. `secret_text`: the registry credentials secret (or how to read it)."""
-    return App(
-        settings,
-        trust=trust,
-        state=state,
-        lease=lease,
-        alerts=alerts,
-        registry=registry,
-        packages=packages,
-        manifests=manifests,
-        provisioning=provisioning,
-        clock=clock,
-        sleep=sleep,
-        should_start=should_start,
-        secret_text=secret_text,
-        alert_stream=alert_stream,
-    )
+    built from `settings` on first use."""
+    return App(settings, **overrides)
 
 
 _lambda_app: App | None = None
