@@ -13,7 +13,6 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Final, Protocol
 
 import httpx
@@ -111,11 +110,6 @@ class AdaptiveLimit:
         self._slow_start = False
         self.limit = max(1.0, self.limit / 2)
         self.shrinks += 1
-
-
-@dataclass(slots=True)
-class PolicyStats:
-    retries: int = 0
 
 
 class RegistryPolicy:
