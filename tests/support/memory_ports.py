@@ -12,9 +12,20 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from audit.models import Digest, RecordOutcome, TagState, TrustedImage, TrustSnapshot, WatchSettings, utcnow
+from audit.errors import StoreError
+from audit.models import (
+    Digest,
+    ImageRef,
+    MediaType,
+    RecordOutcome,
+    TagState,
+    TrustedImage,
+    TrustSnapshot,
+    WatchSettings,
+    utcnow,
+)
 from audit.ports import LeaseClaim
-from audit.record_rules import check_record_request, decide_record
+from audit.record_rules import decide_record
 from tests.support.package_world import FakeIndex
 from tests.support.service_world import RecordingAlerts, ScriptedRegistry
 
@@ -27,13 +38,20 @@ MemoryPackageIndex = FakeIndex
 
 
 class MemoryTrustStore:
-    """ports.TrustReader and ports.TrustRecorder in a dict; history in the order records were superseded."""
+    """ports.TrustReader and ports.TrustRecorder in a dict; history in the order records were superseded.
 
-    def __init__(self, *, clock: Callable[[], datetime] = utcnow) -> None:
+    `writes` lists every write in order (`record IMAGE:TAG`, `watch IMAGE`); `fail_on_record = n` makes the n-th
+    record call fail like a throttled table.
+    """
+
+    def __init__(self, *records: TrustedImage, clock: Callable[[], datetime] = utcnow) -> None:
         self._clock = clock
-        self.trusted: dict[tuple[str, str], TrustedImage] = {}
+        self.trusted: dict[tuple[str, str], TrustedImage] = {(r.image, r.tag): r for r in records}
         self.history_records: list[tuple[TrustedImage, datetime]] = []
         self.watch: dict[str, WatchSettings] = {}
+        self.writes: list[str] = []
+        self.fail_on_record: int | None = None
+        self._record_calls = 0
 
     def load_all(self) -> list[TrustedImage]:
         return [self.trusted[key] for key in sorted(self.trusted)]
@@ -62,24 +80,28 @@ class MemoryTrustStore:
         return self.watch.get(image)
 
     def record(self, item: TrustedImage, *, replace: bool = False, moving: bool = False) -> RecordOutcome:
-        check_record_request(item, replace=replace)
+        self._record_calls += 1
+        if self._record_calls == self.fail_on_record:
+            raise StoreError("cannot write table trust: throttled", hint="try again later")
         decision = decide_record(self.trusted.get((item.image, item.tag)), item, replace=replace, moving=moving)
         if decision.outcome is RecordOutcome.UNCHANGED:
             return decision.outcome
         if decision.superseded is not None:
             self.history_records.append((decision.superseded, self._clock()))
         self.trusted[item.image, item.tag] = item
+        self.writes.append(f"record {item.ref.familiar}")
         return decision.outcome
 
     def put_watch_settings(self, settings: WatchSettings) -> None:
         self.watch[settings.image] = settings
+        self.writes.append(f"watch {settings.image}")
 
 
 class MemoryStateStore:
     """ports.StateStore in a dict; `saves` keeps every batch written, in order."""
 
-    def __init__(self) -> None:
-        self.states: dict[tuple[str, str], TagState] = {}
+    def __init__(self, *states: TagState) -> None:
+        self.states: dict[tuple[str, str], TagState] = {state.key: state for state in states}
         self.saves: list[list[TagState]] = []
 
     def load_all(self) -> dict[tuple[str, str], TagState]:
@@ -115,3 +137,41 @@ class MemoryRunLease:
         self.events.append(("release", owner))
         if self.holder == owner:
             self.holder = None
+
+
+@dataclass(frozen=True)
+class MemoryManifest:
+    """What ports.ManifestReader gives for one digest."""
+
+    media_type: MediaType
+    platforms: dict[str, Digest] | None = None
+
+
+class MemoryManifests:
+    """ports.ManifestReader: manifests by digest; any other digest raises `failure` (a registry error)."""
+
+    def __init__(self, served: dict[Digest, MemoryManifest], failure: Exception | None = None) -> None:
+        self.served = served
+        self.failure = failure
+        self.asked: list[ImageRef] = []
+
+    async def fetch_manifest(self, ref: ImageRef) -> MemoryManifest:
+        self.asked.append(ref)
+        if ref.digest in self.served:
+            return self.served[ref.digest]
+        assert self.failure is not None
+        raise self.failure
+
+
+class MemoryProvisioning:
+    """ports.Provisioning: every call kept; the topic ARN is made up from the name."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+
+    def create_tables(self, trust_table: str, state_table: str) -> None:
+        self.calls.append(("tables", trust_table, state_table))
+
+    def create_topic(self, name: str) -> str:
+        self.calls.append(("topic", name))
+        return f"arn:aws:sns:eu-west-1:123456789012:{name}"

@@ -14,12 +14,12 @@ from audit.app.report import (
 )
 from audit.incident_report import ReleaseVerdict
 from audit.models import ImageRef, LiveStatus, MovingMode, Observation, Verdict
+from tests.support.memory_ports import MemoryStateStore, MemoryTrustStore
 from tests.support.store_builders import RECORDED_AT, digest, state, trusted, watch
-from tests.unit.app.fakes import MemoryState, MemoryTrust
 
 
 def test_the_scope_selects_repositories_and_an_inclusive_window_sorted_by_recording_time() -> None:
-    store = MemoryTrust(
+    store = MemoryTrustStore(
         trusted("1.2", "c", minutes=20),
         trusted("1.0", "a", minutes=0),
         trusted("1.1", "b", minutes=10),
@@ -36,9 +36,11 @@ def test_the_scope_selects_repositories_and_an_inclusive_window_sorted_by_record
 
 
 def test_a_row_shows_the_last_audit_or_that_none_checked_it() -> None:
-    store = MemoryTrust(trusted("1.0", "a"), trusted("1.1", "b"))
+    store = MemoryTrustStore(trusted("1.0", "a"), trusted("1.1", "b"))
     audited = state("1.0", last_verdict=Verdict.DRIFT, last_live_digest=digest("e"))
-    rows = evidence_rows(gather_evidence(store, MemoryState(audited), ReportScope()))
+    audit_state = MemoryStateStore(audited)
+    rows = evidence_rows(gather_evidence(store, audit_state, ReportScope()))
+    assert audit_state.saves == []  # a report never saves audit state
     assert [(r["tag"], r["status"], r["live_digest"], r["since"]) for r in rows] == [
         ("1.0", "drift", str(digest("e")), "2024-05-01T12:00:00.123456Z"),
         ("1.1", NOT_AUDITED, None, None),
@@ -59,7 +61,7 @@ class Serving:
 
 
 async def test_live_verdicts_follow_the_audit_rules_for_moving_tags() -> None:
-    store = MemoryTrust(trusted("latest", "a"), trusted("1.0", "b"))
+    store = MemoryTrustStore(trusted("latest", "a"), trusted("1.0", "b"))
     store.record(trusted("latest", "c"), moving=True)  # "a" goes to history
     store.put_watch_settings(watch(moving={"latest": MovingMode.ANY_TRUSTED}))
     evidence = gather_evidence(store, None, ReportScope())

@@ -10,8 +10,8 @@ from audit.app.trust_transfer import ImportConflict, export_trust, import_trust,
 from audit.errors import StoreError
 from audit.models import MovingMode
 from audit.trust_formats import TRUST_FIELDS, TrustImportError
+from tests.support.memory_ports import MemoryTrustStore
 from tests.support.store_builders import digest, trusted, watch
-from tests.unit.app.fakes import MemoryTrust
 
 HEADER = ",".join(TRUST_FIELDS)
 
@@ -25,23 +25,23 @@ def csv_text(*rows: str) -> str:
 
 
 def test_rows_are_created_or_unchanged_and_a_conflict_is_listed_never_replaced() -> None:
-    store = MemoryTrust(trusted("1.0", "a"), trusted("2.0", "b"))
+    store = MemoryTrustStore(trusted("1.0", "a"), trusted("2.0", "b"))
     summary = import_trust(store, csv_text(row("1.0", "a"), row("2.0", "c"), row("3.0", "d")), "csv")
     assert summary.created == ("ghcr.io/org/app:3.0",)
     assert summary.unchanged == ("ghcr.io/org/app:1.0",)
     assert summary.conflicts == (ImportConflict("line 3", "ghcr.io/org/app:2.0", digest("b"), digest("c")),)
-    assert store.current[("ghcr.io/org/app", "2.0")].digest == digest("b")
+    assert store.trusted[("ghcr.io/org/app", "2.0")].digest == digest("b")
 
 
 def test_a_duplicate_anywhere_refuses_the_whole_input_before_anything_is_written() -> None:
-    store = MemoryTrust()
+    store = MemoryTrustStore()
     with pytest.raises(TrustImportError, match=r"^line 4: ghcr.io/org/app:1.0 appears again \(first at line 2\)"):
         import_trust(store, csv_text(row("1.0", "a"), row("2.0", "b"), row("1.0", "c")), "csv")
     assert store.writes == []
 
 
 def test_watch_settings_are_written_before_the_records() -> None:
-    store = MemoryTrust()
+    store = MemoryTrustStore()
     document = {
         "trusted": [trusted("latest", "b").model_dump(mode="json", exclude_none=True)],
         "watch": [watch(moving={"latest": MovingMode.LATEST_RECORDED}).model_dump(mode="json")],
@@ -52,7 +52,7 @@ def test_watch_settings_are_written_before_the_records() -> None:
 
 
 def test_a_store_failing_half_way_says_what_stays_and_that_running_again_is_safe() -> None:
-    store = MemoryTrust()
+    store = MemoryTrustStore()
     store.fail_on_record = 2
     with pytest.raises(StoreError) as raised:
         import_trust(store, json.dumps([trusted(tag, "a").model_dump(mode="json") for tag in ("1", "2", "3")]), "json")
@@ -61,11 +61,11 @@ def test_a_store_failing_half_way_says_what_stays_and_that_running_again_is_safe
         "the 1 of 3 records before it were written and stay"
     )
     assert raised.value.hint.startswith("try again later; then fix the cause and run the same import again")
-    assert list(store.current) == [("ghcr.io/org/app", "1")]
+    assert list(store.trusted) == [("ghcr.io/org/app", "1")]
 
 
 def test_export_holds_records_sorted_with_their_history_and_the_watch_settings() -> None:
-    store = MemoryTrust(trusted("2.0", "a"), trusted("1.0", "b"))
+    store = MemoryTrustStore(trusted("2.0", "a"), trusted("1.0", "b"))
     store.record(trusted("1.0", "c", reason="rebuilt"), replace=True)
     store.put_watch_settings(watch("org/z"))
     store.put_watch_settings(watch("org/a"))

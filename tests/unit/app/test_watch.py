@@ -8,19 +8,19 @@ from audit.app.watch import WatchChanges, update_package_watch, update_watch
 from audit.errors import UsageError
 from audit.models import MovingMode
 from audit.packages import registry_key
+from tests.support.memory_ports import MemoryTrustStore
 from tests.support.store_builders import watch
-from tests.unit.app.fakes import MemoryTrust
 
 
 def test_showing_the_settings_of_an_unknown_repository_writes_nothing() -> None:
-    store = MemoryTrust()
+    store = MemoryTrustStore()
     shown = update_watch(store, "ghcr.io", "org/app", WatchChanges())
     assert shown == watch()
     assert store.writes == []
 
 
 def test_changes_apply_to_what_they_name_and_keep_the_rest() -> None:
-    store = MemoryTrust()
+    store = MemoryTrustStore()
     store.put_watch_settings(watch(ignore=("sha-*",), moving={"edge": MovingMode.ANY_TRUSTED}))
     changes = WatchChanges(
         track_new_tags=True,
@@ -37,7 +37,7 @@ def test_changes_apply_to_what_they_name_and_keep_the_rest() -> None:
 
 
 def test_a_change_that_changes_nothing_is_not_written() -> None:
-    store = MemoryTrust()
+    store = MemoryTrustStore()
     store.put_watch_settings(watch(track_new_tags=True))
     store.writes.clear()
     update_watch(store, "ghcr.io", "org/app", WatchChanges(track_new_tags=True))
@@ -45,14 +45,14 @@ def test_a_change_that_changes_nothing_is_not_written() -> None:
 
 
 def test_settings_beyond_their_bounds_are_a_usage_error_naming_the_repository() -> None:
-    store = MemoryTrust()
+    store = MemoryTrustStore()
     with pytest.raises(UsageError, match=r"^invalid watch settings for ghcr.io/org/app: .*ignore"):
         update_watch(store, "ghcr.io", "org/app", WatchChanges(ignore=[f"p{n}" for n in range(101)]))
     assert store.writes == []
 
 
 def test_a_package_project_only_tracks_new_releases_and_writes_only_when_asked() -> None:
-    store = MemoryTrust()
+    store = MemoryTrustStore()
     registry = registry_key("https://pypi.org/simple")
     shown = update_package_watch(store, registry, "demo-pkg", track=None)
     assert (shown.track_new_tags, store.writes) == (False, [])
