@@ -227,32 +227,6 @@ class Settings:
             docker_config=docker_config,
             netrc=netrc,
         )
-        return cls._with_registry(
-            environment,
-            registry,
-            trust_file=trust_file,
-            state_file=state_file,
-            print_alerts=print_alerts,
-            reverify_delay=reverify_delay,
-            reminder_interval=reminder_interval,
-            unverifiable_after=unverifiable_after,
-            ci_tokens=ci_tokens,
-        )
-
-    @classmethod
-    def _with_registry(
-        cls,
-        environment: Environment,
-        registry: RegistrySettings,
-        *,
-        trust_file: Path | None = None,
-        state_file: Path | None = None,
-        print_alerts: bool = False,
-        reverify_delay: float | None = None,
-        reminder_interval: float | None = None,
-        unverifiable_after: int | None = None,
-        ci_tokens: bool = False,
-    ) -> Settings:
         trust_table = environment.text(ENV_TRUST_TABLE)
         state_table = environment.text(ENV_STATE_TABLE)
         topic_arn = environment.text(ENV_TOPIC_ARN)
