@@ -146,8 +146,9 @@ def _parse_one(text: str, *, where: str) -> ImageRef:
 
 
 def print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    """One write of the whole document: `json.dump` to a stream writes each token on its own (about 100,000
+    writes for 2,000 rows of `check --json`, 0.1 s of a 2 s run)."""
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
     sys.stdout.flush()
 
 
