@@ -17,7 +17,7 @@ from audit import bootstrap, push_events
 from audit.app.audit import RunOptions, RunReport
 from audit.errors import AuditError, ConfigError, InvalidEventError, InvalidReferenceError
 from audit.hooks import CheckRequest
-from audit.models import AUDIT_VERDICTS
+from audit.models import AUDIT_VERDICTS, iso_utc
 
 # Defaults equal the template's, so the heartbeat alarm (namespace + `service` dimension) always matches.
 SERVICE_NAME = os.environ.get("POWERTOOLS_SERVICE_NAME", "digest-audit")
@@ -217,7 +217,7 @@ def summarise(report: RunReport, *, dry_run: bool) -> dict[str, Any]:
             "run_id": report.run_id,
             "stepped_aside": True,
             "lease_holder": claim.holder,
-            "lease_expires_at": claim.expires_at.isoformat() if claim.expires_at else None,
+            "lease_expires_at": iso_utc(claim.expires_at),
             "checked": 0,
             "alerts_published": 0,
             "dry_run": dry_run,

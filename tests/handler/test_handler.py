@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -424,6 +425,7 @@ def test_the_function_steps_aside_while_another_run_holds_the_lease(
 
     assert summary["stepped_aside"] is True
     assert "operator-run" in summary["lease_holder"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", summary["lease_expires_at"])  # like every output
     assert (summary["checked"], summary["alerts_published"]) == (0, 0)
     assert env.alerts.envelopes() == []
     metrics = emitted_metrics(capsys.readouterr().out)
