@@ -1,7 +1,7 @@
 """HTTP/2 or HTTP/1.1 to a registry 50 ms away: does one multiplexed connection beat adaptive keep-alive ones?
 
 Docker Hub, GHCR and ECR offer h2 over TLS; so does Debian's docker-registry (Go's server negotiates it by
-ALPN). aiohttp, the client's fast transport, speaks HTTP/1.1 only; httpx's own transport (httpcore + the h2
+ALPN). The client's own transport (wire.py) speaks HTTP/1.1 only; httpx's own transport (httpcore + the h2
 package) speaks h2. This starts a TLS registry, seeds it, puts the latency proxy in front (TLS is piped with
 each client chunk delayed), and times `RegistryClient.observe` over every tag with both. Prints JSON.
 
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
 
             variants = {
-                "http/1.1: aiohttp, adaptive connections (default)": lambda: None,
+                "http/1.1: wire.py, adaptive connections (default)": lambda: None,
                 "h2: httpx's own transport (httpcore + h2), one connection": h2,
             }
             by_variant: dict[str, list[Json]] = {name: [] for name in variants}

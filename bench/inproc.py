@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--transport",
         choices=["default", "explicit", "sharded"],
         default="default",
-        help="default: the client's own (httpx over aiohttp); explicit: httpcore's AsyncHTTPTransport "
+        help="default: the client's own (httpx over wire.py); explicit: httpcore's AsyncHTTPTransport "
         "(pool limits = concurrency); "
         "sharded: `concurrency` single-connection transports",
     )

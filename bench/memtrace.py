@@ -25,9 +25,7 @@ SAMPLE_SECONDS = 0.5
 def main() -> int:
     out = Path(sys.argv[1])
     tracemalloc.start(1)
-    import aiohttp  # noqa: F401, PLC0415 - the transport, imported at the first request in a real run
-    import httpx_aiohttp  # noqa: F401, PLC0415
-
+    import audit.adapters.registry.wire  # noqa: F401, PLC0415 - the transport, imported by the first request
     from audit.cli import main as cli_main  # noqa: PLC0415 - imported under tracemalloc on purpose
 
     after_imports = tracemalloc.get_traced_memory()[0]

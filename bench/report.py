@@ -266,7 +266,7 @@ def render(results: Json) -> str:
     transport = _map(results, "transport_cost")
     if transport:
         lines += [
-            f"- the aiohttp transport (imported at the first request, never by `import handler`): "
+            f"- the wire transport (wire.py, imported at the first request, never by `import handler`): "
             f"+{_fmt(_num(transport, 'import_s_added'), 3)} s import over httpx alone; installed "
             f"{_fmt(_num(transport, 'installed_kib_total'))} KiB ({dict(_map(transport, 'installed_kib'))})",
         ]

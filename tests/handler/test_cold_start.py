@@ -20,7 +20,7 @@ layers, fn = [], handler.lambda_handler
 while fn is not None:
     layers.append(fn.__code__.co_filename.rsplit("/", 2)[-2])
     fn = getattr(fn, "__wrapped__", None)
-loaded = {m: any(n == m or n.startswith(m + ".") for n in sys.modules) for m in ("aws_xray_sdk", "aiohttp", "httpx")}
+loaded = {m: any(n == m or n.startswith(m + ".") for n in sys.modules) for m in ("aws_xray_sdk", "httpx")}
 print(json.dumps(loaded | {"traced": "tracing" in layers}))
 """
 
@@ -34,18 +34,18 @@ def imported_by_handler(**environ: str) -> dict[str, object]:
 
 
 def test_outside_lambda_import_handler_loads_neither_xray_nor_the_registry_adapter() -> None:
-    # the registry adapter (httpx, aiohttp) is built, and imported, by the first invocation
-    assert imported_by_handler() == {"aws_xray_sdk": False, "aiohttp": False, "httpx": False, "traced": False}
+    # the registry adapter (httpx) is built, and imported, by the first invocation
+    assert imported_by_handler() == {"aws_xray_sdk": False, "httpx": False, "traced": False}
 
 
 def test_with_tracing_disabled_in_lambda_xray_is_not_loaded() -> None:
     seen = imported_by_handler(AWS_LAMBDA_FUNCTION_NAME="audit", POWERTOOLS_TRACE_DISABLED="true")
-    assert seen == {"aws_xray_sdk": False, "aiohttp": False, "httpx": False, "traced": False}
+    assert seen == {"aws_xray_sdk": False, "httpx": False, "traced": False}
 
 
 def test_in_lambda_with_tracing_on_the_handler_is_traced() -> None:
     seen = imported_by_handler(AWS_LAMBDA_FUNCTION_NAME="audit")
-    assert seen == {"aws_xray_sdk": True, "aiohttp": False, "httpx": False, "traced": True}
+    assert seen == {"aws_xray_sdk": True, "httpx": False, "traced": True}
 
 
 @pytest.mark.parametrize(

@@ -778,7 +778,7 @@ async def test_a_proxy_from_the_environment_carries_the_requests(
     assert str(direct.live_digest) == image.digest  # NO_PROXY: straight to the registry, the proxy saw nothing more
 
 
-# --- the aiohttp transport: bodies and time are bounded on real sockets too -----------------------------------
+# --- the wire transport: bodies and time are bounded on real sockets too --------------------------------------
 
 
 async def test_a_gzip_bomb_over_a_real_socket_is_refused_not_inflated() -> None:

@@ -8,7 +8,7 @@ an UNVERIFIABLE observation with a short reason, so a flaky registry cannot pass
 The layers, each in one place: `observe` (the evidence rules) → `_request` (redirects and the origin check)
 → `RegistryPolicy.send` (policy.py: requests in flight, the 429 pause, retries) → `_send_with_auth`, which
 drives `RegistryAuth` (auth.py: the challenge flow, an `httpx.Auth`) over the transport its `Routes` pick (the
-proxies from the environment) → `CappedTransport` over aiohttp (transport.py).
+proxies from the environment) → `CappedTransport` (transport.py) over `Http1Transport` (wire.py).
 """
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ from audit.adapters.registry.transport import (
     BodyTooLarge,
     CappedTransport,
     Routes,
-    aiohttp_transport,
     environment_mounts,
+    proxied_transport,
 )
+from audit.adapters.registry.wire import Http1Transport
 from audit.config import DEFAULT_MAX_TAGS_PER_REPOSITORY, RegistrySettings
 from audit.errors import CredentialsError, InvalidDigestError, InvalidReferenceError
 from audit.models import (
@@ -653,16 +654,14 @@ class RegistryClient:
         # A plain-http registry never does TLS, so it never loads the CA bundle (~40 ms) for nothing.
         plain = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         contexts: dict[str, Callable[[], ssl.SSLContext]] = {"http": lambda: plain, "https": self._tls}
-        direct: dict[str, httpx.AsyncBaseTransport] = {
-            scheme: CappedTransport(aiohttp_transport(context, per_host=per_host))
-            for scheme, context in contexts.items()
-        }
-        mounts["http://"] = direct["http"]
+        wire = CappedTransport(Http1Transport(self._tls, per_host=per_host))
+        direct: dict[str, httpx.AsyncBaseTransport] = {"http": wire, "https": wire}
+        mounts["http://"] = wire
         mounts.update(
             environment_mounts(
                 direct,
                 lambda scheme, proxy: CappedTransport(
-                    aiohttp_transport(contexts[scheme], per_host=per_host, proxy=proxy)
+                    proxied_transport(contexts[scheme](), per_host=per_host, proxy=proxy)
                 ),
             )
         )

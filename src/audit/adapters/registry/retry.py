@@ -48,9 +48,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
     current: BaseException | None = exc
     while current is not None and current not in seen:
         seen.append(current)
-        # aiohttp keeps the OSError or SSLError it wraps in `os_error`, not in the exception chain
-        wrapped = getattr(current, "os_error", None)
-        current = wrapped if isinstance(wrapped, BaseException) else current.__cause__ or current.__context__
+        current = current.__cause__ or current.__context__
     return seen
 
 
@@ -61,7 +59,6 @@ def classify_transport_error(exc: Exception) -> tuple[str, bool]:
         return "tls: certificate verify failed", False
     tls_errors = [link for link in chain if isinstance(link, ssl.SSLError)]
     if tls_errors:
-        # aiohttp's wrapper is an SSLError too, without a reason; the one it wraps has it
         detail = next((str(r) for link in tls_errors if (r := getattr(link, "reason", None))), "handshake failed")
         return f"tls: {detail.lower().replace('_', ' ')}", False
     text = " ".join(str(link) for link in chain)
@@ -71,13 +68,6 @@ def classify_transport_error(exc: Exception) -> tuple[str, bool]:
         return "connection refused", True
     if any(isinstance(link, socket.gaierror) for link in chain):
         return "dns lookup failed", True
-    if any(type(link).__module__.startswith("aiohttp") for link in chain):
-        # httpx-aiohttp maps every aiohttp connection error to ConnectTimeout: judge by what aiohttp raised
-        if any(isinstance(link, TimeoutError) for link in chain):  # aiohttp's timeouts are TimeoutErrors
-            return "timeout", True
-        if any(type(link).__name__.startswith("ClientConnector") for link in chain):
-            return "connection failed", True
-        return "connection reset", True
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return "timeout", True
     if isinstance(exc, httpx.ConnectError):

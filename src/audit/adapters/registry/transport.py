@@ -1,11 +1,11 @@
-"""The network edge under httpx: aiohttp's connection pool for speed, and a cap on every body read.
+"""The network edge under httpx: which transport carries a request, and a cap on every body read.
 
 httpx stays the API (requests, auth flows, `MockTransport` in tests); the transport is where speed changes.
-httpcore's pool polls every pooled connection on each request, so one pool gets slower as connections are
-added; aiohttp keeps a dict of idle connections per host and is 1.5-3 x faster per request here
-(docs/benchmarks.md). `CappedTransport` wraps whichever transport is used, so the body cap holds for every
-response, the 401s read inside an auth flow included: at most `cap` bytes are read off the wire and at most
-`cap` bytes come out of decoding, so a gzip bomb is refused instead of inflated.
+Direct connections go over `wire.Http1Transport` (HTTP/1.1 keep-alive on asyncio streams, docs/benchmarks.md
+has why), connections through a proxy from the environment over httpx's own transport. `Routes` applies
+httpx's mount rules once per origin. `CappedTransport` wraps whichever transport is used, so the body cap
+holds for every response, the 401s read inside an auth flow included: at most `cap` bytes are read off the
+wire and at most `cap` bytes come out of decoding, so a gzip bomb is refused instead of inflated.
 """
 
 from __future__ import annotations
@@ -106,33 +106,14 @@ class CappedTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-def aiohttp_transport(
-    ssl_context: Callable[[], ssl.SSLContext], *, per_host: int, proxy: str | None = None
-) -> httpx.AsyncBaseTransport:
-    """httpx over aiohttp: one keep-alive pool, at most `per_host` connections per host, through `proxy` if given.
+def proxied_transport(ssl_context: ssl.SSLContext, *, per_host: int, proxy: str) -> httpx.AsyncBaseTransport:
+    """httpx's own transport through `proxy` (absolute-form for http, CONNECT tunnels for https).
 
-    aiohttp is imported here, on first use, so `import handler` does not pay for it. `ssl_context` is called
-    when the pool is first needed: a run against plain-http registries never loads a CA bundle. aiohttp's own
-    `trust_env` is off: it re-reads the proxy variables and ~/.netrc (in a thread) on every request, which
-    cost a third of the client's time; proxies come from `environment_mounts` instead, read once.
+    Proxies are the uncommon case, so they get httpx's well-trodden proxy support rather than a second
+    implementation in wire.py; at most `per_host` connections, as for direct ones.
     """
-    import aiohttp  # noqa: PLC0415 - deferred: it costs start-up time every command would pay
-    from httpx_aiohttp import AiohttpTransport  # noqa: PLC0415
-
-    def session() -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=per_host, ssl=ssl_context())
-        # No cookie jar: the registry API needs none, a registry must not track us with one, and aiohttp's jar
-        # is consulted on every request.
-        return aiohttp.ClientSession(
-            connector=connector, trust_env=False, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
-        )
-
-    # An empty verifying context: the transport would otherwise load certifi eagerly, for nothing.
-    return AiohttpTransport(
-        verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
-        client=session,
-        proxy=httpx.Proxy(proxy) if proxy else None,
-    )
+    limits = httpx.Limits(max_connections=per_host, max_keepalive_connections=per_host)
+    return httpx.AsyncHTTPTransport(verify=ssl_context, proxy=httpx.Proxy(proxy), limits=limits, trust_env=False)
 
 
 def environment_mounts(
