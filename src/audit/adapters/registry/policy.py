@@ -153,7 +153,7 @@ class RegistryPolicy:
     def paused_for(self) -> float:
         return max(0.0, self._not_before - self._clock())
 
-    async def send[R: Reply](self, exchange: Callable[[], Awaitable[R]], what: str) -> R:
+    async def send[R: Reply](self, exchange: Callable[[], Awaitable[R]], what: object) -> R:
         """Run `exchange` with retries: 429 (Retry-After, shared pause), 5xx, resets and timeouts."""
         attempt = 0
         while True:

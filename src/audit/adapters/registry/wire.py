@@ -81,7 +81,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
     """Direct HTTP/1.1 keep-alive connections, at most `per_host` open at once per origin.
 
     `ssl_context` is called on the first https connection (a plain-http run never loads a CA bundle).
-    Timeouts come from the request's `timeout` extension, as httpx sets them: connect, and each read.
+    Timeouts come from the request's `timeout` extension, as httpx sets them: connect, and each read (a read
+    timeout of None: the caller bounds the exchange as a whole, as the registry client does).
     """
 
     def __init__(self, ssl_context: Callable[[], ssl.SSLContext], *, per_host: int) -> None:
@@ -205,8 +206,11 @@ async def _serialize(request: httpx.Request) -> bytes:
 async def _read_head(reader: asyncio.StreamReader, limit: float | None) -> _Head:
     for _ in range(MAX_INFORMATIONAL + 1):
         try:
-            async with asyncio.timeout(limit):
+            if limit is None:  # the caller bounds the whole exchange (client.py does): no timer per read
                 raw = await reader.readuntil(_END_OF_HEAD)
+            else:
+                async with asyncio.timeout(limit):
+                    raw = await reader.readuntil(_END_OF_HEAD)
         except asyncio.IncompleteReadError as exc:
             if not exc.partial:
                 raise _StaleConnection from None
@@ -367,6 +371,8 @@ class _Body(httpx.AsyncByteStream):
 
     async def _read[T](self, reading: Awaitable[T]) -> T:
         try:
+            if self._timeout is None:
+                return await reading
             async with asyncio.timeout(self._timeout):
                 return await reading
         except TimeoutError:
