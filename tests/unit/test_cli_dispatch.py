@@ -45,3 +45,4 @@ def test_running_check_imports_no_other_command() -> None:
     assert code == 2
     assert "audit.cli.check" in modules
     assert not {"audit.cli.record", "audit.cli.run", "audit.cli.listen", "audit.cli.backfill"} & set(modules)
+    assert "audit.cli.packages" not in modules  # an image check needs no package side

@@ -18,7 +18,6 @@ from audit.cli.common import (
     registry_options_from,
     render_table,
 )
-from audit.cli.packages import run_check_packages
 from audit.config import Settings
 from audit.errors import UsageError
 from audit.models import Verdict, iso_utc
@@ -70,6 +69,9 @@ def run_check(args: argparse.Namespace) -> int:
             raise UsageError(
                 "pypi: packages are checked on their own", hint="check images and packages in separate commands"
             )
+        # imported here: the package side (recording, watch lists) is not on the path of an image check
+        from audit.cli.packages import run_check_packages  # noqa: PLC0415
+
         return run_check_packages(args, bootstrap.build(Settings(registry=registry_options_from(args))), packages)
     if args.index_url is not None:
         raise UsageError("--index-url is for pypi:PROJECT==VERSION", hint="drop it for images")
