@@ -70,11 +70,12 @@ def _unread(reader: asyncio.StreamReader) -> int:
 class _Pool:
     """The connections of one origin: idle ones (last used first) and a cap on how many exist at once."""
 
-    __slots__ = ("idle", "slots")
+    __slots__ = ("closed", "idle", "slots")
 
     def __init__(self, limit: int) -> None:
         self.idle: list[_Connection] = []
         self.slots = asyncio.Semaphore(limit)
+        self.closed = False  # the transport was closed: connections still in use are closed when done
 
 
 class Http1Transport(httpx.AsyncBaseTransport):
@@ -117,7 +118,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
     ) -> httpx.Response:
         retried = False
         while True:
-            connection = self._idle(pool) or await self._connect(request, origin, timeouts.get("connect"))
+            idle = None if retried else self._idle(pool)  # a retry goes on a new connection, not another idle one
+            connection = idle or await self._connect(request, origin, timeouts.get("connect"))
             try:
                 connection.writer.write(message)
                 head = await _read_head(connection.reader, timeouts.get("read"))
@@ -176,6 +178,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         self._closed = True
         for pool in self._pools.values():
+            pool.closed = True
             for connection in pool.idle:
                 connection.close()
             pool.idle.clear()
@@ -189,8 +192,8 @@ async def _serialize(request: httpx.Request) -> bytes:
     """The request line, the fields and the body in one piece; CR, LF or NUL in a field is refused."""
     body = await request.aread() if request.method not in ("GET", "HEAD") else b""
     fields = request.headers.raw
-    if body and request.headers.get("transfer-encoding", "").lower() == "chunked":
-        body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    if request.headers.get("transfer-encoding", "").lower() == "chunked":  # an empty body still needs its last chunk
+        body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
     lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)]
     lines += [b"%s: %s\r\n" % field for field in fields]
     lines.append(b"\r\n")
@@ -266,18 +269,18 @@ def _response(
     chunked = until_close = False
     keep_alive = head.keep_alive
     lengths: set[bytes] = set()
-    codings = b""
+    codings: bytes | None = None  # every Transfer-Encoding field, joined; an empty one still counts
     for name, value in head.fields:
         lowered = name.lower()
         if lowered == b"content-length":
             lengths.update(part.strip() for part in value.split(b","))
         elif lowered == b"transfer-encoding":
-            codings = value.lower()
+            codings = value.lower() if codings is None else b"%s, %s" % (codings, value.lower())
         elif lowered == b"connection" and b"close" in (token.strip() for token in value.lower().split(b",")):
             keep_alive = False
     if request.method == "HEAD" or head.status < 200 or head.status in _NO_BODY_STATUS:
         length = 0
-    elif codings:
+    elif codings is not None:
         # chunked is the last coding, or the body runs to the close; a Content-Length beside it is ignored and
         # the connection is not reused (RFC 9112 6.3: a message with both may be an attempt at smuggling)
         chunked = codings.rsplit(b",", 1)[-1].strip() == b"chunked"
@@ -289,7 +292,7 @@ def _response(
         length = int(next(iter(lengths)))
     else:
         until_close = True
-    if until_close:
+    if until_close or head.status == 101:  # after a 101 the connection no longer speaks HTTP/1.1
         keep_alive = False
     stream = _Body(connection, pool, length, chunked=chunked, keep_alive=keep_alive, timeout=timeout)
     return httpx.Response(
@@ -384,7 +387,7 @@ class _Body(httpx.AsyncByteStream):
         connection, self._connection = self._connection, None
         if connection is None:
             return
-        if self._done and self._keep_alive and not _unread(connection.reader):
+        if self._done and self._keep_alive and not self._pool.closed and not _unread(connection.reader):
             connection.idle_since = time.monotonic()
             self._pool.idle.append(connection)
         else:
