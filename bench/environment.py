@@ -178,6 +178,7 @@ def install_runtime(directory: Path, project: Path) -> Path | None:
     """
     env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(directory)}
     command = ["uv", "sync", "--frozen", "--no-dev", "--no-editable", "--compile-bytecode", "--quiet"]
+    command += ["--reinstall-package", "digest-audit"]  # built from the sources as they are, never a cached wheel
     try:
         done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, check=False)
     except OSError as exc:
