@@ -22,7 +22,8 @@ from audit.adapters.dynamodb_store import SCAN_SEGMENTS, DynamoTrustStore
 from audit.adapters.registry import RegistryClient
 from audit.app.audit import RunOptions
 from audit.config import AlertSettings, AuditSettings, RegistrySettings, Settings, StoreSettings
-from audit.models import Digest, ImageRef, Observation, TrustSnapshot
+from audit.models import Digest, ImageRef, Observation
+from audit.records import TrustSnapshot
 
 
 class Timeline:

@@ -34,7 +34,8 @@ from typing import Protocol
 from audit.adapters.dynamodb_store import DynamoStateStore, create_tables
 from audit.adapters.file_store import FileStateStore
 from audit.config import ENV_STATE_TABLE, ENV_TRUST_TABLE
-from audit.models import TagState, Verdict
+from audit.models import Verdict
+from audit.records import TagState
 from bench.ceiling import build_compiled, compiled_seconds
 from bench.environment import (
     STATE_TABLE,

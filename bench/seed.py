@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
 from audit.adapters.dynamodb_store import BATCH_LIMIT, trusted_image_to_item
-from audit.models import Digest, MediaType, TrustedImage, Verdict
+from audit.models import Digest, MediaType, Verdict
+from audit.records import TrustedImage
 from tests.support.local_registry import LocalRegistry
 from tests.support.pusher import ImageKind, PushedImage, Pusher
 

@@ -10,8 +10,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from audit.drift import platform_changes
-from audit.models import Digest, Finding, ImageRef, Notice, Verdict, iso_utc
+from audit.models import Digest, ImageRef, Notice, Verdict, iso_utc
 from audit.packages import index_of, is_package_registry, parse_filename
+from audit.records import Finding
 from audit.reference import DOCKER_HUB_API_HOST, familiar_name, is_valid_image, is_valid_tag
 from audit.untrusted import printable, shell_word
 

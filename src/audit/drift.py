@@ -11,26 +11,16 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
 
 from audit.config import DEFAULT_REMINDER_INTERVAL, DEFAULT_UNVERIFIABLE_AFTER
-from audit.models import (
-    Digest,
-    Finding,
-    ImageRef,
-    LiveStatus,
-    MediaType,
-    MovingMode,
-    Notice,
-    Observation,
-    TagState,
-    TrustedImage,
-    Verdict,
-    WatchSettings,
-    iso_utc,
-)
+from audit.models import Digest, ImageRef, LiveStatus, MediaType, MovingMode, Notice, Observation, Verdict, iso_utc
 from audit.packages import IndexFile, ProjectPage, parse_filename
 from audit.platforms import Platform, select_platform
 from audit.reference import is_valid_tag, rejected_tag_key
+
+if TYPE_CHECKING:  # the records are pydantic models, built only by the run's decisions (imported there)
+    from audit.records import Finding, TagState, TrustedImage, WatchSettings
 
 # cosign signatures/attestations/SBOMs and the OCI 1.1 referrers fallback tag: `<alg>-<hex>[.sig|.att|.sbom]`.
 _REFERRER_TAG_RE = re.compile(r"^(?:sha256-[0-9a-f]{64}|sha512-[0-9a-f]{128})(?:\.(?:sig|att|sbom))?$")
@@ -377,6 +367,8 @@ def decide(
     Publish-then-save is safe: the result depends only on the arguments, so when a publish fails and
     nothing is saved, the next run computes the same notice again from the same previous state.
     """
+    from audit.records import TagState  # noqa: PLC0415 - pydantic: not on check's path
+
     if ref.tag is None:
         raise ValueError(f"decide needs a tagged reference, not {ref}")
     if previous is not None and previous.key != (ref.image, ref.tag):
@@ -439,6 +431,8 @@ def _decide_unverifiable(
     policy: AlertPolicy,
     registry_all_failed: bool,
 ) -> Decision:
+    from audit.records import TagState  # noqa: PLC0415 - pydantic: not on check's path
+
     streak = (previous.consecutive_unverifiable if previous is not None else 0) + 1
     open_verdict = previous.alerted_verdict if previous is not None else None
     if previous is not None and open_verdict is not None and open_verdict is not Verdict.UNVERIFIABLE:
@@ -525,6 +519,8 @@ def finding_for(  # noqa: PLR0917 - the service passes the six facts positionall
     an older problem is still open, the finding reports that problem with its last seen digest and says the
     tag could not be verified now. RESOLVED findings carry this run's verdict (usually match).
     """
+    from audit.records import Finding  # noqa: PLC0415 - pydantic: not on check's path
+
     ref = ImageRef(registry=state.registry, repository=state.repository, tag=state.tag)
     status = verdict
     live = observation.live_digest if verdict in _DIGEST_VERDICTS else None
@@ -569,6 +565,8 @@ def yank_finding_for(
 ) -> Finding:
     """The notice behind `decision.yank_notice`: the index started (NEW) or stopped (RESOLVED) serving a recorded
     package file yanked. Its status is YANKED whatever the file's verdict, which has findings of its own."""
+    from audit.records import Finding  # noqa: PLC0415 - pydantic: not on check's path
+
     notice = decision.yank_notice
     if notice is None:
         raise ValueError("yank_finding_for needs a decision with a yank notice")

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from audit.models import Finding
+    from audit.records import Finding
 
 
 class AuditError(Exception):

@@ -25,7 +25,8 @@ from typing import Any
 from pydantic import ValidationError, ValidationInfo, field_validator
 
 from audit.errors import AuditError, InvalidEventError
-from audit.models import SCHEMA1_MEDIA_TYPES, Digest, Frozen, MediaType, TrustedImage
+from audit.models import SCHEMA1_MEDIA_TYPES, Digest, MediaType
+from audit.records import Frozen, TrustedImage
 from audit.reference import DOCKER_HUB_API_HOST, is_valid_tag, parse_image_name
 from audit.untrusted import printable
 

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from urllib.parse import quote, urlsplit
 
-from audit.models import Digest, Observation, TagState, TrustedImage, Verdict
+from audit.models import Digest, Observation, Verdict
+from audit.records import TagState, TrustedImage
 from audit.reference import DOCKER_HUB_API_HOST, familiar_name
 from audit.untrusted import has_unsafe_characters, markdown_text, printable
 

@@ -1,53 +1,31 @@
-"""Frozen domain models shared by every layer: references, digests, observations, trust records, findings."""
+"""The domain's value types, without pydantic: references, digests, observations, verdicts, listings.
+
+`check` needs only these, and importing pydantic costs about 0.1 s of every process (issue 11): the records
+that are stored, imported and exported (trust records, watch settings, tag states, findings, CI runs) are
+pydantic models in `audit.records`. `ImageRef` and `Observation` are frozen slotted dataclasses that check
+their fields' types and coerce digest, status and media type text as the models did.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, NamedTuple, Self, overload
-
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    GetCoreSchemaHandler,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import core_schema
+from typing import TYPE_CHECKING, Self, overload
 
 from audit.errors import InvalidDigestError
 from audit.reference import (
     PACKAGE_REGISTRY_PREFIX,
     familiar_name,
-    is_valid_image,
-    is_valid_tag,
     parse_digest,
     parse_reference,
 )
-from audit.untrusted import has_unsafe_characters, printable
 
-#: Models validated with the same fields share one `model_fields_set`: a run holds a few models per tag, and a
-#: set of five or more names costs 728 bytes each (issue 11). Frozen models never change theirs in place
-#: (`model_copy(update=...)` copies it before adding to it). Bounded: so many distinct sets, then no sharing.
-_SHARED_FIELDS_SETS: dict[frozenset[str], set[str]] = {}
-MAX_SHARED_FIELDS_SETS = 1024
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    def model_post_init(self, context: object, /) -> None:
-        given = self.__pydantic_fields_set__
-        shared = _SHARED_FIELDS_SETS.get(key := frozenset(given))
-        if shared is None:
-            if len(_SHARED_FIELDS_SETS) < MAX_SHARED_FIELDS_SETS:
-                _SHARED_FIELDS_SETS[key] = given
-        elif shared is not given:
-            object.__setattr__(self, "__pydantic_fields_set__", shared)
+if TYPE_CHECKING:
+    from pydantic import GetCoreSchemaHandler
+    from pydantic_core import CoreSchema
 
 
 class MediaType(StrEnum):
@@ -72,18 +50,6 @@ SCHEMA1_MEDIA_TYPES = frozenset(
 )
 
 
-def _known_media_type(value: object) -> object:
-    """A media type we do not know reads as unknown (None), as it did when it was a string: the registry client
-    refuses such types, but a stored or imported record may carry one, and it must not stop an audit."""
-    if isinstance(value, str) and value not in MediaType:
-        return None
-    return value
-
-
-#: A manifest's media type where it is carried (observations, trust records, findings): one of ours, or unknown.
-KnownMediaType = Annotated[MediaType | None, BeforeValidator(_known_media_type)]
-
-
 class Digest(str):
     """A content digest `algorithm:hex`, validated strictly: a `str` of its canonical form, and so its own
     serialised form. A run holds several per tag (trusted, live, per platform, remembered): as a model each
@@ -100,14 +66,16 @@ class Digest(str):
         return super().__new__(cls, text)
 
     @classmethod
-    def __get_pydantic_core_schema__(cls, source: object, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+    def __get_pydantic_core_schema__(cls, source: object, handler: GetCoreSchemaHandler) -> CoreSchema:
+        from pydantic_core import core_schema  # noqa: PLC0415 - only models (audit.records) ever ask
+
         return core_schema.no_info_plain_validator_function(
-            cls._validated,
+            cls.of_value,
             serialization=core_schema.plain_serializer_function_ser_schema(str, return_schema=core_schema.str_schema()),
         )
 
     @classmethod
-    def _validated(cls, value: object) -> Digest:
+    def of_value(cls, value: object) -> Digest:
         """A field's value: a Digest, its text, or `{"algorithm", "hex"}` (the form of the former model)."""
         if isinstance(value, Digest):
             return value
@@ -147,13 +115,22 @@ class Digest(str):
         return f"Digest({str.__repr__(self)})"
 
 
-class ImageRef(Frozen):
+@dataclass(frozen=True, slots=True)
+class ImageRef:
     """A normalised image reference. `tag` is what is queried, `digest` the pin to compare with."""
 
     registry: str
     repository: str
     tag: str | None = None
     digest: Digest | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.registry, str) and isinstance(self.repository, str)):
+            raise TypeError("an image reference's registry and repository are strings")
+        if self.tag is not None and not isinstance(self.tag, str):
+            raise TypeError("an image reference's tag is a string or None")
+        if self.digest is not None and type(self.digest) is not Digest:
+            object.__setattr__(self, "digest", Digest.of_value(self.digest))
 
     @classmethod
     def parse(cls, text: str) -> ImageRef:
@@ -248,93 +225,55 @@ def iso_utc(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-class Observation(Frozen):
+def known_media_type(value: object) -> MediaType | None:
+    """A media type we do not know reads as unknown (None): the registry client refuses such types, but a stored
+    or imported record may carry one, and it must not stop an audit."""
+    if value is None or isinstance(value, MediaType):
+        return value
+    if isinstance(value, str):
+        return MediaType(value) if value in MediaType else None
+    raise TypeError(f"a media type is a string, not {type(value).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
     """What a registry served for one reference at one moment, with the evidence behind it."""
 
     ref: ImageRef
     status: LiveStatus
     live_digest: Digest | None = None
-    media_type: KnownMediaType = None
+    media_type: MediaType | None = None
     reason: str | None = None
     platforms: dict[str, Digest] | None = None
     rate_limit_remaining: int | None = None
-    checked_at: datetime = Field(default_factory=utcnow)
+    checked_at: datetime = field(default_factory=utcnow)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ref, ImageRef):
+            raise TypeError("an observation's ref is an ImageRef")
+        if type(self.status) is not LiveStatus:
+            object.__setattr__(self, "status", LiveStatus(self.status))
+        if self.live_digest is not None and type(self.live_digest) is not Digest:
+            object.__setattr__(self, "live_digest", Digest.of_value(self.live_digest))
+        if self.media_type is not None and type(self.media_type) is not MediaType:
+            object.__setattr__(self, "media_type", known_media_type(self.media_type))
+        if self.platforms is not None and not all(type(d) is Digest for d in self.platforms.values()):
+            object.__setattr__(self, "platforms", _digest_map(self.platforms))
+        if self.reason is not None and not isinstance(self.reason, str):
+            raise TypeError("an observation's reason is a string or None")
+        if not isinstance(self.checked_at, datetime):
+            raise TypeError("an observation's checked_at is a datetime")
+
+
+def _digest_map(platforms: Mapping[str, object]) -> dict[str, Digest]:
+    if not isinstance(platforms, Mapping) or not all(isinstance(name, str) for name in platforms):
+        raise TypeError("platforms map platform names to digests")
+    return {name: Digest.of_value(digest) for name, digest in platforms.items()}
 
 
 class MovingMode(StrEnum):
     LATEST_RECORDED = "latest-recorded"
     ANY_TRUSTED = "any-trusted"
-
-
-class TrustedImage(Frozen):
-    """The digest CI recorded for one (image, tag), and where it came from."""
-
-    registry: str
-    repository: str
-    tag: str
-    digest: Digest
-    platforms: dict[str, Digest] | None = None
-    media_type: KnownMediaType = None
-    source: str
-    commit: str | None = None
-    recorded_at: datetime
-    recorded_by: str | None = None
-    reason: str | None = None  # why a replace happened, when it did
-
-    @property
-    def image(self) -> str:
-        return f"{self.registry}/{self.repository}"
-
-    @property
-    def ref(self) -> ImageRef:
-        return ImageRef(registry=self.registry, repository=self.repository, tag=self.tag)
-
-
-#: Bounds of one repository's watch settings: they come from files, imports and hand-written table items.
-MAX_IGNORE_PATTERNS = 100
-MAX_PATTERN_LENGTH = 256
-MAX_MOVING_TAGS = 1000
-
-
-class WatchSettings(Frozen):
-    """Per-repository settings: report unrecorded tags, tags to ignore, tags allowed to move.
-
-    Validated wherever they are built (CLI, import, files, table items): the name is a normalised image name,
-    moving tags follow the tag grammar, ignore patterns are bounded and free of control characters.
-    """
-
-    registry: str
-    repository: str
-    track_new_tags: bool = False
-    ignore: tuple[str, ...] = ()
-    moving: dict[str, MovingMode] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _validate(self) -> Self:
-        if not is_valid_image(self.registry, self.repository):
-            shown = printable(f"{self.registry}/{self.repository}", max_chars=300)
-            raise ValueError(
-                f"invalid image '{shown}': registry must be a host[:port] and repository a lowercase path, "
-                "as `digest-audit watch` stores them (e.g. registry ghcr.io, repository org/app)"
-            )
-        if len(self.ignore) > MAX_IGNORE_PATTERNS:
-            raise ValueError(f"at most {MAX_IGNORE_PATTERNS} ignore patterns, not {len(self.ignore)}")
-        for pattern in self.ignore:
-            if not pattern or len(pattern) > MAX_PATTERN_LENGTH or has_unsafe_characters(pattern):
-                raise ValueError(
-                    f"invalid ignore pattern '{printable(pattern, max_chars=80)}': "
-                    f"1-{MAX_PATTERN_LENGTH} characters without control characters"
-                )
-        if len(self.moving) > MAX_MOVING_TAGS:
-            raise ValueError(f"at most {MAX_MOVING_TAGS} moving tags, not {len(self.moving)}")
-        for tag in self.moving:
-            if not is_valid_tag(tag):
-                raise ValueError(f"invalid moving tag '{printable(tag, max_chars=160)}': not a valid tag name")
-        return self
-
-    @property
-    def image(self) -> str:
-        return f"{self.registry}/{self.repository}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,109 +319,7 @@ class Notice(StrEnum):
     RESOLVED = "resolved"
 
 
-class TagState(Frozen):
-    """What the auditor remembers about one (image, tag) between runs; kept apart from the trust store."""
-
-    registry: str
-    repository: str
-    tag: str
-    last_verdict: Verdict
-    last_live_digest: Digest | None = None
-    first_seen: datetime  # when the current verdict (with its live digest) was first seen
-    last_seen: datetime  # when this tag was last checked
-    last_alerted: datetime | None = None
-    alert_count: int = 0
-    consecutive_unverifiable: int = 0
-    # The problem that was alerted and not yet resolved: (verdict, live digest). None when nothing is open.
-    alerted_verdict: Verdict | None = None
-    alerted_digest: Digest | None = None
-    # Package files only (drift.decide_yank): the PEP 592 yank a notice announced and no notice resolved yet,
-    # as its reason ("" when the index gave none); None when nothing is announced. Items without it read as None.
-    yank_notified: str | None = None
-    yank_notice_at: datetime | None = None  # when the last yank notice (new or resolved) went out
-
-    @field_validator("last_verdict")
-    @classmethod
-    def _stored_before_no_longer_audited(cls, verdict: Verdict) -> Verdict:
-        # A run never remembers `check`'s RESOLVED: a stored "resolved" is a tag that left the audit, saved
-        # before that meaning had its own name.
-        return Verdict.NO_LONGER_AUDITED if verdict is Verdict.RESOLVED else verdict
-
-    @property
-    def image(self) -> str:
-        return f"{self.registry}/{self.repository}"
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.image, self.tag)
-
-
-class Finding(Frozen):
-    """One alertable fact about one tag: the fields of `check --json` plus the evidence for a person."""
-
-    reference: str
-    registry: str
-    repository: str
-    tag: str | None
-    trusted_digest: Digest | None
-    live_digest: Digest | None
-    status: Verdict
-    reason: str | None
-    checked_at: datetime
-    platforms: dict[str, Digest] | None = None
-    trusted_platforms: dict[str, Digest] | None = None
-    source: str | None = None
-    commit: str | None = None
-    recorded_at: datetime | None = None
-    first_seen: datetime | None = None
-    notice: Notice = Notice.NEW
-    # Package files only: the reason the index gives for serving the file yanked (PEP 592; "" when none), None
-    # when it does not (or its listing was not read). Machine JSON carries it for package findings.
-    yanked: str | None = None
-    # Stable across runs for the same notice (see drift.with_finding_id): subscribers drop repeats by it.
-    finding_id: str | None = None
-
-    @property
-    def image(self) -> str:
-        return f"{self.registry}/{self.repository}"
-
-    @property
-    def alert_verdict(self) -> Verdict | Notice:
-        """What a message is grouped and filtered by: the verdict, or Notice.RESOLVED for every resolved notice."""
-        return Notice.RESOLVED if self.notice is Notice.RESOLVED else self.status
-
-
-class CiRun(Frozen):
-    """One CI run (GitHub workflow run, GitLab job, or a saved log) whose logs may show pushed digests."""
-
-    source: str  # the run's web URL: what a person opens to check the evidence
-    commit: str | None = None
-    started_at: datetime | None = None
-    handle: str = ""  # what the adapter needs to fetch the logs (run id, job id, file path)
-
-
-class JobLog(Frozen):
-    """The log of one job, split into steps where the CI says where steps begin (name None: unknown)."""
-
-    job: str
-    steps: tuple[tuple[str | None, str], ...]
-
-
 class LogStatus(StrEnum):
     READ = "read"
     EXPIRED = "log-expired"  # past retention (GitHub 410/404, GitLab erased trace)
     UNREADABLE = "log-unreadable"  # refused (too big, zip bomb, bad entry names) or the download failed
-
-
-class RunLogs(Frozen):
-    status: LogStatus
-    jobs: tuple[JobLog, ...] = ()
-    reason: str | None = None
-
-
-class TrustSnapshot(NamedTuple):
-    """Everything the audit reads from the trust store at the start of a run."""
-
-    trusted: list[TrustedImage]
-    watch: list[WatchSettings]
-    rejected_watch: list[RejectedWatch] = []  # noqa: RUF012 - a NamedTuple default, never mutated

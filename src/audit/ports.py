@@ -5,24 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from audit.models import (
-    CiRun,
-    Digest,
-    Finding,
-    ImageRef,
-    MediaType,
-    Observation,
-    RecordOutcome,
-    RunLogs,
-    TagListing,
-    TagState,
-    TrustedImage,
-    TrustSnapshot,
-    WatchSettings,
-)
+from audit.models import Digest, ImageRef, MediaType, Observation, RecordOutcome, TagListing
 from audit.packages import IndexFile, ProjectPage
+
+if TYPE_CHECKING:  # pydantic models: `check` uses these ports without ever importing pydantic
+    from audit.records import CiRun, Finding, RunLogs, TagState, TrustedImage, TrustSnapshot, WatchSettings
 
 
 class TrustReader(Protocol):

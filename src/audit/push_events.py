@@ -14,7 +14,8 @@ from datetime import datetime
 
 from audit.errors import InvalidEventError
 from audit.hooks import MAX_MESSAGE_BYTES, CheckRequest, from_ecr_event
-from audit.models import Finding, Notice
+from audit.models import Notice
+from audit.records import Finding
 
 
 def parse_queue_message(body: object) -> CheckRequest | None:

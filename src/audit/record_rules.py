@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from audit.errors import TrustConflictError, UsageError
-from audit.models import Digest, RecordOutcome, TrustedImage
+from audit.models import Digest, RecordOutcome
+from audit.records import TrustedImage
 
 
 @dataclass(frozen=True)

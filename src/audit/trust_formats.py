@@ -31,8 +31,9 @@ from typing import BinaryIO
 from pydantic import ValidationError
 
 from audit.errors import AuditError, UsageError
-from audit.models import Digest, ImageRef, TrustedImage, WatchSettings
+from audit.models import Digest, ImageRef
 from audit.packages import is_package_registry, package_key
+from audit.records import TrustedImage, WatchSettings
 from audit.reference import normalise_registry
 from audit.untrusted import csv_cell, has_unsafe_characters, printable
 

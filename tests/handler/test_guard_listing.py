@@ -10,7 +10,7 @@ import pytest
 
 import handler  # noqa: F401 - first import at collection, so Powertools' logger writes to a stable stream
 from audit.adapters.dynamodb_store import DynamoTrustStore
-from audit.models import WatchSettings
+from audit.records import WatchSettings
 from tests.support.lambda_env import NO_METRICS_WARNING, FakeContext, LambdaEnvironment, cold_start, load_event
 from tests.support.loopback_server import LoopbackServer, Recorded, Reply
 

@@ -12,8 +12,9 @@ import pytest
 
 import handler  # noqa: F401 - first import at collection, as in test_handler
 from audit.config import ENV_CREDENTIALS_SECRET
-from audit.models import Digest, TrustedImage
+from audit.models import Digest
 from audit.packages import registry_key
+from audit.records import TrustedImage
 from tests.support.lambda_env import IN_NEW_CONTAINER, NO_METRICS_WARNING, Function, LambdaEnvironment, load_event
 from tests.support.local_registry import LocalRegistry
 from tests.support.package_index import RecordedIndex, Route

@@ -16,7 +16,8 @@ from audit import push_events
 from audit.adapters.dynamodb_store import DynamoRunLease
 from audit.config import ENV_STATE_TABLE
 from audit.hooks import CheckRequest, HookAction, HookSource
-from audit.models import Digest, WatchSettings
+from audit.models import Digest
+from audit.records import WatchSettings
 from tests.support.aws_fixtures import AwsClients
 from tests.support.lambda_env import (
     IN_NEW_CONTAINER,

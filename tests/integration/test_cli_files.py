@@ -16,7 +16,8 @@ import pytest
 
 from audit.adapters.file_store import FileTrustStore
 from audit.cli.check import _table as check_table
-from audit.models import TrustedImage, utcnow
+from audit.models import utcnow
+from audit.records import TrustedImage
 from tests.support.cli_runner import CliResult, CliRunner
 
 DIGEST = "sha256:" + "ab" * 32

@@ -20,7 +20,8 @@ from audit.adapters.file_store import FileTrustStore
 from audit.alerts import AlertMessage, render
 from audit.app.audit import RunOptions, RunReport
 from audit.config import AlertSettings, AuditSettings, RegistrySettings, Settings
-from audit.models import Digest, Finding, TrustedImage, Verdict, WatchSettings
+from audit.models import Digest, Verdict
+from audit.records import Finding, TrustedImage, WatchSettings
 from tests.support.aws_fixtures import AwsClients, TableNames
 from tests.support.local_registry import LocalRegistry
 from tests.support.loopback_server import LoopbackServer, Recorded, Reply

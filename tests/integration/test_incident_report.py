@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from audit.adapters.file_store import FileStateStore, FileTrustStore
-from audit.models import Digest, TagState, TrustedImage, Verdict
+from audit.models import Digest, Verdict
+from audit.records import TagState, TrustedImage
 from tests.support.browser import Element, Rendered, render
 from tests.support.cli_runner import CliRunner
 from tests.support.local_registry import LocalRegistry

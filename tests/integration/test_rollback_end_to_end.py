@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from audit.adapters.dynamodb_store import DynamoTrustStore
-from audit.models import Digest, TrustedImage, iso_utc
+from audit.models import Digest, iso_utc
+from audit.records import TrustedImage
 from tests.support.aws_fixtures import AwsClients, TableNames
 from tests.support.cli_runner import CliRunner
 from tests.support.local_registry import LocalRegistry

@@ -11,7 +11,8 @@ import pytest
 from audit.adapters.sns_alerts import SnsAlerts
 from audit.alerts import MAX_MESSAGE_BYTES, machine_payload, render
 from audit.errors import PublishError
-from audit.models import Digest, Finding, Notice, Verdict
+from audit.models import Digest, Notice, Verdict
+from audit.records import Finding
 from tests.support.aws_fixtures import AwsClients
 from tests.support.sqs_drain import drain_bodies
 

@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 import pytest
 
 from audit.adapters.dynamodb_store import DynamoStateStore, DynamoTrustStore, current_sort_key, tag_state_to_item
-from audit.models import Digest, TagState, Verdict
+from audit.models import Digest, Verdict
+from audit.records import TagState
 from tests.support.aws_fixtures import AwsClients, TableNames
 from tests.support.cli_runner import CliRunner
 from tests.support.local_registry import LocalRegistry

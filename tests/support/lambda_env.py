@@ -30,7 +30,8 @@ from audit.config import (
     ENV_TIMEOUT,
     ENV_TOPIC_ARN,
 )
-from audit.models import Digest, ImageRef, TrustedImage
+from audit.models import Digest, ImageRef
+from audit.records import TrustedImage
 from tests.support.aws_fixtures import AwsClients, TableNames
 from tests.support.local_registry import LocalRegistry
 from tests.support.push_queue import PushQueue

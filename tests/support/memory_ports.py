@@ -13,19 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from audit.errors import StoreError
-from audit.models import (
-    Digest,
-    ImageRef,
-    MediaType,
-    RecordOutcome,
-    TagState,
-    TrustedImage,
-    TrustSnapshot,
-    WatchSettings,
-    utcnow,
-)
+from audit.models import Digest, ImageRef, MediaType, RecordOutcome, utcnow
 from audit.ports import LeaseClaim
 from audit.record_rules import decide_record
+from audit.records import TagState, TrustedImage, TrustSnapshot, WatchSettings
 from tests.support.package_world import FakeIndex
 from tests.support.service_world import RecordingAlerts, ScriptedRegistry
 

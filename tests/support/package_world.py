@@ -10,8 +10,9 @@ from audit import bootstrap
 from audit.adapters.file_store import FileStateStore, FileTrustStore
 from audit.app.audit import RunOptions
 from audit.config import AuditSettings, Settings
-from audit.models import Digest, TrustedImage, Verdict
+from audit.models import Digest, Verdict
 from audit.packages import IndexFile, ProjectPage, parse_filename, registry_key
+from audit.records import TrustedImage
 from tests.support.service_world import T0, Clock, RecordingAlerts, ScriptedRegistry
 
 INDEX = "https://pypi.example.com/simple"

@@ -13,8 +13,9 @@ from audit.adapters.file_store import FileStateStore, FileTrustStore
 from audit.app.audit import AuditService, RunOptions
 from audit.config import DEFAULT_MAX_TAGS_PER_REPOSITORY, AuditSettings, Settings
 from audit.errors import PublishError, RegistryError
-from audit.models import Digest, Finding, ImageRef, LiveStatus, Observation, TagListing, TrustedImage
+from audit.models import Digest, ImageRef, LiveStatus, Observation, TagListing
 from audit.ports import Registry, RunLease
+from audit.records import Finding, TrustedImage
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 IMAGE = "registry.example.com/org/app"

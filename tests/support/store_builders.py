@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from audit.models import Digest, MovingMode, TagState, TrustedImage, Verdict, WatchSettings
+from audit.models import Digest, MovingMode, Verdict
+from audit.records import TagState, TrustedImage, WatchSettings
 
 RECORDED_AT = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 IMAGE = "ghcr.io/org/app"

@@ -24,7 +24,8 @@ from audit.alerts import (
 )
 from audit.drift import with_finding_id
 from audit.errors import PublishError
-from audit.models import Digest, Finding, Notice, Verdict
+from audit.models import Digest, Notice, Verdict
+from audit.records import Finding
 
 if TYPE_CHECKING:
     from mypy_boto3_sns import SNSClient

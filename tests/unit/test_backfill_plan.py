@@ -7,17 +7,8 @@ from pathlib import Path
 
 from audit.adapters.file_store import FileTrustStore
 from audit.app.backfill import PlanStatus, apply_plan, plan_backfill
-from audit.models import (
-    CiRun,
-    Digest,
-    JobLog,
-    LogStatus,
-    MovingMode,
-    RecordOutcome,
-    RunLogs,
-    TrustedImage,
-    WatchSettings,
-)
+from audit.models import Digest, LogStatus, MovingMode, RecordOutcome
+from audit.records import CiRun, JobLog, RunLogs, TrustedImage, WatchSettings
 from tests.support import ci_log_samples as samples
 from tests.support.ci_log_samples import digest, github
 

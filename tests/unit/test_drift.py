@@ -26,21 +26,9 @@ from audit.drift import (
     policy_for,
     untracked_tags,
 )
-from audit.models import (
-    Digest,
-    ImageRef,
-    LiveStatus,
-    MediaType,
-    MovingMode,
-    Notice,
-    Observation,
-    TagState,
-    TrustedImage,
-    Verdict,
-    WatchSettings,
-    iso_utc,
-)
+from audit.models import Digest, ImageRef, LiveStatus, MediaType, MovingMode, Notice, Observation, Verdict, iso_utc
 from audit.platforms import Platform
+from audit.records import TagState, TrustedImage, WatchSettings
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)

@@ -17,7 +17,8 @@ from audit.incident_report import (
     render_markdown,
     safe_link,
 )
-from audit.models import Digest, TagState, TrustedImage, Verdict
+from audit.models import Digest, Verdict
+from audit.records import TagState, TrustedImage
 
 T = datetime(2021, 4, 1, tzinfo=UTC)
 

@@ -10,7 +10,8 @@ import pytest
 from audit.errors import PublishError
 from audit.hooks import CheckRequest, HookAction, HookSecrets, HookSource, tags_to_check
 from audit.listener import Listener, PendingChecks
-from audit.models import Digest, TrustedImage
+from audit.models import Digest
+from audit.records import TrustedImage
 
 IMAGE = "registry.example.com/org/app"
 

@@ -11,8 +11,9 @@ import pytest
 
 from audit.errors import InvalidEventError
 from audit.hooks import MAX_MESSAGE_BYTES, CheckRequest, HookAction, HookSource
-from audit.models import Digest, Finding, Notice, Verdict
+from audit.models import Digest, Notice, Verdict
 from audit.push_events import parse_queue_message, time_to_detect
+from audit.records import Finding
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 PUSHED = datetime(2026, 11, 28, 10, 0, 0, tzinfo=UTC)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from audit.errors import StoreError
-from audit.models import Notice, TrustedImage, Verdict, iso_utc
+from audit.models import Notice, Verdict, iso_utc
+from audit.records import TrustedImage
 from tests.support.service_world import IMAGE, T0, World, digest
 
 

@@ -11,14 +11,9 @@ import pytest
 from audit.adapters.file_store import FileRunLease, FileStateStore
 from audit.app.audit import EXIT_STEPPED_ASIDE, RunOptions
 from audit.errors import PublishError, StoreError
-from audit.models import (
-    MovingMode,
-    Notice,
-    TagState,
-    Verdict,
-    WatchSettings,
-)
+from audit.models import MovingMode, Notice, Verdict
 from audit.ports import LeaseClaim
+from audit.records import TagState, WatchSettings
 from tests.support.service_world import IMAGE, World, digest
 
 

@@ -13,18 +13,8 @@ import pytest
 
 from audit.adapters.file_store import FileTrustStore
 from audit.app.audit import TAG_LIST_CAP_KEY, AuditService, RunOptions, RunReport
-from audit.models import (
-    Finding,
-    ImageRef,
-    Notice,
-    Observation,
-    RejectedTag,
-    RejectedWatch,
-    TagListing,
-    TrustSnapshot,
-    Verdict,
-    WatchSettings,
-)
+from audit.models import ImageRef, Notice, Observation, RejectedTag, RejectedWatch, TagListing, Verdict
+from audit.records import Finding, TrustSnapshot, WatchSettings
 from audit.reference import rejected_tag_key
 from tests.support.service_world import IMAGE, World
 from tests.unit.registry.fakes import REGISTRY, FakeRegistry, image_manifest, make_client

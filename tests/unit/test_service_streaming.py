@@ -10,8 +10,9 @@ from pathlib import Path
 from audit.adapters.file_store import FileStateStore, FileTrustStore
 from audit.app.audit import AuditService, RunOptions
 from audit.drift import AlertPolicy
-from audit.models import Digest, ImageRef, LiveStatus, Observation, TrustedImage, TrustSnapshot, WatchSettings
+from audit.models import Digest, ImageRef, LiveStatus, Observation
 from audit.ports import PackageIndex
+from audit.records import TrustedImage, TrustSnapshot, WatchSettings
 from tests.support.package_world import FakeIndex
 from tests.support.package_world import trusted as package_record
 from tests.support.service_world import T0, RecordingAlerts, ScriptedRegistry, digest

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from audit.app.audit import RunOptions
-from audit.models import Notice, Verdict, WatchSettings
+from audit.models import Notice, Verdict
+from audit.records import WatchSettings
 from tests.support.service_world import IMAGE, World, digest
 
 

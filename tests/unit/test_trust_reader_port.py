@@ -15,8 +15,9 @@ from audit.app import report as report_use_case
 from audit.app.audit import AuditService, RunOptions
 from audit.app.package_audit import PackageAuditor
 from audit.drift import AlertPolicy
-from audit.models import Digest, MovingMode, Notice, TrustedImage, TrustSnapshot, Verdict, WatchSettings
+from audit.models import Digest, MovingMode, Notice, Verdict
 from audit.ports import TrustReader, TrustRecorder
+from audit.records import TrustedImage, TrustSnapshot, WatchSettings
 from tests.support.service_world import World, digest
 
 WRITES = {"record", "put_watch_settings"}

@@ -63,18 +63,10 @@ from pydantic import ValidationError
 
 from audit.config import ENV_STATE_TABLE, ENV_TRUST_TABLE
 from audit.errors import AuditError, InvalidReferenceError, StoreError
-from audit.models import (
-    Digest,
-    RecordOutcome,
-    RejectedWatch,
-    TagState,
-    TrustedImage,
-    TrustSnapshot,
-    WatchSettings,
-    utcnow,
-)
+from audit.models import Digest, RecordOutcome, RejectedWatch, utcnow
 from audit.ports import LeaseClaim
 from audit.record_rules import check_record_request, concurrent_change_error, decide_record
+from audit.records import TagState, TrustedImage, TrustSnapshot, WatchSettings
 from audit.reference import MAX_TAG_LENGTH, is_valid_tag, tag_key
 from audit.untrusted import printable
 

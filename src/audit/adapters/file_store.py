@@ -31,9 +31,10 @@ from typing import IO, Final, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from audit.errors import AuditError, StoreError
-from audit.models import Digest, RecordOutcome, TagState, TrustedImage, TrustSnapshot, WatchSettings, utcnow
+from audit.models import Digest, RecordOutcome, utcnow
 from audit.ports import LeaseClaim
 from audit.record_rules import check_record_request, decide_record
+from audit.records import TagState, TrustedImage, TrustSnapshot, WatchSettings
 from audit.untrusted import printable
 
 SCHEMA_VERSION: Final = 1

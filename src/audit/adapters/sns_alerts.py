@@ -11,7 +11,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from audit.alerts import MAX_MESSAGE_BYTES, AlertMessage, render
 from audit.errors import PublishError
-from audit.models import Finding
+from audit.records import Finding
 
 if TYPE_CHECKING:
     from mypy_boto3_sns import SNSClient

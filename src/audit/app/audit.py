@@ -23,22 +23,10 @@ from audit import drift
 from audit.app.package_audit import PackageAuditor, PackageResult, PackageSnapshot, split_snapshot
 from audit.config import DEFAULT_MAX_TAGS_PER_REPOSITORY, DEFAULT_REVERIFY_DELAY, ENV_MAX_TAGS, RegistrySettings
 from audit.errors import AuditError, PublishError, RegistryError
-from audit.models import (
-    Digest,
-    Finding,
-    ImageRef,
-    LiveStatus,
-    Observation,
-    TagListing,
-    TagState,
-    TrustedImage,
-    TrustSnapshot,
-    Verdict,
-    WatchSettings,
-    utcnow,
-)
+from audit.models import Digest, ImageRef, LiveStatus, Observation, TagListing, Verdict, utcnow
 from audit.packages import IndexFile
 from audit.ports import Alerts, LeaseClaim, PackageIndex, Registry, RunLease, StateStore, TrustReader
+from audit.records import Finding, TagState, TrustedImage, TrustSnapshot, WatchSettings
 from audit.reference import PSEUDO_TAG_PREFIX, is_valid_tag, rejected_tag_key
 from audit.untrusted import printable
 from audit.workers import drain

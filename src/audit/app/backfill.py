@@ -18,8 +18,9 @@ from typing import Any
 from audit.app.recording import is_moving, record_trusted
 from audit.ci_logs import analyse_job
 from audit.errors import TrustConflictError
-from audit.models import CiRun, Digest, ImageRef, LogStatus, RecordOutcome, TrustedImage, iso_utc, utcnow
+from audit.models import Digest, ImageRef, LogStatus, RecordOutcome, iso_utc, utcnow
 from audit.ports import CiLogSource, TrustRecorder
+from audit.records import CiRun, TrustedImage
 from audit.untrusted import printable
 
 #: At most this many plan entries; a hostile log cannot make the plan (or the table) unbounded.

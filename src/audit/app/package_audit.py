@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 
 from audit import drift
 from audit.errors import AuditError, PackageIndexError, ProjectNotFoundError
-from audit.models import ImageRef, LiveStatus, Observation, TrustedImage, Verdict, WatchSettings
+from audit.models import ImageRef, LiveStatus, Observation, Verdict
 from audit.packages import IndexFile, ProjectPage, index_of, is_package_registry
 from audit.ports import PackageIndex, TrustReader
+from audit.records import TrustedImage, WatchSettings
 from audit.untrusted import printable
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 from audit.app.recording import record_trusted
 from audit.errors import PackageIndexError, RegistryError, UsageError
-from audit.models import Digest, ImageRef, LiveStatus, MediaType, RecordOutcome, TrustedImage, utcnow
+from audit.models import Digest, ImageRef, LiveStatus, MediaType, RecordOutcome, utcnow
 from audit.packages import DistFilename, PackageSpec, normalise_version, registry_key
 from audit.ports import ManifestReader, PackageIndex, Registry, TrustRecorder
+from audit.records import TrustedImage
 
 
 @dataclass(frozen=True)

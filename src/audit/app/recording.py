@@ -6,8 +6,9 @@ a conflict unless replaced with a reason. The store enforces the conditional wri
 
 from __future__ import annotations
 
-from audit.models import RecordOutcome, TrustedImage
+from audit.models import RecordOutcome
 from audit.ports import TrustRecorder
+from audit.records import TrustedImage
 
 
 def is_moving(store: TrustRecorder, image: str, tag: str) -> bool:

@@ -16,8 +16,9 @@ from typing import Any
 from audit.config import RegistrySettings
 from audit.drift import judge, policy_for
 from audit.incident_report import IncidentReport, build_report
-from audit.models import Observation, TagState, TrustedImage, Verdict, WatchSettings, iso_utc, utcnow
+from audit.models import Observation, Verdict, iso_utc, utcnow
 from audit.ports import Registry, StateStore, TrustReader
+from audit.records import TagState, TrustedImage, WatchSettings
 
 #: The evidence table's status of a release no audit has checked yet.
 NOT_AUDITED = "unchecked"

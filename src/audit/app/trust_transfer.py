@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from audit.errors import AuditError, TrustConflictError
-from audit.models import Digest, RecordOutcome, TrustedImage
+from audit.models import Digest, RecordOutcome
 from audit.ports import TrustReader, TrustRecorder
+from audit.records import TrustedImage
 from audit.trust_formats import (
     DEFAULT_MAX_ROWS,
     TrustExport,

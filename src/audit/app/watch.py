@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from audit.errors import UsageError
-from audit.models import MovingMode, WatchSettings
+from audit.models import MovingMode
 from audit.ports import TrustRecorder
+from audit.records import WatchSettings
 from audit.reference import familiar_name
 
 

@@ -12,7 +12,7 @@ from audit.cli.common import add_store_options, err, positive_float, positive_in
 from audit.cli.record import default_recorder
 from audit.cli.report import parse_moment, parse_moment_end
 from audit.errors import UsageError
-from audit.models import CiRun
+from audit.records import CiRun
 from audit.untrusted import printable
 
 

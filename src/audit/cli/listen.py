@@ -20,7 +20,8 @@ from audit.config import ENV_GITHUB_WEBHOOK_SECRET, ENV_WEBHOOK_TOKEN, Environme
 from audit.errors import AuditError, ConfigError, UsageError
 from audit.hooks import CheckRequest, HookSecrets
 from audit.listener import MAX_HEADER_BYTES, AuditBatch, Listener
-from audit.models import Finding, Notice, utcnow
+from audit.models import Notice, utcnow
+from audit.records import Finding
 from audit.reference import parse_image_name
 from audit.untrusted import printable
 

@@ -20,7 +20,7 @@ from audit.app.record import Provenance, record_release, resolve_release
 from audit.app.watch import update_package_watch
 from audit.cli.common import err, print_json, render_table
 from audit.errors import UsageError
-from audit.models import Digest, Verdict, WatchSettings
+from audit.models import Digest, Verdict
 from audit.packages import (
     DEFAULT_INDEX_URL,
     DistFilename,
@@ -31,6 +31,7 @@ from audit.packages import (
     registry_key,
 )
 from audit.ports import TrustRecorder
+from audit.records import WatchSettings
 from audit.reference import is_valid_tag
 from audit.untrusted import printable
 

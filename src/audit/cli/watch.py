@@ -9,8 +9,9 @@ from audit.app.watch import WatchChanges, update_watch
 from audit.cli.common import add_store_options, settings_from
 from audit.cli.packages import watch_package
 from audit.errors import UsageError
-from audit.models import ImageRef, MovingMode, WatchSettings
+from audit.models import ImageRef, MovingMode
 from audit.packages import is_package_registry, is_package_spec
+from audit.records import WatchSettings
 from audit.reference import familiar_name
 
 

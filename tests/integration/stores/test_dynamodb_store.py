@@ -25,7 +25,8 @@ from audit.adapters.dynamodb_store import (
     trusted_image_to_item,
 )
 from audit.errors import StoreError, TrustConflictError
-from audit.models import MediaType, RecordOutcome, TrustSnapshot
+from audit.models import MediaType, RecordOutcome
+from audit.records import TrustSnapshot
 from tests.support.aws_fixtures import AwsClients, TableNames
 from tests.support.store_builders import IMAGE, digest, moving_watch, state, trusted
 

@@ -15,7 +15,8 @@ from audit.adapters.package_index import PackageIndexClient
 from audit.app.audit import RunOptions
 from audit.config import AlertSettings, AuditSettings, Settings, StoreSettings
 from audit.errors import ConfigError
-from audit.models import Notice, TrustedImage, Verdict
+from audit.models import Notice, Verdict
+from audit.records import TrustedImage
 from tests.support.memory_ports import (
     MemoryAlerts,
     MemoryRegistry,

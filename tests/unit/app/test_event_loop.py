@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from audit.app.audit import RunOptions
-from audit.models import Digest, ImageRef, MovingMode, Observation, TrustedImage, WatchSettings
+from audit.models import Digest, ImageRef, MovingMode, Observation
+from audit.records import TrustedImage, WatchSettings
 from tests.support.memory_ports import MemoryRegistry, MemoryTrustStore
 from tests.support.service_world import IMAGE, T0, digest
 from tests.unit.app.test_build import Ports

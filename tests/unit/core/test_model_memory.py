@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 import pytest
 
 from audit.errors import InvalidDigestError
-from audit.models import Digest, TagState, TrustedImage, Verdict
+from audit.models import Digest, Verdict
+from audit.records import TagState, TrustedImage
 
 HEX = "ab" * 32
 RECORDED_AT = datetime(2026, 1, 1, tzinfo=UTC)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from audit.models import ImageRef, LiveStatus, MediaType, Observation, TagState, TrustedImage, Verdict, iso_utc
+from audit.models import ImageRef, LiveStatus, MediaType, Observation, Verdict, iso_utc
+from audit.records import TagState, TrustedImage
 
 RECORD = {
     "registry": "ghcr.io",
@@ -32,7 +33,9 @@ def test_a_known_media_type_is_the_enum_and_an_unknown_one_reads_as_unknown() ->
     for unknown in ("application/vnd.example.manifest+json", MediaType.OCI_INDEX.value.upper(), ""):
         assert TrustedImage.model_validate({**RECORD, "media_type": unknown}).media_type is None
     observation = Observation(
-        ref=ImageRef.parse("ghcr.io/org/app:1.0"), status=LiveStatus.FOUND, media_type="text/html"
+        ref=ImageRef.parse("ghcr.io/org/app:1.0"),
+        status=LiveStatus.FOUND,
+        media_type="text/html",  # type: ignore[arg-type]  # untyped text, read as the models read it
     )
     assert observation.media_type is None
 

@@ -7,8 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from audit.errors import TrustConflictError, UsageError
-from audit.models import RecordOutcome, TrustedImage
+from audit.models import RecordOutcome
 from audit.record_rules import RecordDecision, concurrent_change_error, decide_record
+from audit.records import TrustedImage
 from tests.support.store_builders import digest, trusted
 
 CURRENT = trusted("1.0", "a")

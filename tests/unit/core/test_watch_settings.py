@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from audit import cli
 from audit.adapters.file_store import FileTrustStore
 from audit.app.trust_transfer import import_trust
-from audit.models import MovingMode, WatchSettings
+from audit.models import MovingMode
+from audit.records import WatchSettings
 from audit.trust_formats import TrustImportError
 
 

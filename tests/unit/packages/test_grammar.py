@@ -11,7 +11,7 @@ from audit import bootstrap
 from audit.adapters.file_store import FileTrustStore
 from audit.app.trust_transfer import export_trust, import_trust
 from audit.errors import UsageError
-from audit.models import Digest, ImageRef, TrustedImage
+from audit.models import Digest, ImageRef
 from audit.packages import (
     PackageSpec,
     display_name,
@@ -21,6 +21,7 @@ from audit.packages import (
     parse_index_url,
     registry_key,
 )
+from audit.records import TrustedImage
 
 
 @pytest.mark.parametrize(

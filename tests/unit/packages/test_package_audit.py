@@ -10,8 +10,9 @@ from audit import alerts, drift
 from audit.adapters.file_store import FileStateStore
 from audit.cli.packages import dist_files
 from audit.errors import PackageIndexError, ProjectNotFoundError, UsageError
-from audit.models import ImageRef, LiveStatus, Observation, TrustedImage, Verdict, WatchSettings
+from audit.models import ImageRef, LiveStatus, Observation, Verdict
 from audit.packages import IndexFile, PackageSpec, ProjectPage
+from audit.records import TrustedImage, WatchSettings
 from tests.support.package_world import (
     REGISTRY,
     SDIST,

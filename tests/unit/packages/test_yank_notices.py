@@ -12,7 +12,8 @@ import pytest
 from audit import alerts, drift
 from audit.adapters.file_store import FileStateStore
 from audit.errors import PackageIndexError, PublishError
-from audit.models import Finding, ImageRef, LiveStatus, Notice, Observation, TagState, Verdict
+from audit.models import ImageRef, LiveStatus, Notice, Observation, Verdict
+from audit.records import Finding, TagState
 from tests.support.package_world import REGISTRY, SDIST, WHEEL, World, digest, released_world, trusted
 from tests.support.service_world import T0
 

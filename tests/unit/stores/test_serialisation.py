@@ -21,7 +21,8 @@ from audit.adapters.dynamodb_store import (
 )
 from audit.adapters.file_store import FileStateStore, FileTrustStore
 from audit.app.trust_transfer import export_trust, import_trust
-from audit.models import Digest, ImageRef, MediaType, MovingMode, TagState, TrustedImage, Verdict, WatchSettings
+from audit.models import Digest, ImageRef, MediaType, MovingMode, Verdict
+from audit.records import TagState, TrustedImage, WatchSettings
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef

@@ -14,7 +14,8 @@ import pytest
 from audit.adapters.file_store import FileTrustStore
 from audit.app.trust_transfer import ImportConflict, export_trust, import_trust, import_trust_file
 from audit.errors import StoreError, UsageError
-from audit.models import Digest, MovingMode, RecordOutcome, TrustedImage, TrustSnapshot, WatchSettings
+from audit.models import Digest, MovingMode, RecordOutcome
+from audit.records import TrustedImage, TrustSnapshot, WatchSettings
 from audit.trust_formats import TRUST_FIELDS, TrustImportError
 from tests.support.store_builders import IMAGE, digest, full_record, trusted
 

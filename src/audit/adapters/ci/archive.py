@@ -10,7 +10,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 
-from audit.models import JobLog
+from audit.records import JobLog
 from audit.untrusted import printable
 
 MAX_ENTRIES = 1_000

@@ -16,7 +16,8 @@ from urllib.parse import quote
 from audit.adapters.ci.archive import ArchiveRefused, job_logs_from_zip
 from audit.adapters.ci.http import COMMIT_RE, CiApiError, CiHttp, api_id, api_moment, download_problem, web_url
 from audit.errors import UsageError
-from audit.models import CiRun, LogStatus, RunLogs
+from audit.models import LogStatus
+from audit.records import CiRun, RunLogs
 from audit.untrusted import has_unsafe_characters, printable
 
 DEFAULT_API_URL = "https://api.github.com"

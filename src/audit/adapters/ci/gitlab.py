@@ -14,7 +14,8 @@ from urllib.parse import quote
 
 from audit.adapters.ci.http import COMMIT_RE, CiApiError, CiHttp, api_id, api_moment, download_problem, web_url
 from audit.errors import UsageError
-from audit.models import CiRun, JobLog, LogStatus, RunLogs
+from audit.models import LogStatus
+from audit.records import CiRun, JobLog, RunLogs
 from audit.untrusted import printable
 
 DEFAULT_API_URL = "https://gitlab.com/api/v4"

@@ -20,7 +20,8 @@ import httpx
 from audit.adapters.registry.retry import parse_retry_after
 from audit.adapters.registry.tls import build_ssl_context
 from audit.errors import ConfigError, RegistryError
-from audit.models import LogStatus, RunLogs
+from audit.models import LogStatus
+from audit.records import RunLogs
 from audit.untrusted import has_unsafe_characters, printable
 
 MAX_JSON_BYTES = 16 * 1024 * 1024

@@ -7,7 +7,8 @@ from urllib.parse import urlsplit
 
 from audit.adapters.ci.archive import ArchiveRefused, job_logs_from_zip
 from audit.errors import UsageError
-from audit.models import CiRun, JobLog, LogStatus, RunLogs
+from audit.models import LogStatus
+from audit.records import CiRun, JobLog, RunLogs
 from audit.untrusted import has_unsafe_characters, printable
 
 MAX_LOG_BYTES = 256 * 1024 * 1024
