@@ -148,7 +148,7 @@ def parse_reference(text: str) -> ParsedReference:
     text = text.strip()
     if not text:
         raise InvalidReferenceError("invalid image reference '': it is empty")
-    if any(ch.isspace() for ch in text):
+    if len(text.split(maxsplit=1)) > 1:  # white space inside (str.split splits where str.isspace says)
         raise InvalidReferenceError(f"invalid image reference {original!r}: it contains white space")
     if "://" in text:
         raise InvalidReferenceError(
