@@ -7,18 +7,23 @@ once and how many the client closed, so each test can say which connection carri
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import ssl
+import threading
+import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 
 from audit.adapters.registry import wire
 from audit.adapters.registry.wire import Http1Transport
+from tests.support.tls import LocalCA
 
 # a connection left for the garbage collector to close (StreamWriter.__del__ warns) fails the test
 pytestmark = [
@@ -694,3 +699,46 @@ async def test_waiting_for_a_slot_can_be_cancelled() -> None:
             after = await get(server, transport)
     assert after.content == b"ok"
     assert server.accepted == 1
+
+
+# --- TLS: a closed connection is closed at once -------------------------------------------------------------
+
+
+def test_tls_connections_are_closed_before_the_event_loop_ends(tmp_path: Path) -> None:
+    """A TLS connection closed politely waits for the server's close_notify; one still waiting when the event
+    loop ends leaks its socket (a ResourceWarning per connection, as `check` over TLS printed). A server that
+    never answers close_notify: the transport's connections are closed at once all the same."""
+    certificate = LocalCA(tmp_path).issue_server_certificate("server")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    done = threading.Event()
+
+    def serve() -> None:  # one blocking TLS connection: answer, then stay silent until the test ends
+        with listener, certificate.server_context().wrap_socket(listener.accept()[0], server_side=True) as tls:
+            tls.recv(65536)
+            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            done.wait(10)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    async def get() -> bytes:
+        context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        transport = Http1Transport(lambda: context, per_host=1)
+        request = httpx.Request("GET", f"https://127.0.0.1:{port}/v2/")
+        request.extensions["timeout"] = httpx.Timeout(5.0).as_dict()
+        response = await transport.handle_async_request(request)
+        body = await response.aread()
+        await response.aclose()
+        await transport.aclose()
+        return body
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert asyncio.run(get()) == b"ok"
+            gc.collect()
+    finally:
+        done.set()
+        thread.join(5)
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
