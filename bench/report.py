@@ -266,8 +266,8 @@ def render(results: Json) -> str:
     transport = _map(results, "transport_cost")
     if transport:
         lines += [
-            f"- the wire transport (wire.py, imported at the first request, never by `import handler`): "
-            f"+{_fmt(_num(transport, 'import_s_added'), 3)} s import over httpx alone; installed "
+            f"- the registry client with its wire transport (imported at the first request, never by "
+            f"`import handler`): +{_fmt(_num(transport, 'import_s_added'), 3)} s import over httpx alone; installed "
             f"{_fmt(_num(transport, 'installed_kib_total'))} KiB ({dict(_map(transport, 'installed_kib'))})",
         ]
     memory = _map(results, "memory")
