@@ -44,6 +44,8 @@ sam-build:
 	test -f "$(SAM_BUILT_FUNCTION)/audit/__init__.py"
 	test -f "$(SAM_PROJECT_DIR)/.aws-sam/build/ReceiverFunction/receiver.py"
 	test -f "$(SAM_BUILT_FUNCTION)/pydantic_core/_pydantic_core.cpython-313-aarch64-linux-gnu.so"
+	test -f "$(SAM_BUILT_FUNCTION)/audit/__pycache__/bootstrap.cpython-313.pyc"
+	test -f "$(SAM_BUILT_FUNCTION)/pydantic/__pycache__/main.cpython-313.pyc"
 	@! find "$(SAM_BUILT_FUNCTION)" -name '*x86_64*.so' | grep . \
 		|| { echo "x86_64 extension modules in the arm64 package" >&2; exit 1; }
 	@for pkg in boto3 botocore; do \
