@@ -742,3 +742,20 @@ def test_tls_connections_are_closed_before_the_event_loop_ends(tmp_path: Path) -
         done.set()
         thread.join(5)
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+async def test_a_get_with_a_body_sends_the_body_its_fields_announce() -> None:
+    async with scripted(OK, OK) as (server, transport):
+        await fetch(transport, request(server.url("/search"), "GET", content=b"query"))
+        await get(server, transport)
+    assert server.requests[0].endswith(b"Content-Length: 5\r\n\r\nquery")
+    assert server.accepted == 1  # framed exactly: the next request parsed on the same connection
+
+
+async def test_a_large_body_arrives_whole() -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB: more than a socket buffer takes at once
+    async with scripted(OK, OK) as (server, transport):
+        await fetch(transport, request(server.url("/upload"), "PUT", content=body))
+        await get(server, transport)
+    assert server.requests[0].endswith(b"\r\n\r\n" + body)
+    assert server.accepted == 1

@@ -124,6 +124,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
             connection = idle or await self._connect(request, origin, timeouts.get("connect"))
             try:
                 connection.writer.write(message)
+                if len(message) > _CHUNK:  # a large body: wait until the socket took it (the caller's timeout holds)
+                    await _drained(connection.writer)
                 head = await _read_head(connection.reader, timeouts.get("read"))
             except _StaleConnection:
                 connection.close()
@@ -192,9 +194,11 @@ class _StaleConnection(Exception):
 
 async def _serialize(request: httpx.Request) -> bytes:
     """The request line, the fields and the body in one piece; CR, LF or NUL in a field is refused."""
-    body = await request.aread() if request.method not in ("GET", "HEAD") else b""
+    body = await request.aread()  # whatever the method: the fields announce it (the client's GETs have none)
     fields = request.headers.raw
-    if request.headers.get("transfer-encoding", "").lower() == "chunked":  # an empty body still needs its last chunk
+    if (body or request.method not in ("GET", "HEAD")) and request.headers.get(
+        "transfer-encoding", ""
+    ).lower() == "chunked":  # an empty body still needs its last chunk
         body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
     lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)]
     lines += [b"%s: %s\r\n" % field for field in fields]
@@ -206,6 +210,13 @@ async def _serialize(request: httpx.Request) -> bytes:
     if any(not _FIELD_NAME.fullmatch(name) for name, _ in fields):
         raise httpx.LocalProtocolError("a request field name is not a token", request=request)
     return head + body if body else head
+
+
+async def _drained(writer: asyncio.StreamWriter) -> None:
+    try:
+        await writer.drain()
+    except OSError as exc:
+        raise httpx.WriteError(f"sending the request failed: {exc}") from exc
 
 
 async def _read_head(reader: asyncio.StreamReader, limit: float | None) -> _Head:
