@@ -348,12 +348,7 @@ class _Body(httpx.AsyncByteStream):
                 async for piece in self._chunks(reader):
                     yield piece
             elif self._length is not None:
-                remaining = self._length
-                while remaining:
-                    piece = await self._read(reader.read(min(remaining, _CHUNK)))
-                    if not piece:
-                        raise httpx.RemoteProtocolError("server disconnected before the end of the body")
-                    remaining -= len(piece)
+                async for piece in self._exactly(reader, self._length, "before the end of the body"):
                     yield piece
             else:
                 while piece := await self._read(reader.read(_CHUNK)):
@@ -376,14 +371,19 @@ class _Body(httpx.AsyncByteStream):
                     if await self._read(reader.readuntil(b"\r\n")) == b"\r\n":
                         return
                 raise httpx.RemoteProtocolError("too many trailer fields")
-            while size:
-                piece = await self._read(reader.read(min(size, _CHUNK)))
-                if not piece:
-                    raise httpx.RemoteProtocolError("server disconnected in the middle of a chunk")
-                size -= len(piece)
+            async for piece in self._exactly(reader, size, "in the middle of a chunk"):
                 yield piece
             if await self._read(reader.readexactly(2)) != b"\r\n":
                 raise httpx.RemoteProtocolError("chunk not followed by CRLF")
+
+    async def _exactly(self, reader: asyncio.StreamReader, size: int, where: str) -> AsyncIterator[bytes]:
+        """`size` bytes, as they arrive; the connection ending first is `server disconnected <where>`."""
+        while size:
+            piece = await self._read(reader.read(min(size, _CHUNK)))
+            if not piece:
+                raise httpx.RemoteProtocolError(f"server disconnected {where}")
+            size -= len(piece)
+            yield piece
 
     async def _read[T](self, reading: Awaitable[T]) -> T:
         try:
