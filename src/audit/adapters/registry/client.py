@@ -682,12 +682,13 @@ class RegistryClient:
             self._routes = Routes(CappedTransport(self._transport), mounts)
             return self._routes
         per_host = self.settings.concurrency
-        # A plain-http registry never does TLS, so it never loads the CA bundle (~40 ms) for nothing.
-        plain = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        contexts: dict[str, Callable[[], ssl.SSLContext]] = {"http": lambda: plain, "https": self._tls}
-        wire = CappedTransport(Http1Transport(self._tls, per_host=per_host))
+        # The CA bundle (~40 ms) is loaded at the first TLS connection: a plain-http registry never loads it.
+        wire = CappedTransport(Http1Transport(self._tls, per_host=per_host))  # both schemes: TLS per origin
+        contexts: dict[str, Callable[[], ssl.SSLContext]] = {
+            "http": lambda: ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),  # a proxied http route: no CA bundle
+            "https": self._tls,
+        }
         direct: dict[str, httpx.AsyncBaseTransport] = {"http": wire, "https": wire}
-        mounts["http://"] = wire
         mounts.update(
             environment_mounts(
                 direct,
@@ -696,7 +697,7 @@ class RegistryClient:
                 ),
             )
         )
-        self._routes = Routes(direct["https"], mounts)
+        self._routes = Routes(wire, mounts)
         return self._routes
 
     def _new_request(self, method: str, url: httpx.URL, accept: str, cap: int) -> httpx.Request:
