@@ -22,6 +22,7 @@ from audit.models import (
     Notice,
     RejectedWatch,
     Verdict,
+    known_media_type,
 )
 from audit.reference import is_valid_image, is_valid_tag
 from audit.untrusted import has_unsafe_characters, printable
@@ -47,11 +48,9 @@ class Frozen(BaseModel):
 
 
 def _known_media_type(value: object) -> object:
-    """A media type we do not know reads as unknown (None), as it did when it was a string: the registry client
-    refuses such types, but a stored or imported record may carry one, and it must not stop an audit."""
-    if isinstance(value, str) and value not in MediaType:
-        return None
-    return value
+    """Text as `models.known_media_type` reads it (unknown: None); anything else is left to pydantic, whose
+    ValidationError makes a bad record a finding rather than the end of a run."""
+    return known_media_type(value) if isinstance(value, str) else value
 
 
 #: A manifest's media type where it is carried (observations, trust records, findings): one of ours, or unknown.
