@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import gc
 import json
 import subprocess
 import sys
 
 import pytest
 
+from audit import cli
 from audit.cli import build_parser, command_in
 
 
@@ -63,3 +66,32 @@ def test_an_image_check_never_imports_pydantic() -> None:
     code, modules = json.loads(done.stdout.splitlines()[-1])
     assert code == 3  # unverifiable: the check ran to the end
     assert modules == []
+
+
+def test_collection_is_paused_only_while_the_command_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bool] = []
+
+    def spy(command: str | None = None) -> argparse.ArgumentParser:
+        seen.append(gc.isenabled())
+        return real_build_parser(command)
+
+    real_build_parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", spy)
+    assert gc.isenabled()
+    assert cli.main(["check"]) == 2  # a usage error after the parser was built: collection is on again
+    assert seen == [False]
+    assert gc.isenabled()
+
+
+def test_a_failing_load_turns_collection_back_on_and_an_off_collector_stays_off() -> None:
+    with pytest.raises(RuntimeError), cli.collection_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("import failed")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with cli.collection_paused():
+            pass
+        assert not gc.isenabled()  # whoever turned it off decides when it comes back
+    finally:
+        gc.enable()

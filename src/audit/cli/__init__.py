@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from audit.errors import AuditError
 
@@ -35,9 +37,24 @@ def command_in(argv: Sequence[str]) -> str | None:
     return first if first in _COMMANDS else None
 
 
+@contextmanager
+def collection_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a command's modules load: an import allocates thousands of objects
+    that all live on, so the collections it would set off find nothing to free (about 10 ms of a `check`
+    process's 0.15 s of imports). Reference counting still frees everything; collection resumes after."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(command_in(arguments))
+    with collection_paused():
+        parser = build_parser(command_in(arguments))
     args = parser.parse_args(arguments)
     logging.basicConfig(
         stream=sys.stderr,
