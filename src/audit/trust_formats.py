@@ -31,7 +31,7 @@ from typing import BinaryIO
 from pydantic import ValidationError
 
 from audit.errors import AuditError, UsageError
-from audit.models import Digest, ImageRef
+from audit.models import Digest, ImageRef, MediaType
 from audit.packages import is_package_registry, package_key
 from audit.records import TrustedImage, WatchSettings
 from audit.reference import normalise_registry
@@ -52,7 +52,7 @@ TRUST_FIELDS = (
 )
 REQUIRED_FIELDS = frozenset({"registry", "repository", "tag", "digest", "source", "recorded_at"})
 FORMATS = ("csv", "json")
-_OPTIONAL_TEXT = ("media_type", "commit", "recorded_by", "reason")
+_OPTIONAL_TEXT = ("commit", "recorded_by", "reason")
 _JSON_KEYS = frozenset({"schema_version", "trusted", "history", "watch"})
 
 #: Records one import may hold; a back-fill of CI history is thousands, so this stops runaway input early.
@@ -425,6 +425,21 @@ def _platforms_field(value: object, where: str) -> dict[str, Digest] | None:
     return {str(platform): _digest_field(digest, where, f"platforms[{platform}]") for platform, digest in value.items()}
 
 
+def _media_type_field(values: Mapping[str, object], where: str) -> MediaType | None:
+    """Empty, or one of the four manifest media types: a typo is refused here rather than stored as unknown."""
+    text = _text_field(values, "media_type", where)
+    if text is None or not text.strip():
+        return None
+    if text.strip() in MediaType:
+        return MediaType(text.strip())
+    raise _field_error(
+        where,
+        "media_type",
+        f"'{printable(text, max_chars=80)}' is not a manifest media type",
+        f"leave it empty, or use one of {', '.join(m.value for m in MediaType)}",
+    )
+
+
 def _timestamp_field(values: Mapping[str, object], where: str) -> datetime:
     text = _text_field(values, "recorded_at", where) or ""
     try:
@@ -454,7 +469,7 @@ def _trusted_from_values(values: Mapping[str, object], where: str) -> TrustedIma
         platforms=_platforms_field(values.get("platforms"), where),
         source=_text_field(values, "source", where) or "",
         recorded_at=_timestamp_field(values, where),
-        media_type=optional["media_type"],
+        media_type=_media_type_field(values, where),
         commit=optional["commit"],
         recorded_by=optional["recorded_by"],
         reason=optional["reason"],

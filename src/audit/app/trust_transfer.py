@@ -1,8 +1,10 @@
 """`trust import` and `trust export`: moving trust records between a store and a CSV or JSON document.
 
-Import validates every record first (formats: `audit.trust_formats`), then records each through
-`TrustRecorder.record` without replace: a row whose tag is trusted with another digest is reported as a conflict
-and never replaces anything. It reads "trusted" only (history in the input is counted, not imported); the watch
+Import validates every record first (formats: `audit.trust_formats`), then records each by the record rules
+(`audit.app.recording`) without replace: a row whose pinned tag is trusted with another digest is reported as a
+conflict and never replaces anything. A tag declared moving advances to a newer row (APPENDED, as `record` does);
+a row older than the moving tag's current record is listed as stale and not written, so importing an old export
+never moves a tag back. It reads "trusted" only (history in the input is counted, not imported); the watch
 settings of a JSON input are written first, so a moving tag's policy is known before its records are judged.
 A store that can batch (the trust file) is written once, all or nothing; DynamoDB is written record by record,
 so an import that stops half-way leaves the records before the failure, and running it again is safe (the same
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from audit.app.recording import MovingTags
 from audit.errors import AuditError, TrustConflictError
 from audit.models import Digest, RecordOutcome
 from audit.ports import TrustReader, TrustRecorder
@@ -49,10 +52,17 @@ class ImportSummary:
     conflicts: tuple[ImportConflict, ...] = ()
     skipped_history: int = 0  # history entries in a JSON input, which import does not write
     watch_settings: int = 0  # per-repository watch settings written (JSON input only)
+    appended: tuple[str, ...] = ()  # moving tags advanced to the imported (newer) digest
+    stale: tuple[ImportConflict, ...] = ()  # moving-tag rows older than the tag's current record: not written
 
     def describe(self) -> str:
-        """Counts, then one line per conflict with what to do about it."""
-        lines = [f"created {len(self.created)}, unchanged {len(self.unchanged)}, conflicts {len(self.conflicts)}"]
+        """Counts, then one line per conflict or stale row with what to do about it."""
+        counts = [f"created {len(self.created)}", f"unchanged {len(self.unchanged)}"]
+        if self.appended:
+            counts.append(f"moving tags advanced {len(self.appended)}")
+        if self.stale:
+            counts.append(f"stale {len(self.stale)}")
+        lines = [", ".join([*counts, f"conflicts {len(self.conflicts)}"])]
         if self.watch_settings:
             lines.append(f"watch settings of {self.watch_settings} repositories imported")
         if self.skipped_history:
@@ -67,6 +77,12 @@ class ImportSummary:
             lines.append(
                 "  hint: conflicting rows were not imported; if a new digest is a legitimate re-release, "
                 "record it with `digest-audit record --replace --reason TEXT`"
+            )
+        for row in self.stale:
+            trusted = str(row.trusted_digest) if row.trusted_digest else "another digest"
+            lines.append(
+                f"stale ({row.where}): moving tag {row.reference} already has a newer record ({trusted}); "
+                f"{row.imported_digest} was not imported"
             )
         return "\n".join(lines)
 
@@ -120,31 +136,52 @@ def import_document(store: TrustRecorder, document: TrustInput) -> ImportSummary
     _check_duplicates(document.records())  # pass 1: nothing is kept but the keys
     watch = document.watch_settings()
     batching = isinstance(store, _BatchingStore)
-    created: list[str] = []
-    unchanged: list[str] = []
+    outcomes: dict[RecordOutcome, list[str]] = {outcome: [] for outcome in RecordOutcome}
     conflicts: list[ImportConflict] = []
+    stale: list[ImportConflict] = []
     where = "the start"
     try:
         with store.batch() if isinstance(store, _BatchingStore) else nullcontext():
             # Settings first: a moving tag's policy must be known before its records are judged.
             for settings in watch:
                 store.put_watch_settings(settings)
+            moving = MovingTags(store)
             for where, record in document.records():
                 reference = record.ref.familiar
+                is_moving = moving(record.image, record.tag)
+                if is_moving and (newer := _newer_record(store, record)) is not None:
+                    stale.append(ImportConflict(where, reference, newer.digest, record.digest))
+                    continue
                 try:
-                    outcome = store.record(record)
+                    outcome = store.record(record, moving=is_moving)
                 except TrustConflictError:
                     current = store.get(record.image, record.tag, consistent=True)
                     conflicts.append(
                         ImportConflict(where, reference, current.digest if current else None, record.digest)
                     )
                     continue
-                (created if outcome is RecordOutcome.CREATED else unchanged).append(reference)
+                outcomes[outcome].append(reference)
             where = "the end (saving the import)"
     except AuditError as exc:
-        done = len(created) + len(unchanged) + len(conflicts)
+        done = sum(map(len, outcomes.values())) + len(conflicts) + len(stale)
         raise _stopped(exc, where, done, document.total, batching=batching) from None
-    return ImportSummary(tuple(created), tuple(unchanged), tuple(conflicts), document.skipped_history, len(watch))
+    return ImportSummary(
+        created=tuple(outcomes[RecordOutcome.CREATED]),
+        unchanged=tuple(outcomes[RecordOutcome.UNCHANGED]),
+        conflicts=tuple(conflicts),
+        skipped_history=document.skipped_history,
+        watch_settings=len(watch),
+        appended=tuple(outcomes[RecordOutcome.APPENDED]),
+        stale=tuple(stale),
+    )
+
+
+def _newer_record(store: TrustRecorder, record: TrustedImage) -> TrustedImage | None:
+    """The moving tag's current record when it names another digest and is not older than the imported row."""
+    current = store.get(record.image, record.tag, consistent=True)
+    if current is None or current.digest == record.digest or current.recorded_at < record.recorded_at:
+        return None
+    return current
 
 
 def _stopped(exc: AuditError, where: str, done: int, total: int | None, *, batching: bool) -> AuditError:

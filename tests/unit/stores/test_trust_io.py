@@ -14,7 +14,7 @@ import pytest
 from audit.adapters.file_store import FileTrustStore
 from audit.app.trust_transfer import ImportConflict, export_trust, import_trust, import_trust_file
 from audit.errors import StoreError, UsageError
-from audit.models import Digest, MovingMode, RecordOutcome
+from audit.models import Digest, MediaType, MovingMode, RecordOutcome
 from audit.records import TrustedImage, TrustSnapshot, WatchSettings
 from audit.trust_formats import TRUST_FIELDS, TrustImportError
 from tests.support.store_builders import IMAGE, digest, full_record, trusted
@@ -161,6 +161,21 @@ def test_import_of_a_json_export_into_another_store(store: FileTrustStore, tmp_p
     assert "1 history entries in the input were not imported" in summary.describe()
 
 
+def test_a_newer_export_advances_a_moving_tag_of_a_trust_file_in_one_write(
+    store: FileTrustStore, tmp_path: Path
+) -> None:
+    """The watch settings come with the export and are written first in the same batch, then read back."""
+    store.put_watch_settings(WatchSettings(registry="ghcr.io", repository="org/app", moving={"latest": "any-trusted"}))
+    store.record(trusted("latest", "b", minutes=1))
+    target = FileTrustStore(tmp_path / "other.json")
+    target.record(trusted("latest", "a"))
+    summary = import_trust(target, export_trust(store, "json"), "json")
+    assert (summary.appended, summary.conflicts) == (("ghcr.io/org/app:latest",), ())
+    current = target.get("ghcr.io/org/app", "latest")
+    assert current is not None and current.digest == trusted("latest", "b").digest
+    assert [entry.digest for entry in target.history("ghcr.io/org/app", "latest")] == [trusted("latest", "a").digest]
+
+
 def test_json_import_accepts_a_plain_list(store: FileTrustStore) -> None:
     record = trusted().model_dump(mode="json")
     summary = import_trust(store, json.dumps([record, {**record, "tag": "2.0", "commit": None}]), "json")
@@ -235,6 +250,8 @@ def test_blank_lines_are_skipped(store: FileTrustStore) -> None:
         ),
         (csv_row(recorded_at="2024-05-01T12:00:00"), "line 2, field 'recorded_at': .* has no time zone"),
         (csv_row(platforms="linux/amd64"), "line 2, field 'platforms': not a JSON object"),
+        (csv_row(media_type="application/json"), "line 2, field 'media_type': 'application/json' is not a manifest"),
+        (csv_row(media_type="oci index"), "line 2, field 'media_type': 'oci index' is not a manifest media type"),
         (csv_row(platforms="[1]"), "line 2, field 'platforms': must be an object"),
         (csv_row(platforms='{"linux/amd64": "sha256:0"}'), r"line 2, field 'platforms\[linux/amd64\]'"),
         ("ghcr.io,org/app\n", "line 2: 2 values for 11 columns"),
@@ -245,6 +262,16 @@ def test_csv_errors_name_the_line_and_field(store: FileTrustStore, row: str, exp
         import_trust(store, csv_text(row), "csv")
     assert caught.value.hint
     assert caught.value.exit_code == 2
+
+
+def test_a_known_media_type_is_kept_and_an_empty_one_means_none(store: FileTrustStore) -> None:
+    text = csv_text(
+        csv_row(tag="1.0", media_type=" application/vnd.oci.image.index.v1+json "), csv_row(tag="2.0", media_type="")
+    )
+    import_trust(store, text, "csv")
+    first, second = store.get("ghcr.io/org/app", "1.0"), store.get("ghcr.io/org/app", "2.0")
+    assert first is not None and second is not None
+    assert (first.media_type, second.media_type) == (MediaType.OCI_INDEX, None)
 
 
 def test_an_error_on_a_later_line_writes_nothing(store: FileTrustStore) -> None:
