@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from audit.app.recording import is_moving, record_trusted
+from audit.app.recording import MovingTags, record_trusted
 from audit.ci_logs import analyse_job
 from audit.errors import TrustConflictError
 from audit.models import Digest, ImageRef, LogStatus, RecordOutcome, iso_utc, utcnow
@@ -79,6 +79,7 @@ def plan_backfill(store: TrustRecorder, source: CiLogSource, *, progress: Progre
     """Read every run's logs (oldest first) and judge each pushed tag against the store; writes nothing."""
     runs = source.runs()
     planned: dict[tuple[str, str], Digest | None] = {}  # the digest trusted after the entries so far
+    moving = MovingTags(store)
     plan: list[PlanEntry] = []
     for done, run in enumerate(runs, start=1):
         logs = source.logs(run)
@@ -96,6 +97,7 @@ def plan_backfill(store: TrustRecorder, source: CiLogSource, *, progress: Progre
                     _judge(
                         store,
                         planned,
+                        moving,
                         run,
                         ref=pushed.ref,
                         evidence=pushed.describe(),
@@ -122,6 +124,7 @@ def plan_backfill(store: TrustRecorder, source: CiLogSource, *, progress: Progre
 def _judge(
     store: TrustRecorder,
     planned: dict[tuple[str, str], Digest | None],
+    is_moving: MovingTags,
     run: CiRun,
     *,
     ref: ImageRef,
@@ -134,7 +137,7 @@ def _judge(
         current = store.get(ref.image, ref.tag)
         planned[key] = current.digest if current else None
     trusted = planned[key]
-    moving = is_moving(store, ref.image, ref.tag)
+    moving = is_moving(ref.image, ref.tag)
     entry = PlanEntry(
         PlanStatus.NEW,
         ref.with_tag(ref.tag).familiar,
