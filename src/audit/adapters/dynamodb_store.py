@@ -1002,15 +1002,14 @@ def create_tables(client: DynamoDBClient, trust_table: str, state_table: str) ->
 
 
 def _create_table(client: DynamoDBClient, table: str, partition_key: str, sort_key: str, variable: str) -> TableSetup:
-    created = True
+    """One table: created with the key schema and waited for, or found existing, checked, and waited for only
+    when it is not active yet (an existing active table costs one DescribeTable)."""
+    expected = _key_schema(partition_key, sort_key)
     with _translated(table, "CreateTable", variable):
         try:
             client.create_table(
                 TableName=table,
-                KeySchema=[
-                    {"AttributeName": partition_key, "KeyType": "HASH"},
-                    {"AttributeName": sort_key, "KeyType": "RANGE"},
-                ],
+                KeySchema=[{"AttributeName": name, "KeyType": kind} for name, kind in expected],
                 AttributeDefinitions=[
                     {"AttributeName": partition_key, "AttributeType": "S"},
                     {"AttributeName": sort_key, "AttributeType": "S"},
@@ -1021,7 +1020,21 @@ def _create_table(client: DynamoDBClient, table: str, partition_key: str, sort_k
             if _error_code(exc) != "ResourceInUseException":
                 raise
             created = False
+        else:
+            created = True
     with _translated(table, "DescribeTable", variable):
+        if not created:
+            description = client.describe_table(TableName=table)["Table"]
+            actual = [(key["AttributeName"], key["KeyType"]) for key in description.get("KeySchema", [])]
+            if actual != expected:
+                shown = ", ".join(f"{name} ({kind})" for name, kind in actual) or "none"
+                wanted = ", ".join(f"{name} ({kind})" for name, kind in expected)
+                raise StoreError(
+                    f"table {table!r} exists with key schema {shown}, not {wanted}",
+                    hint=f"it belongs to something else: choose another name in {variable}, or delete that table",
+                )
+            if description.get("TableStatus") == "ACTIVE":
+                return TableSetup(name=table, created=False)
         try:
             client.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 120})
         except WaiterError as exc:
@@ -1029,14 +1042,4 @@ def _create_table(client: DynamoDBClient, table: str, partition_key: str, sort_k
                 f"table {table!r} did not become active: {exc}",
                 hint=f"check it with `aws dynamodb describe-table --table-name {table}`",
             ) from None
-        description = client.describe_table(TableName=table)["Table"]
-    actual = [(key["AttributeName"], key["KeyType"]) for key in description.get("KeySchema", [])]
-    expected = _key_schema(partition_key, sort_key)
-    if actual != expected:
-        shown = ", ".join(f"{name} ({kind})" for name, kind in actual) or "none"
-        wanted = ", ".join(f"{name} ({kind})" for name, kind in expected)
-        raise StoreError(
-            f"table {table!r} exists with key schema {shown}, not {wanted}",
-            hint=f"it belongs to something else: choose another name in {variable}, or delete that table",
-        )
     return TableSetup(name=table, created=created)

@@ -119,6 +119,18 @@ def test_create_tables_is_idempotent_and_on_demand(aws: AwsClients) -> None:
     assert trust.get("BillingModeSummary", {}).get("BillingMode") == "PAY_PER_REQUEST"
 
 
+def test_an_existing_active_table_costs_one_describe(aws: AwsClients) -> None:
+    client = aws.dynamodb()
+    calls: list[str] = []
+    client.meta.events.register("before-call.dynamodb.*", lambda model, **_: calls.append(model.name))
+    create_tables(client, "t1", "s1")
+    assert calls.count("CreateTable") == 2
+    assert calls.count("DescribeTable") >= 2  # the waiter's, once per new table (moto makes them active at once)
+    calls.clear()
+    create_tables(client, "t1", "s1")
+    assert calls == ["CreateTable", "DescribeTable", "CreateTable", "DescribeTable"]
+
+
 def test_create_tables_refuses_a_table_with_another_key_schema(aws: AwsClients) -> None:
     client = aws.dynamodb()
     client.create_table(
