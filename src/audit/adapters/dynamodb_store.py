@@ -1009,7 +1009,10 @@ def _create_table(client: DynamoDBClient, table: str, partition_key: str, sort_k
         try:
             client.create_table(
                 TableName=table,
-                KeySchema=[{"AttributeName": name, "KeyType": kind} for name, kind in expected],
+                KeySchema=[
+                    {"AttributeName": partition_key, "KeyType": "HASH"},
+                    {"AttributeName": sort_key, "KeyType": "RANGE"},
+                ],
                 AttributeDefinitions=[
                     {"AttributeName": partition_key, "AttributeType": "S"},
                     {"AttributeName": sort_key, "AttributeType": "S"},
