@@ -332,6 +332,14 @@ def test_saved_log_of_any_ci_with_ambiguity_reported(cli: CliRunner, tmp_path: P
         (["--gitlab", "group/app", "--branch", "main"], "--branch only go with --github"),
         (["--github", "org/app", "--replace", "--reason", "x"], "--replace only goes with --apply"),
         (["--github", "org/app", "--workflow", "../x"], "is neither a workflow id nor a file name"),
+        (["--github", "org/app", "--apply", "--replace"], "--replace needs --reason TEXT"),
+        (["--github", "org/app", "--reason", "x"], "--reason only goes with --replace"),
+        (
+            ["--github", "org/app", "--apply", "--replace", "--reason", "ok\x1b[2Jforged line"],
+            "--reason contains a control or format character",
+        ),
+        (["--github", "org/app", "--recorded-by", "ci\nadmin"], "--recorded-by contains a control or format"),
+        (["--log", "b.log", "--source", "https://ci.example.com/run/1", "--commit", "a\u202eb"], "--commit contains"),
     ],
 )
 def test_bad_input_is_a_usage_error_naming_the_input(

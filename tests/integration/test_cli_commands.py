@@ -110,7 +110,8 @@ def test_replace_needs_a_reason_and_keeps_the_old_record_as_history(
     assert no_reason == CliResult(
         2,
         "",
-        "digest-audit: error: --replace needs --reason TEXT\n  hint: say why the trusted digest changes; it is kept\n",
+        "digest-audit: error: --replace needs --reason TEXT\n"
+        "  hint: say why the trusted digest changes; the old record is kept\n",
     )
 
     replaced = cli(

@@ -139,6 +139,7 @@ def test_trust_export_json_escapes_every_control_and_stays_exact(
         ("--source", "https://ci.example/run/1\x1b[2J"),
         ("--commit", "abc\x9bdef"),
         ("--recorded-by", "ci\u202ebot"),
+        ("--reason", "re-release\x1b]8;;https://evil.example\x07"),
     ],
 )
 def test_record_refuses_control_characters(cli: CliRunner, tmp_path: Path, flag: str, value: str) -> None:
@@ -146,6 +147,8 @@ def test_record_refuses_control_characters(cli: CliRunner, tmp_path: Path, flag:
     args: list[str | Path] = ["record", f"ghcr.io/org/app:1.0@{DIGEST}", "--offline", "--trust-file", trust_file]
     if flag != "--source":
         args += ["--source", "https://ci.example/run/1"]
+    if flag == "--reason":
+        args.append("--replace")
     result = cli(*args, flag, value)
     assert result.code == 2
     assert result.out == ""

@@ -8,7 +8,16 @@ from pathlib import Path
 
 from audit import bootstrap
 from audit.app.backfill import Applied, PlanEntry, PlanStatus, apply_plan, plan_backfill
-from audit.cli.common import add_store_options, err, positive_float, positive_int, render_table, settings_from
+from audit.cli.common import (
+    add_store_options,
+    check_replace_reason,
+    err,
+    positive_float,
+    positive_int,
+    refuse_unsafe_text,
+    render_table,
+    settings_from,
+)
 from audit.cli.record import default_recorder
 from audit.cli.report import parse_moment, parse_moment_end
 from audit.errors import UsageError
@@ -62,10 +71,9 @@ def _check_options(args: argparse.Namespace) -> None:
             raise UsageError("--api-url does not go with --log", hint="drop --api-url")
     elif args.source or args.commit:
         raise UsageError("--source and --commit only go with --log", hint="the API gives them for each run")
-    if args.replace and not (args.reason and args.reason.strip()):
-        raise UsageError("--replace needs --reason TEXT", hint="say why the trusted digests change; they are kept")
-    if args.reason and not args.replace:
-        raise UsageError("--reason only goes with --replace", hint="add --replace or drop --reason")
+    check_replace_reason(args.replace, args.reason, changes="trusted digests change")
+    for flag, value in (("--source", args.source), ("--commit", args.commit), ("--recorded-by", args.recorded_by)):
+        refuse_unsafe_text(flag, value)
     if args.replace and not args.apply:
         raise UsageError("--replace only goes with --apply", hint="plan first without it, then add --apply")
     if args.since and args.until and args.since > args.until:

@@ -170,6 +170,15 @@ def refuse_unsafe_text(flag: str, value: str | None) -> None:
         )
 
 
+def check_replace_reason(replace: bool, reason: str | None, *, changes: str) -> None:
+    """`--replace` and `--reason` come together (`record`, `trust backfill`): a replace says why, in one line."""
+    if replace and not (reason and reason.strip()):
+        raise UsageError("--replace needs --reason TEXT", hint=f"say why the {changes}; the old record is kept")
+    if reason and not replace:
+        raise UsageError("--reason only goes with --replace", hint="add --replace or drop --reason")
+    refuse_unsafe_text("--reason", reason)
+
+
 def err(message: str) -> None:
     print(message, file=sys.stderr)
 

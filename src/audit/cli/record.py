@@ -11,7 +11,13 @@ from pathlib import Path
 
 from audit import bootstrap
 from audit.app.record import Evidence, Provenance, manifest_evidence, record_images, resolve_image
-from audit.cli.common import add_registry_options, add_store_options, refuse_unsafe_text, settings_from
+from audit.cli.common import (
+    add_registry_options,
+    add_store_options,
+    check_replace_reason,
+    refuse_unsafe_text,
+    settings_from,
+)
 from audit.cli.packages import record_package
 from audit.errors import AuditError, UsageError
 from audit.models import Digest, ImageRef
@@ -59,16 +65,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_record(args: argparse.Namespace) -> int:
-    if args.replace and not (args.reason and args.reason.strip()):
-        raise UsageError("--replace needs --reason TEXT", hint="say why the trusted digest changes; it is kept")
-    if args.reason and not args.replace:
-        raise UsageError("--reason only goes with --replace", hint="add --replace or drop --reason")
+    check_replace_reason(args.replace, args.reason, changes="trusted digest changes")
     if not args.source.strip():
         raise UsageError("--source is empty", hint='give the CI run URL, e.g. --source "$CI_JOB_URL"')
     for flag, value in (
         ("--source", args.source),
         ("--commit", args.commit),
-        ("--reason", args.reason),
         ("--recorded-by", args.recorded_by),
     ):
         refuse_unsafe_text(flag, value)
