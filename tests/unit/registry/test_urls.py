@@ -41,5 +41,6 @@ def test_a_request_carries_the_host_header_httpx_would_write(registry: str, repo
     expected = httpx.Request("HEAD", str(url), headers={"Accept": "application/json"})
     assert request.headers["host"] == expected.headers["host"]
     assert request.headers["accept"] == "application/json"
-    assert request.content == b""
+    assert isinstance(request.stream, httpx.ByteStream)
+    assert b"".join(request.stream) == b""
     assert "content-length" not in request.headers

@@ -704,7 +704,8 @@ class RegistryClient:
         """A bodyless request with the headers of its kind, Host included, normalised once per Accept and host.
 
         Built as httpx builds a request it copies (`stream=`): it adds no headers of its own then, so the
-        Host header is ours, from the URL as httpx would write it.
+        Host header is ours, from the URL as httpx would write it. The body is the empty `httpx.ByteStream`,
+        which the wire transport reads directly (`request.read()` costs a typing-ABC isinstance per request).
         """
         netloc = url.netloc
         headers = self._header_sets.get((accept, netloc))
@@ -717,9 +718,7 @@ class RegistryClient:
                     ("Accept-Encoding", "identity"),
                 ]
             )
-        request = httpx.Request(method, url, headers=headers, stream=_NO_BODY, extensions={CAP_EXTENSION: cap})
-        request.read()
-        return request
+        return httpx.Request(method, url, headers=headers, stream=_NO_BODY, extensions={CAP_EXTENSION: cap})
 
     def _endpoint(self, registry: str) -> _Endpoint:
         endpoint = self._endpoints.get(registry)

@@ -194,7 +194,10 @@ class _StaleConnection(Exception):
 
 async def _serialize(request: httpx.Request) -> bytes:
     """The request line, the fields and the body in one piece; CR, LF or NUL in a field is refused."""
-    body = await request.aread()  # whatever the method: the fields announce it (the client's GETs have none)
+    # Whatever the method, the body is sent: the fields announce it (the client's requests have none). A byte
+    # stream is read as it is; httpx's `aread` would check the stream against a typing ABC every time.
+    stream = request.stream
+    body = b"".join(stream) if isinstance(stream, httpx.ByteStream) else await request.aread()
     fields = request.headers.raw
     if (body or request.method not in ("GET", "HEAD")) and request.headers.get(
         "transfer-encoding", ""
