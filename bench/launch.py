@@ -2,7 +2,8 @@
 
 Linux keeps a process's peak RSS across execve, so a child forked from the big benchmark driver (moto, the
 proxy, seeded data) would report the driver's size. This launcher runs with `python -S` (a few MiB), forks
-the measured command itself, and writes `{"seconds", "max_rss_kib", "exit_code"}` to the file given first.
+the measured command itself, and writes `{"seconds", "max_rss_kib", "cpu_seconds", "exit_code"}` (CPU: user plus
+system) to the file given first.
 
     python -S bench/launch.py RESULT.json COMMAND [ARG...]
 """
@@ -21,7 +22,15 @@ def main() -> int:
     seconds = time.perf_counter() - started
     exit_code = os.waitstatus_to_exitcode(status)
     with open(result_path, "w", encoding="utf-8") as result:  # noqa: PTH123 - pathlib is not imported with -S
-        json.dump({"seconds": seconds, "max_rss_kib": usage.ru_maxrss, "exit_code": exit_code}, result)
+        json.dump(
+            {
+                "seconds": seconds,
+                "max_rss_kib": usage.ru_maxrss,
+                "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                "exit_code": exit_code,
+            },
+            result,
+        )
     return 0
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +26,14 @@ _ACCESS_LINE = re.compile(
 
 @dataclass(frozen=True)
 class ProcessRun:
-    """One finished subprocess: exit code, wall seconds, peak RSS (MiB), and its captured output."""
+    """One finished subprocess: exit code, wall seconds, peak RSS (MiB), CPU seconds, and its captured output."""
 
     returncode: int
     seconds: float
     max_rss_mib: float
     stdout: str
     stderr: str
+    cpu_seconds: float = 0.0
 
 
 LAUNCHER = Path(__file__).with_name("launch.py")
@@ -63,7 +66,67 @@ def run_process(
         max_rss_mib=int(result["max_rss_kib"]) / 1024,  # Linux reports KiB
         stdout=out_path.read_text(encoding="utf-8", errors="replace") if stdout_path is not None else "",
         stderr=done.stderr.decode("utf-8", errors="replace"),
+        cpu_seconds=float(result["cpu_seconds"]),
     )
+
+
+# --- CPU accounting --------------------------------------------------------------------------------------------
+
+
+def _machine_seconds() -> tuple[float, float] | None:
+    """CPU-seconds of all cores since boot, (busy, idle), from /proc/stat; None where there is none."""
+    try:
+        with Path("/proc/stat").open(encoding="ascii") as stat:
+            ticks = [int(value) for value in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hertz = os.sysconf("SC_CLK_TCK")
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return (sum(ticks[:8]) - idle) / hertz, idle / hertz  # guest time is already in user
+
+
+def _process_seconds(pid: int) -> float | None:
+    """User plus system CPU-seconds of a running process, from /proc/PID/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuSpan:
+    """Where the CPU went while one client ran: the whole machine (busy, idle) and the server process."""
+
+    machine_busy: float | None = None
+    machine_idle: float | None = None
+    server: float | None = None
+
+
+class CpuMeter:
+    """Measures `CpuSpan`s around runs: `with meter.span() as span: ...` (Linux /proc; fields stay None
+    elsewhere). Idle CPU-seconds while a client runs say how much of the machine neither it nor the server used."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+
+    @contextmanager
+    def span(self) -> Iterator[CpuSpan]:
+        span = CpuSpan()
+        machine, server = _machine_seconds(), _process_seconds(self.server_pid)
+        yield span
+        machine_after, server_after = _machine_seconds(), _process_seconds(self.server_pid)
+        if machine is not None and machine_after is not None:
+            span.machine_busy = machine_after[0] - machine[0]
+            span.machine_idle = machine_after[1] - machine[1]
+        if server is not None and server_after is not None:
+            span.server = server_after - server
+
+
+def children_cpu_seconds() -> float:
+    """User plus system CPU-seconds of every child this process has waited for (for subprocess.run deltas)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 class AccessLog:

@@ -161,6 +161,30 @@ def _experiment_lines(section: Json) -> list[str]:
     ]
 
 
+def _cpu_lines(section: Json) -> list[str]:
+    """Where the CPU went while the ceiling and `check` ran (medians of the interleaved rounds)."""
+    cpu = _map(section, "cpu")
+    if not cpu:
+        return []
+    rows = [
+        [
+            name,
+            _fmt(_num(cpu, name, "client_cpu_s"), 2),
+            f"{_fmt(_num(cpu, name, 'registry_cpu_s'), 2)} ({_fmt(_num(cpu, name, 'registry_cpu_ms_per_tag'), 2)})",
+            _fmt(_num(cpu, name, "machine_busy_cpu_s"), 2),
+            _fmt(_num(cpu, name, "machine_idle_cpu_s"), 2),
+        ]
+        for name in ("ceiling", "check")
+    ]
+    return [
+        "",
+        f"CPU-seconds while each client ran, whole processes, medians ({_fmt(_num(cpu, 'cores'))} cores; the registry "
+        "shares them with the client, so every CPU-second of the client is one the registry cannot use):",
+        "",
+        *_table(["client", "client CPU s", "registry CPU s (ms per tag)", "machine busy s", "machine idle s"], rows),
+    ]
+
+
 _HEADERS = (
     "",
     "tags/s median (min-max)",
@@ -224,6 +248,7 @@ def render(results: Json) -> str:
     naive_rate = _num(loopback, "naive", "tags_per_s", "median")
     lines += ["", "## Loopback (registry on 127.0.0.1, plain http)", ""]
     lines += _table(_HEADERS, _throughput_rows(loopback, ceiling_rate, naive_rate))
+    lines += _cpu_lines(loopback)
     lines += _experiment_lines(loopback)
 
     latency = _map(results, "latency")
@@ -238,6 +263,7 @@ def render(results: Json) -> str:
         "",
     ]
     lines += _table(_HEADERS, _throughput_rows(latency, lat_ceiling, lat_naive))
+    lines += _cpu_lines(latency)
     lines += _experiment_lines(latency)
 
     token = _map(results, "token")

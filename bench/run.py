@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,8 +49,11 @@ from bench.environment import (
 )
 from bench.measure import (
     AccessLog,
+    CpuMeter,
+    CpuSpan,
     ProcessRun,
     Spread,
+    children_cpu_seconds,
     manifest_target,
     method_totals,
     rates,
@@ -120,6 +124,11 @@ class Bench:
 
     def path(self, name: str) -> Path:
         return self.workdir / name
+
+    @property
+    def cpu(self) -> CpuMeter:
+        """CPU accounting around a client's run, with the loopback registry as the server."""
+        return CpuMeter(self.registry.process.pid)
 
     def note_failure(self, what: str, run: ProcessRun) -> None:
         tail = run.stderr.strip().splitlines()[-5:]
@@ -317,15 +326,18 @@ class CheckSeries:
     verdicts: dict[str, int] = field(default_factory=dict)
     needless_gets: int = 0
     right: bool = True
+    cpu: list[tuple[CpuSpan, float]] = field(default_factory=list)  # per round: machine and server, client CPU
 
     def once(self) -> None:
         bench = self.bench
         self.source.mark()
-        run = run_process(
-            [str(bench.auditor), "check", "--json", "-f", str(self.refs)],
-            env=bench.env,
-            stdout_path=bench.path(f"check-{self.what}-{len(self.seconds)}.json"),
-        )
+        with bench.cpu.span() as span:
+            run = run_process(
+                [str(bench.auditor), "check", "--json", "-f", str(self.refs)],
+                env=bench.env,
+                stdout_path=bench.path(f"check-{self.what}-{len(self.seconds)}.json"),
+            )
+        self.cpu.append((span, run.cpu_seconds))
         entries = self.source.since_mark()
         self.counts = summarise(entries, AGENT)
         self.needless_gets = max(self.needless_gets, gets_on_matching_tags(entries, bench.workload))
@@ -375,8 +387,12 @@ def measure_throughput(
     ceiling: list[float] = []
     asyncio_loop: list[float] = []
     outcome: dict[str, int] = {}
+    ceiling_cpu: list[tuple[CpuSpan, float]] = []
     for _ in range(bench.options.comparison_rounds):
-        seconds, outcome = compiled_seconds(bench.ceiling_binary, host, refs, best, 1)
+        before = children_cpu_seconds()
+        with bench.cpu.span() as span:
+            seconds, outcome = compiled_seconds(bench.ceiling_binary, host, refs, best, 1)
+        ceiling_cpu.append((span, children_cpu_seconds() - before))
         ceiling += seconds
         asyncio_loop += ceiling_seconds(host, refs, [best], 1)[best]
         check.once()
@@ -405,6 +421,29 @@ def measure_throughput(
             "ratio_to_ceiling": Spread.of([c / m for c, m in zip(check_rates, ceiling_rates, strict=True)]).as_dict(),
             "speedup_over_naive": Spread.of([c / n for c, n in zip(check_rates, naive_rates, strict=True)]).as_dict(),
         },
+        "cpu": {
+            "cores": os.cpu_count(),
+            "ceiling": cpu_summary(ceiling_cpu, tags),
+            "check": cpu_summary(check.cpu, tags),
+        },
+    }
+
+
+def cpu_summary(rounds: Sequence[tuple[CpuSpan, float]], tags: int) -> Json:
+    """Medians over the rounds of where the CPU went while one client ran (whole process, start-up included):
+    the client's own, the registry's (per tag), and the machine's idle CPU-seconds (cores neither used)."""
+
+    def median(values: Sequence[float | None]) -> float | None:
+        known = [value for value in values if value is not None]
+        return round(statistics.median(known), 3) if known else None
+
+    server = median([span.server for span, _ in rounds])
+    return {
+        "client_cpu_s": median([client for _, client in rounds]),
+        "registry_cpu_s": server,
+        "registry_cpu_ms_per_tag": round(server * 1000 / tags, 3) if server is not None else None,
+        "machine_busy_cpu_s": median([span.machine_busy for span, _ in rounds]),
+        "machine_idle_cpu_s": median([span.machine_idle for span, _ in rounds]),
     }
 
 

@@ -39,6 +39,13 @@ def test_quick_benchmark_runs_and_every_verdict_is_right(tmp_path: Path) -> None
     assert targets["HEAD per tag (check)"]["value"] == 1.0
     assert targets["GETs for tags that match (check)"]["value"] == 0.0
     assert targets["token requests per repository"]["value"] <= 1.0
+    # CPU accounting is read from /proc around each client's run: present, and the registry did the work
+    cpu = results["loopback"]["cpu"]
+    assert cpu["cores"] == os.cpu_count()
+    assert cpu["ceiling"]["registry_cpu_s"] > 0
+    assert cpu["check"]["registry_cpu_s"] > 0
+    assert cpu["check"]["client_cpu_s"] > 0
+    assert cpu["check"]["machine_busy_cpu_s"] >= cpu["check"]["client_cpu_s"]
 
 
 @pytest.mark.skipif(shutil.which("uv") is None, reason="the runtime install is made with uv")

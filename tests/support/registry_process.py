@@ -120,6 +120,13 @@ class RegistryProcess:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def pid(self) -> int:
+        """The registry's process id (the benchmark reads its CPU time)."""
+        if self._process is None:
+            raise RuntimeError("registry has not been started")
+        return self._process.pid
+
+    @property
     def scheme(self) -> str:
         return "https" if self.tls is not None else "http"
 
