@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 
 from audit.adapters.registry import RegistryClient, RegistrySettings
-from audit.drift import check_verdict
 from audit.models import ImageRef, Observation
+from audit.verdicts import check_verdict
 from audit.workers import drain
 
 

@@ -36,7 +36,7 @@ from audit.config import (
 )
 from audit.errors import ConfigError, CredentialsError
 from audit.models import ImageRef, utcnow
-from audit.packages import is_package_spec, package_image_name
+from audit.reference import is_package_spec
 
 if TYPE_CHECKING:
     from botocore.config import Config
@@ -255,6 +255,8 @@ def sns_alerts(config: Settings) -> SnsAlerts:
 def image_name(text: str) -> str:
     """`registry/repository` of a repository name as a person types it (`openzaak/open-zaak`, `pypi:mylib`)."""
     if is_package_spec(text):
+        from audit.packages import package_image_name  # noqa: PLC0415 - an image's `check` loads no package side
+
         return package_image_name(text)
     return ImageRef.parse(text).image
 

@@ -14,10 +14,10 @@ from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
 from audit.config import DEFAULT_REMINDER_INTERVAL, DEFAULT_UNVERIFIABLE_AFTER
-from audit.models import Digest, ImageRef, LiveStatus, MediaType, MovingMode, Notice, Observation, Verdict, iso_utc
+from audit.models import Digest, ImageRef, LiveStatus, MovingMode, Notice, Observation, Verdict, iso_utc
 from audit.packages import IndexFile, ProjectPage, parse_filename
-from audit.platforms import Platform, select_platform
 from audit.reference import is_valid_tag, rejected_tag_key
+from audit.verdicts import Judgement, established, is_index, is_single, platform_of
 
 if TYPE_CHECKING:  # the records are pydantic models, built only by the run's decisions (imported there)
     from audit.records import Finding, TagState, TrustedImage, WatchSettings
@@ -120,15 +120,6 @@ def platform_changes(trusted: Mapping[str, Digest] | None, live: Mapping[str, Di
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Judgement:
-    """The verdict about one tag in one run, with a reason a person can act on."""
-
-    verdict: Verdict
-    reason: str | None = None
-    platform_changes: PlatformChanges | None = None  # set for a drift between two known indexes
-
-
 def judge(
     trusted: TrustedImage | None,
     observation: Observation,
@@ -151,7 +142,7 @@ def judge(
     """
     if trusted is None and observation.status is LiveStatus.MISSING:
         return Judgement(Verdict.UNVERIFIABLE, observation.reason or "a listed tag has no manifest")
-    live = _established(observation, missing="the registry has no manifest for this tag")
+    live = established(observation, missing="the registry has no manifest for this tag")
     if isinstance(live, Judgement):
         return live
     if trusted is None:
@@ -169,18 +160,6 @@ def judge(
         _drift_reason(trusted, observation=observation, live=live, policy=policy, earlier=earlier, changes=changes),
         changes,
     )
-
-
-def _established(observation: Observation, *, missing: str) -> Digest | Judgement:
-    """The live digest, or the verdict of an observation that did not establish one (the opening rules of every
-    verdict: nothing that was not established is ever a match; `missing` is the reason for a MISSING one)."""
-    if observation.status is LiveStatus.UNVERIFIABLE:
-        return Judgement(Verdict.UNVERIFIABLE, observation.reason or "the registry did not establish a digest")
-    if observation.status is LiveStatus.MISSING:
-        return Judgement(Verdict.MISSING, observation.reason or missing)
-    if observation.live_digest is None:  # FOUND without a digest breaks the client's contract
-        return Judgement(Verdict.UNVERIFIABLE, "the registry answered without a digest")
-    return observation.live_digest
 
 
 def _drift_reason(
@@ -203,8 +182,8 @@ def _drift_reason(
             f"rolled back to the digest recorded for this tag on {iso_utc(earlier.recorded_at)} "
             "(a deliberate rollback, or a stale mirror?)"
         )
-    live_child = _platform_of(trusted.digest, observation.platforms)
-    served_child = _platform_of(live, trusted.platforms)
+    live_child = platform_of(trusted.digest, observation.platforms)
+    served_child = platform_of(live, trusted.platforms)
     if live_child is not None:
         parts.append(
             f"the trusted digest is the {live_child} child of the live index; if CI recorded a platform "
@@ -215,7 +194,7 @@ def _drift_reason(
             f"the registry serves the {served_child} child of the trusted index (re-pushed as one platform, "
             "or the registry ignored the Accept header)"
         )
-    elif _is_index(trusted.media_type) and _is_single(observation.media_type):
+    elif is_index(trusted.media_type) and is_single(observation.media_type):
         parts.append("an index was recorded but a single-platform manifest is served")
     if changes is not None:
         parts.append(f"platforms: {changes.describe()}")
@@ -226,77 +205,6 @@ def _latest_record_of(digest: Digest, history: Sequence[TrustedImage]) -> Truste
     """The most recent earlier record of the tag with this digest, if it ever had it."""
     matching = [record for record in history if record.digest == digest]
     return max(matching, key=lambda record: record.recorded_at) if matching else None
-
-
-def _platform_of(digest: Digest, platforms: Mapping[str, Digest] | None) -> str | None:
-    for platform, child in sorted((platforms or {}).items()):
-        if child == digest:
-            return platform
-    return None
-
-
-def _is_index(media_type: MediaType | None) -> bool:
-    """Known to be an index (a media type not known says neither)."""
-    return media_type is not None and media_type.is_index
-
-
-def _is_single(media_type: MediaType | None) -> bool:
-    """Known to be a single-platform manifest (a media type not known says neither)."""
-    return media_type is not None and not media_type.is_index
-
-
-def check_verdict(
-    observation: Observation, pinned: Digest | None, platform: Platform | None = None
-) -> tuple[Verdict, str | None]:
-    """The verdict of `digest-audit check` for one reference.
-
-    No pin: RESOLVED when a digest was established. With a pin: MATCH or DRIFT. With a platform, the child
-    digest of that platform (matched as `docker pull --platform` matches: `arm64` is `arm64/v8`) is what is
-    resolved or compared; a tag that is not a multi-platform index is UNVERIFIABLE for a platform query (a single
-    manifest does not say which platform it is built for without its config), and so is a platform the index
-    does not have (the tag exists, so never MISSING; the caller treats it as a usage problem, see
-    `platform_absent`). A pin equal to the index digest itself matches (the index names its children). Without a
-    platform, a pin that is only a child of the live index is a DRIFT whose reason suggests `--platform`.
-    """
-    top = _established(observation, missing="the registry has no manifest for this reference")
-    if isinstance(top, Judgement):
-        return top.verdict, top.reason
-    if platform is None:
-        if pinned is None:
-            return Verdict.RESOLVED, None
-        if top == pinned:
-            return Verdict.MATCH, None
-        child_of = _platform_of(pinned, observation.platforms)
-        if child_of is not None:
-            return Verdict.DRIFT, (
-                f"the pinned digest is the {child_of} child of the live index {top.short}; "
-                f"add --platform {child_of} to compare that child"
-            )
-        return Verdict.DRIFT, f"serves {top.short}, pinned {pinned.short}"
-
-    if observation.platforms is None:
-        if _is_single(observation.media_type):
-            return Verdict.UNVERIFIABLE, f"not a multi-platform index: cannot select {platform}"
-        return Verdict.UNVERIFIABLE, f"the platforms of the index were not read: cannot select {platform}"
-    selected = select_platform(observation.platforms, platform)
-    if selected is None:
-        present = ", ".join(observation.platforms) or "no platforms"
-        return Verdict.UNVERIFIABLE, f"platform {platform} is not in the index (it has {present})"
-    entry, child = selected
-    if pinned is None:
-        return Verdict.RESOLVED, f"{entry} child of index {top.short}"
-    if child == pinned:
-        return Verdict.MATCH, f"{entry} child of index {top.short}"
-    if top == pinned:
-        return Verdict.MATCH, "the pinned digest is the index itself, which is unchanged"
-    return Verdict.DRIFT, f"the {entry} child is {child.short}, pinned {pinned.short} (index {top.short})"
-
-
-def platform_absent(observation: Observation, platform: Platform | None) -> bool:
-    """True when the tag is an index that was read and has no child for `platform` (a usage problem)."""
-    if platform is None or observation.status is not LiveStatus.FOUND or observation.platforms is None:
-        return False
-    return select_platform(observation.platforms, platform) is None
 
 
 # --------------------------------------------------------------------------------------------------- tags

@@ -76,10 +76,6 @@ class PackageSpec:
         return cls(project=project, version=version if sep else None)
 
 
-def is_package_spec(text: str) -> bool:
-    return text.startswith(PACKAGE_PREFIX)
-
-
 # --------------------------------------------------------------------------------------------------- filenames
 
 

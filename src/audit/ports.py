@@ -8,9 +8,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 from audit.models import Digest, ImageRef, MediaType, Observation, RecordOutcome, TagListing
-from audit.packages import IndexFile, ProjectPage
 
-if TYPE_CHECKING:  # pydantic models: `check` uses these ports without ever importing pydantic
+if TYPE_CHECKING:  # pydantic models and the package side: an image's `check` uses these ports without either
+    from audit.packages import IndexFile, ProjectPage
     from audit.records import CiRun, Finding, RunLogs, TagState, TrustedImage, TrustSnapshot, WatchSettings
 
 

@@ -71,6 +71,11 @@ _PACKAGE_INDEX_RE = re.compile(
 _PACKAGE_PROJECT_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){0,199}$")  # PEP 503 normalised
 
 
+def is_package_spec(text: str) -> bool:
+    """Whether a reference as a person types it names a Python package (`pypi:PROJECT==VERSION`), not an image."""
+    return text.startswith(PACKAGE_REGISTRY_PREFIX)
+
+
 def is_valid_package_image(registry: str, repository: str) -> bool:
     """Whether `pypi:<index URL>` / project is a stored package key (audit.packages writes them normalised)."""
     index = registry.removeprefix(PACKAGE_REGISTRY_PREFIX)

@@ -17,7 +17,6 @@ from audit.drift import (
     Decision,
     PlatformChanges,
     TagPolicy,
-    check_verdict,
     decide,
     finding_for,
     is_referrer_tag,
@@ -29,6 +28,7 @@ from audit.drift import (
 from audit.models import Digest, ImageRef, LiveStatus, MediaType, MovingMode, Notice, Observation, Verdict, iso_utc
 from audit.platforms import Platform
 from audit.records import TagState, TrustedImage, WatchSettings
+from audit.verdicts import check_verdict
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from audit.drift import check_verdict, platform_absent
 from audit.models import Digest, ImageRef, Observation, Verdict
 from audit.platforms import Platform, select_platform
 from audit.ports import Registry
+from audit.verdicts import check_verdict, platform_absent
 from audit.workers import drain
 
 

@@ -21,8 +21,8 @@ from audit.cli.common import (
 from audit.config import Settings
 from audit.errors import UsageError
 from audit.models import Verdict, iso_utc
-from audit.packages import is_package_spec
 from audit.platforms import Platform
+from audit.reference import is_package_spec
 from audit.untrusted import printable
 
 EXIT_OK = 0

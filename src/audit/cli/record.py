@@ -21,7 +21,7 @@ from audit.cli.common import (
 from audit.cli.packages import record_package
 from audit.errors import AuditError, UsageError
 from audit.models import Digest, ImageRef
-from audit.packages import is_package_spec
+from audit.reference import is_package_spec
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -10,9 +10,9 @@ from audit.cli.common import add_store_options, settings_from
 from audit.cli.packages import watch_package
 from audit.errors import UsageError
 from audit.models import ImageRef, MovingMode
-from audit.packages import is_package_registry, is_package_spec
+from audit.packages import is_package_registry
 from audit.records import WatchSettings
-from audit.reference import familiar_name
+from audit.reference import familiar_name, is_package_spec
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -13,6 +13,7 @@ from audit.errors import PackageIndexError, ProjectNotFoundError, UsageError
 from audit.models import ImageRef, LiveStatus, Observation, Verdict
 from audit.packages import IndexFile, PackageSpec, ProjectPage
 from audit.records import TrustedImage, WatchSettings
+from audit.verdicts import Judgement
 from tests.support.package_world import (
     REGISTRY,
     SDIST,
@@ -153,7 +154,7 @@ def test_a_recorded_file_absent_from_a_truncated_page_is_unverifiable_and_yanks_
     assert drift.package_verdict(check, gone).verdict is Verdict.MISSING
     yanked = drift.PackageCheck(ref, record, served(WHEEL, "wheel", yanked="broken"))
     found = Observation(ref=ref, status=LiveStatus.FOUND, live_digest=digest("wheel"))
-    assert drift.package_verdict(yanked, found) == drift.Judgement(Verdict.MATCH, "release yanked (broken)")
+    assert drift.package_verdict(yanked, found) == Judgement(Verdict.MATCH, "release yanked (broken)")
 
 
 def test_package_alerts_tell_a_responder_what_to_run_with_quoted_words() -> None:
