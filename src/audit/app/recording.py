@@ -13,8 +13,7 @@ from audit.records import TrustedImage, WatchSettings
 
 
 def is_moving(store: TrustRecorder, image: str, tag: str) -> bool:
-    settings = store.get_watch_settings(image)
-    return settings is not None and tag in settings.moving
+    return MovingTags(store)(image, tag)
 
 
 def record_trusted(store: TrustRecorder, item: TrustedImage, *, replace: bool) -> RecordOutcome:
