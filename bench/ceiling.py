@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -112,11 +113,13 @@ def build_compiled(directory: Path) -> Path:
 
 
 def compiled_seconds(
-    binary: Path, target: str, refs: Path, concurrency: int, rounds: int
+    binary: Path, target: str, refs: Path, concurrency: int, rounds: int, *, cores: frozenset[int] | None = None
 ) -> tuple[list[float], dict[str, int]]:
-    """Seconds per round of the compiled loop with `concurrency` connections, and the last round's outcome."""
+    """Seconds per round of the compiled loop with `concurrency` connections, and the last round's outcome
+    (`cores`: run it on those CPUs only)."""
     host, _, port = target.rpartition(":")
     command = [str(binary), host, port, str(refs), str(concurrency), str(rounds), MANIFEST_ACCEPT]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    pin = None if cores is None else lambda: os.sched_setaffinity(0, cores)
+    done = subprocess.run(command, capture_output=True, text=True, check=True, preexec_fn=pin)
     raw = json.loads(done.stdout)
     return [float(s) for s in raw["seconds"]], {key: int(raw[key]) for key in ("match", "drift", "other")}

@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,10 +40,16 @@ LAUNCHER = Path(__file__).with_name("launch.py")
 
 
 def run_process(
-    command: Sequence[str], *, env: Mapping[str, str], cwd: Path | None = None, stdout_path: Path | None = None
+    command: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+    stdout_path: Path | None = None,
+    cores: frozenset[int] | None = None,
 ) -> ProcessRun:
     """Run to completion through bench/launch.py, which times it (spawn to reap) and reads its own peak RSS
-    with wait4: forked from this big driver instead, the child would inherit the driver's peak RSS."""
+    with wait4: forked from this big driver instead, the child would inherit the driver's peak RSS. `cores`
+    pins the launcher, and so the command, to those CPUs."""
     out_path = stdout_path or Path(os.devnull)
     with tempfile.TemporaryDirectory(prefix="bench-launch-") as scratch:
         result_path = Path(scratch) / "result.json"
@@ -56,6 +62,7 @@ def run_process(
                 stderr=subprocess.PIPE,
                 stdin=subprocess.DEVNULL,
                 check=False,
+                preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores),
             )
         if done.returncode != 0 or not result_path.exists():
             raise RuntimeError(f"launching {command[0]} failed: {done.stderr.decode(errors='replace')[-500:]}")
@@ -121,6 +128,21 @@ class CpuMeter:
             span.machine_idle = machine_after[1] - machine[1]
         if server is not None and server_after is not None:
             span.server = server_after - server
+
+
+@contextmanager
+def process_pinned(pid: int, cores: frozenset[int]) -> Iterator[None]:
+    """Every thread of a running process on `cores` (threads it starts later inherit it), as before afterwards."""
+    threads = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+    before = {tid: os.sched_getaffinity(tid) for tid in threads}
+    for tid in threads:
+        os.sched_setaffinity(tid, cores)
+    try:
+        yield
+    finally:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with suppress(OSError):  # a thread that ended meanwhile
+                os.sched_setaffinity(int(task.name), before.get(int(task.name), frozenset(range(os.cpu_count() or 1))))
 
 
 def children_cpu_seconds() -> float:

@@ -185,6 +185,19 @@ def _cpu_lines(section: Json) -> list[str]:
     ]
 
 
+def _apart_lines(apart: Json) -> list[str]:
+    if not apart or "skipped" in apart:
+        return []
+    return [
+        "",
+        f"Not a target figure: with the registry pinned to core {apart.get('registry_cores')} and each client to core "
+        f"{apart.get('client_cores')}, so that the client takes no CPU from the registry (as with a registry on its "
+        f"own machine), the ceiling reaches {_spread(apart, 'ceiling_tags_per_s')} tags/s and `check` "
+        f"{_spread(apart, 'check_tags_per_s')}: **{_fmt(_num(apart, 'ratio_to_ceiling', 'median'), 2)}x** "
+        f"({_fmt(_num(apart, 'ratio_to_ceiling', 'min'), 2)}-{_fmt(_num(apart, 'ratio_to_ceiling', 'max'), 2)}).",
+    ]
+
+
 _HEADERS = (
     "",
     "tags/s median (min-max)",
@@ -249,6 +262,7 @@ def render(results: Json) -> str:
     lines += ["", "## Loopback (registry on 127.0.0.1, plain http)", ""]
     lines += _table(_HEADERS, _throughput_rows(loopback, ceiling_rate, naive_rate))
     lines += _cpu_lines(loopback)
+    lines += _apart_lines(_map(loopback, "apart"))
     lines += _experiment_lines(loopback)
 
     latency = _map(results, "latency")

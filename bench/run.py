@@ -56,6 +56,7 @@ from bench.measure import (
     children_cpu_seconds,
     manifest_target,
     method_totals,
+    process_pinned,
     rates,
     run_process,
     summarise,
@@ -426,6 +427,38 @@ def measure_throughput(
             "ceiling": cpu_summary(ceiling_cpu, tags),
             "check": cpu_summary(check.cpu, tags),
         },
+    }
+
+
+def measure_apart(bench: Bench, host: str, refs: Path, concurrency: int) -> Json:
+    """The ceiling and `check` with the registry on one core and the client on another, interleaved: what the
+    ratio is when the client does not take CPU from the registry, as with a registry on its own machine. Not a
+    target figure (the targets share the cores); it shows how much of the gap is the shared CPU."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return {"skipped": "fewer than 2 cores"}
+    server, client = frozenset(cores[:1]), frozenset(cores[1:2])
+    tags = bench.workload.size
+    ceiling: list[float] = []
+    check: list[float] = []
+    with process_pinned(bench.registry.process.pid, server):
+        for _ in range(bench.options.comparison_rounds):
+            ceiling += compiled_seconds(bench.ceiling_binary, host, refs, concurrency, 1, cores=client)[0]
+            run = run_process(
+                [str(bench.auditor), "check", "--json", "-f", str(refs)],
+                env=bench.env,
+                stdout_path=bench.path("check-apart.json"),
+                cores=client,
+            )
+            if run.returncode not in OK_EXIT_CODES:
+                bench.note_failure("check (registry and client apart)", run)
+            check.append(run.seconds)
+    return {
+        "registry_cores": sorted(server),
+        "client_cores": sorted(client),
+        "ceiling_tags_per_s": rates(tags, ceiling).as_dict(),
+        "check_tags_per_s": rates(tags, check).as_dict(),
+        "ratio_to_ceiling": Spread.of([c / k for c, k in zip(ceiling, check, strict=True)]).as_dict(),
     }
 
 
@@ -969,6 +1002,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             naive_sample=options.naive_sample,
         )
         results["loopback"] = loopback
+        log("loopback: ceiling and check with the registry and the client on separate cores")
+        loopback["apart"] = measure_apart(bench, host, refs, int(_number(loopback, "ceiling", "best_concurrency")))
         log("loopback: client loop in-process (stats, profile)")
         loopback["client_loop"] = measure_in_process(bench, refs, "loopback", profile=True)
         if options.experiments:

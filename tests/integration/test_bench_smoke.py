@@ -46,6 +46,8 @@ def test_quick_benchmark_runs_and_every_verdict_is_right(tmp_path: Path) -> None
     assert cpu["check"]["registry_cpu_s"] > 0
     assert cpu["check"]["client_cpu_s"] > 0
     assert cpu["check"]["machine_busy_cpu_s"] >= cpu["check"]["client_cpu_s"]
+    apart = results["loopback"]["apart"]  # registry and client on separate cores, where there are two
+    assert "skipped" in apart if len(os.sched_getaffinity(0)) < 2 else apart["ratio_to_ceiling"]["median"] > 0
 
 
 @pytest.mark.skipif(shutil.which("uv") is None, reason="the runtime install is made with uv")
