@@ -1,5 +1,5 @@
 """`python -m audit` is the `digest-audit` command."""
 
-from audit.cli import main
+from audit.cli import console
 
-raise SystemExit(main())
+raise SystemExit(console())

@@ -7,6 +7,7 @@ import gc
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +98,32 @@ def test_a_failing_load_turns_collection_back_on_and_an_off_collector_stays_off(
         assert not gc.isenabled()  # whoever turned it off decides when it comes back
     finally:
         gc.enable()
+
+
+def test_the_console_command_freezes_the_heap_only_after_main_returned(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+
+    def main() -> int:
+        events.append("main")
+        return 7
+
+    monkeypatch.setattr(cli, "main", main)
+    monkeypatch.setattr(gc, "freeze", lambda: events.append("freeze"))
+    assert cli.console() == 7
+    assert events == ["main", "freeze"]
+
+
+def test_a_console_process_still_flushes_its_output_and_runs_its_exit_handlers(tmp_path: Path) -> None:
+    """`python -m audit` ends through `console`: the JSON on stdout is whole and atexit handlers still run."""
+    marker = tmp_path / "atexit-ran"
+    probe = (
+        "import atexit, pathlib, runpy, sys\n"
+        f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes')\n"
+        "sys.argv = ['digest-audit', 'check', '--json', '--timeout', '2', '--insecure-registry', '127.0.0.1',\n"
+        "            '127.0.0.1:9/team/app:1.0@sha256:' + 'a' * 64]\n"
+        "runpy.run_module('audit', run_name='__main__')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 3, done.stderr  # unverifiable: a closed port
+    assert [row["status"] for row in json.loads(done.stdout)] == ["unverifiable"]
+    assert marker.read_text() == "yes"

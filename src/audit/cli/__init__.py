@@ -70,3 +70,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("digest-audit: interrupted", file=sys.stderr)
         return 130
     return code
+
+
+def console() -> int:
+    """The `digest-audit` command (and `python -m audit`): `main`, for a process that ends right after it.
+
+    The interpreter's last act would be a full garbage collection over every object the imports created, to
+    free memory the operating system takes back anyway: about 20 ms of a one-tag `check`'s 0.16 s. Freezing
+    them first (`gc.freeze`) makes that collection skip them. Nothing else about the exit changes: atexit
+    handlers and finalizers run and stdout and stderr are flushed as before. Only here, never in `main`,
+    which tests call thousands of times in one process.
+    """
+    code = main()
+    gc.freeze()
+    return code

@@ -16,6 +16,7 @@ from audit.adapters.registry.auth import (
     BasicScheme,
     BearerScheme,
     Challenge,
+    RegistryAuth,
     TokenReply,
     build_token_request,
     parse_challenges,
@@ -243,6 +244,27 @@ async def test_unknown_registry_sends_nothing() -> None:
     auth = authenticator(FakeTokenServer(), FakeClock())
     assert auth.cached("reg", SCOPE) is None
     assert await auth.authorize("reg", SCOPE) is None
+
+
+@pytest.mark.parametrize("carried", [None, "Basic c3RhbGU6c3RhbGU=", "Bearer stale"])
+async def test_the_flow_sends_what_the_registry_needs_whatever_the_request_carried(carried: str | None) -> None:
+    """No scheme known: no Authorization (one the request carried is dropped); a known token: that one."""
+    auth = authenticator(FakeTokenServer(), FakeClock())
+    auth.first_contact_done("reg")
+    headers = {"Accept": "*/*"} | ({"Authorization": carried} if carried else {})
+    anonymous = httpx.Request("HEAD", "https://reg/v2/team/app/manifests/1", headers=headers)
+    flow = RegistryAuth(auth, "reg", SCOPE, lambda: None).async_auth_flow(anonymous)
+    sent = await anext(flow)
+    assert "authorization" not in sent.headers
+    assert sent.headers["accept"] == "*/*"
+    await flow.aclose()
+
+    await auth.challenged("reg", SCOPE, CHALLENGE, None)
+    known = httpx.Request("HEAD", "https://reg/v2/team/app/manifests/1", headers=headers)
+    flow = RegistryAuth(auth, "reg", SCOPE, lambda: None).async_auth_flow(known)
+    sent = await anext(flow)
+    assert sent.headers.get_list("authorization") == ["Bearer t1"]
+    await flow.aclose()
 
 
 async def test_challenge_then_cached_fast_path_then_expiry() -> None:

@@ -242,6 +242,26 @@ async def test_streamed_post_is_sent_chunked(pieces: tuple[bytes, ...], sent: by
     assert server.requests[0].endswith(b"\r\n\r\n" + sent)
 
 
+@pytest.mark.parametrize(
+    "field",
+    [
+        b"X-Note: plain",
+        "X-Note: caf\u00e9".encode(),  # UTF-8
+        "X-Note: caf\u00e9".encode("latin-1"),  # neither ASCII nor UTF-8
+    ],
+)
+async def test_response_fields_decode_as_httpx_decodes_them(field: bytes) -> None:
+    """The wire presets the ascii encoding only for an all-ASCII head; others keep httpx's own fallbacks."""
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n%s\r\n\r\n" % field
+    async with scripted(reply) as (server, transport):
+        response = await get(server, transport)
+    name, value = field.split(b": ", 1)
+    by_httpx = httpx.Headers([(b"Content-Length", b"0"), (name, value)])
+    assert response.headers.encoding == by_httpx.encoding
+    assert response.headers["x-note"] == by_httpx["x-note"]
+    assert response.headers.get("docker-content-digest") is None
+
+
 # -- framing
 
 

@@ -462,7 +462,9 @@ class RegistryAuth(httpx.Auth):
 
 
 def _authorize(request: httpx.Request, authorization: str | None) -> None:
-    if authorization is None:
-        request.headers.pop("Authorization", None)
-    else:
-        request.headers["Authorization"] = authorization
+    headers = request.headers
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    elif any(name.lower() == b"authorization" for name, _ in headers.raw):
+        # looked up in the raw fields: `pop` raises and catches a KeyError for the usual absent header
+        del headers["Authorization"]
