@@ -577,11 +577,56 @@ async def test_partly_read_body_closes_the_connection() -> None:
 )
 async def test_request_header_injection_is_refused_before_sending(name: str, value: str) -> None:
     async with scripted(OK) as (server, transport):
-        with pytest.raises(httpx.LocalProtocolError):
-            await fetch(transport, request(server.url(), headers={name: value}))
+        for _ in range(2):  # refused every time: a refused set of fields is never remembered as checked
+            with pytest.raises(httpx.LocalProtocolError):
+                await fetch(transport, request(server.url(), headers={name: value}))
         await asyncio.sleep(0.01)
     assert server.accepted == 0
     assert server.requests == []
+
+
+async def test_a_request_target_with_a_line_break_is_refused_before_sending() -> None:
+    """httpx percent-encodes CR and LF in a URL; should a target ever hold one, it never reaches the wire."""
+    async with scripted(OK) as (server, transport):
+        smuggling = request(server.url())
+        object.__setattr__(smuggling, "url", _RawPath(b"/v2/x/manifests/t HTTP/1.1\r\nX-Injected: 1\r\nY:"))
+        with pytest.raises(httpx.LocalProtocolError, match="request target"):
+            await transport.handle_async_request(smuggling)
+    assert server.accepted == 0
+
+
+@dataclass(frozen=True)
+class _RawPath:
+    """Stands in for a request's URL where the transport reads it: the origin and the raw path."""
+
+    raw_path: bytes
+    scheme: str = "http"
+    host: str = "127.0.0.1"
+    port: int | None = 9
+
+
+async def test_each_distinct_set_of_request_fields_is_joined_once_and_the_sets_are_bounded() -> None:
+    replies = [OK] * 4
+    async with scripted(*replies) as (server, transport):
+        for authorization in ("Bearer a", "Bearer a", "Bearer b"):
+            await fetch(transport, request(server.url(), headers={"Authorization": authorization}))
+        assert len(transport._blocks) == 2  # "Bearer a" twice: one set
+        await get(server, transport)
+        assert len(transport._blocks) == 3
+    assert [sent.split(b"\r\n")[2] for sent in server.requests[:3]] == [
+        b"Authorization: Bearer a",
+        b"Authorization: Bearer a",
+        b"Authorization: Bearer b",
+    ]
+    assert len(transport._blocks) == 0  # closing the transport forgets them (they may hold tokens)
+
+
+def test_remembered_field_sets_never_exceed_their_bound() -> None:
+    blocks = wire._FieldBlocks()
+    for n in range(wire.MAX_FIELD_BLOCKS + 5):
+        built = httpx.Request("GET", "http://127.0.0.1/", headers={"X-N": str(n)})
+        assert blocks.block(built).endswith(b"X-N: %d\r\n\r\n" % n)
+        assert len(blocks) <= wire.MAX_FIELD_BLOCKS
 
 
 # -- timeouts and connection failures

@@ -33,6 +33,7 @@ _CHUNK: Final = 64 * 1024
 _END_OF_HEAD: Final = b"\r\n\r\n"
 _FIELD_NAME: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([^\r\n]*))?")
+MAX_FIELD_BLOCKS: Final = 256  # distinct request field sets remembered, serialized and checked, per transport
 _DIGITS: Final = re.compile(rb"[0-9]{1,18}")
 _HEX: Final = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _NO_BODY_STATUS: Final = frozenset({204, 304})
@@ -92,6 +93,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         self._ssl_context = ssl_context
         self._per_host = max(1, per_host)
         self._pools: dict[Origin, _Pool] = {}
+        self._blocks = _FieldBlocks()
         self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -107,7 +109,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         if pool is None:
             pool = self._pools[origin] = _Pool(self._per_host)
         timeouts = request.extensions.get("timeout", {})
-        message = await _serialize(request)
+        message = await _serialize(request, self._blocks)
         await pool.slots.acquire()
         try:
             return await self._exchange(request, message, pool, origin, timeouts)
@@ -181,6 +183,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         self._closed = True
+        self._blocks.clear()
         for pool in self._pools.values():
             pool.closed = True
             for connection in pool.idle:
@@ -192,27 +195,63 @@ class _StaleConnection(Exception):
     """The connection ended before the first byte of a response."""
 
 
-async def _serialize(request: httpx.Request) -> bytes:
-    """The request line, the fields and the body in one piece; CR, LF or NUL in a field is refused."""
+async def _serialize(request: httpx.Request, blocks: _FieldBlocks) -> bytes:
+    """The request line, the fields and the body in one piece; CR, LF or NUL anywhere in the head is refused."""
     # Whatever the method, the body is sent: the fields announce it (the client's requests have none). A byte
     # stream is read as it is; httpx's `aread` would check the stream against a typing ABC every time.
     stream = request.stream
     body = b"".join(stream) if isinstance(stream, httpx.ByteStream) else await request.aread()
-    fields = request.headers.raw
     if (body or request.method not in ("GET", "HEAD")) and request.headers.get(
         "transfer-encoding", ""
     ).lower() == "chunked":  # an empty body still needs its last chunk
         body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
-    lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)]
-    lines += [b"%s: %s\r\n" % field for field in fields]
+    line = b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)
+    if line.count(b"\n") != 1 or line.count(b"\r") != 1 or b"\0" in line:
+        raise httpx.LocalProtocolError("the request target contains CR, LF or NUL", request=request)
+    head = line + blocks.block(request)
+    return head + body if body else head
+
+
+class _FieldBlocks:
+    """Request fields as they go on the wire, checked and joined once per distinct set of fields.
+
+    A client sends a handful of distinct sets (one per Accept, host and Authorization), so each is built once;
+    at most `MAX_FIELD_BLOCKS` are kept, per transport (they may hold tokens: never shared beyond it).
+    """
+
+    __slots__ = ("_blocks",)
+
+    def __init__(self) -> None:
+        self._blocks: dict[tuple[tuple[bytes, bytes], ...], bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def clear(self) -> None:
+        self._blocks.clear()
+
+    def block(self, request: httpx.Request) -> bytes:
+        fields = tuple(request.headers.raw)
+        block = self._blocks.get(fields)
+        if block is None:
+            block = _field_block(fields, request)
+            if len(self._blocks) >= MAX_FIELD_BLOCKS:
+                self._blocks.clear()
+            self._blocks[fields] = block
+        return block
+
+
+def _field_block(fields: tuple[tuple[bytes, bytes], ...], request: httpx.Request) -> bytes:
+    """`name: value` lines and the empty line; a name that is not a token, or CR, LF or NUL, is refused."""
+    lines = [b"%s: %s\r\n" % field for field in fields]
     lines.append(b"\r\n")
-    head = b"".join(lines)
+    block = b"".join(lines)
     # every line ends in CRLF and has no other CR or LF: a field smuggling a line break changes these counts
-    if head.count(b"\n") != len(lines) or head.count(b"\r") != len(lines) or b"\0" in head:
+    if block.count(b"\n") != len(lines) or block.count(b"\r") != len(lines) or b"\0" in block:
         raise httpx.LocalProtocolError("a request field contains CR, LF or NUL", request=request)
     if any(not _FIELD_NAME.fullmatch(name) for name, _ in fields):
         raise httpx.LocalProtocolError("a request field name is not a token", request=request)
-    return head + body if body else head
+    return block
 
 
 async def _drained(writer: asyncio.StreamWriter) -> None:
@@ -262,6 +301,7 @@ class _Head:
 
     @classmethod
     def parse(cls, raw: bytes) -> _Head:
+        """The head `raw` (status line to the empty line), or RemoteProtocolError saying what is wrong with it."""
         lines = raw[:-4].split(b"\r\n")
         if raw.count(b"\n") != len(lines) + 1 or raw.count(b"\r") != len(lines) + 1 or b"\0" in raw:
             raise httpx.RemoteProtocolError("malformed response head (bare CR or LF, or NUL)")
