@@ -103,6 +103,7 @@ class Options:
     command: str
     memory_tags: int  # 0: no 10,000-tag memory phase
     runtime_install: bool = True  # measure digest-audit installed with its runtime dependencies only
+    startup_rounds: int = 5  # processes timed for each start-up figure (a smoke run: 2)
 
     @property
     def latency(self) -> float:
@@ -213,7 +214,7 @@ def measure_startup(bench: Bench) -> Json:
     # Compile .pyc files once, as a deployed package has them: with PYTHONDONTWRITEBYTECODE set (CI shells set it)
     # every measured import would compile each changed module again.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    rounds = max(bench.options.rounds, 5)
+    rounds = bench.options.startup_rounds
     run_process([python, "-c", "import handler"], env=env)
     bare = [run_process([python, "-c", "pass"], env=env).seconds for _ in range(rounds)]
     handler = [run_process([python, "-c", "import handler"], env=env).seconds for _ in range(rounds)]
@@ -917,6 +918,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         experiments=args.experiments,
         memory_tags=min(args.memory_tags, 16) if args.quick else max(0, args.memory_tags),
         runtime_install=not (args.quick or args.dev_env),  # a smoke run skips it: installing takes seconds
+        startup_rounds=2 if args.quick else max(5, rounds),
         command="uv run python -m bench.run " + shlex.join(argv if argv is not None else sys.argv[1:]),
     )
 
