@@ -10,6 +10,7 @@ import shlex
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Any
 
 import pytest
@@ -312,6 +313,16 @@ def test_logs_go_to_a_group_with_retention(template: dict[str, Any]) -> None:
     assert log_group["Type"] == "AWS::Logs::LogGroup"
     assert references(log_group["Properties"]["RetentionInDays"]) == {"LogRetentionDays"}
     assert parameter_default(template, "LogRetentionDays") > 0
+
+
+def test_the_audit_function_skips_pydantic_plugin_discovery_as_no_dependency_brings_a_plugin(
+    template: dict[str, Any],
+) -> None:
+    """PYDANTIC_DISABLE_PLUGINS saves a scan of every package's entry points at each cold start; it would hide a
+    plugin, so this fails the day a dependency brings one (the development environment holds every runtime one)."""
+    variables = function_properties(template)["Environment"]["Variables"]
+    assert variables["PYDANTIC_DISABLE_PLUGINS"] == "__all__"
+    assert list(entry_points(group="pydantic")) == []
 
 
 def test_environment_has_every_variable_the_code_reads(template: dict[str, Any]) -> None:
